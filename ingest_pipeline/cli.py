@@ -1,0 +1,382 @@
+"""`ingest-pipeline`: upload, ingest, search, status and rebuild, on the same instance as the UI."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import warnings
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ingest_pipeline.core.extraction import SUPPORTED_SUFFIXES
+from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
+from ingest_pipeline.instance import dagster_instance, prepare_environment
+from ingest_pipeline.ledger import sha256_file
+
+out = Console()
+err = Console(stderr=True)
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+SAMPLE_CORPUS = Path(__file__).parent / "sample_corpus"
+
+
+def _definitions():
+    from ingest_pipeline.definitions import build_definitions, build_resources
+
+    # Built on each call: the environment decides the backends, and tests change it between calls.
+    return build_definitions(), build_resources(for_dagster=False)
+
+
+# ---- upload -------------------------------------------------------------------------------------
+
+
+def _files(paths: list[str]) -> list[tuple[str, Path]]:
+    """(document name, file) pairs: a file keeps its name, a folder's files their relative paths."""
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES):
+                found.append((file.relative_to(path).as_posix(), file))
+        elif path.is_file():
+            found.append((path.name, path))
+        else:
+            raise FileNotFoundError(f"no such file or folder: {raw}")
+    return found
+
+
+def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, list[str]]:
+    """Register documents for a tenant: copy into the landing zone and record the upload event."""
+    from ingest_pipeline.defs.partitions import month_key, tenant_partitions
+    from ingest_pipeline.landing import LandingZone
+
+    tenant = validate_tenant(tenant)
+    settings, ledger = prepare_environment()
+    zone = LandingZone(settings.landing_dir)
+    month = month_key(datetime.now(UTC))
+    outcome: dict[str, list[str]] = {"uploaded": [], "unchanged": [], "deleted": [], "not_found": []}
+    items = [(validate_document_name(p), None) for p in paths] if delete else _files(paths)
+    with ledger.connect() as conn:
+        for name, source in items:
+            doc_id = document_id(tenant, name)
+            latest = ledger.latest_upload(conn, doc_id)
+            if delete:
+                if latest is None or latest.is_delete:
+                    outcome["not_found"].append(name)
+                    continue
+                with conn.transaction():
+                    ledger.record_upload(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=None,
+                                         size_bytes=None, is_delete=True, partition_month=month)
+                zone.remove(tenant, name)
+                outcome["deleted"].append(name)
+                continue
+            digest = sha256_file(source)
+            landed = zone.path(tenant, name)
+            if (latest is not None and not latest.is_delete and latest.content_sha256 == digest
+                    and landed.exists() and sha256_file(landed) == digest):
+                outcome["unchanged"].append(name)
+                continue
+            zone.store(tenant, name, source)
+            with conn.transaction():
+                ledger.record_upload(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=digest,
+                                     size_bytes=source.stat().st_size, is_delete=False, partition_month=month)
+            outcome["uploaded"].append(name)
+    if outcome["uploaded"] or outcome["deleted"]:
+        instance = dagster_instance()
+        if not instance.has_dynamic_partition(tenant_partitions.name, tenant):
+            instance.add_dynamic_partitions(tenant_partitions.name, [tenant])
+    return outcome
+
+
+# ---- ingest -------------------------------------------------------------------------------------
+
+
+class _ProgressPoller(threading.Thread):
+    """Polls the ledger and updates a progress display while runs execute in the main thread."""
+
+    def __init__(self, ledger, tenants: list[str], progress: Progress):
+        super().__init__(daemon=True)
+        self.ledger, self.tenants, self.progress = ledger, tenants, progress
+        self.stop = threading.Event()
+        self.documents = progress.add_task("documents chunked", total=None)
+        self.chunks = progress.add_task("chunks embedded", total=None)
+        self.indexed = progress.add_task("chunks indexed", total=None)
+
+    def poll(self) -> None:
+        totals: Counter[str] = Counter()
+        for tenant in self.tenants:
+            totals.update(self.ledger.tenant_status(tenant))
+        self.progress.update(self.documents, total=totals["documents"],
+                             completed=totals["documents"] - totals["pending_documents"])
+        self.progress.update(self.chunks, total=totals["chunks"], completed=totals["embedded"])
+        self.progress.update(self.indexed, total=totals["chunks"], completed=totals["indexed"])
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            with contextlib.suppress(Exception):  # the display must never break a run
+                self.poll()
+
+
+def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
+    """Materialize the asset graph for every (tenant, month) partition with pending work."""
+    from dagster import MultiPartitionKey
+
+    from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_partitions
+
+    if tenant:
+        validate_tenant(tenant)
+    _, ledger = prepare_environment()
+    instance = dagster_instance()
+    defs, _ = _definitions()
+    job = defs.resolve_job_def("ingest_job")
+    partitions = ledger.pending_partitions(tenant)
+    tenants = sorted({t for t, _ in partitions})
+    missing = [t for t in tenants if not instance.has_dynamic_partition(tenant_partitions.name, t)]
+    if missing:
+        instance.add_dynamic_partitions(tenant_partitions.name, missing)
+
+    totals: Counter[str] = Counter()
+    runs = []
+    started = time.perf_counter()
+    progress = Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn(),
+                        console=err, disable=not (show_progress and err.is_terminal))
+    poller = _ProgressPoller(ledger, tenants, progress)
+    with progress:
+        poller.start()
+        for tenant_id, month in partitions:
+            key = MultiPartitionKey({TENANT_DIMENSION: tenant_id, MONTH_DIMENSION: month})
+            result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
+                                            run_config=QUIET_LOGGERS)
+            for event in result.get_asset_materialization_events():
+                for name, value in event.materialization.metadata.items():
+                    if isinstance(value.value, int | float) and not isinstance(value.value, bool):
+                        totals[name] += value.value
+            runs.append({"tenant": tenant_id, "month": month, "run_id": result.run_id,
+                         "success": result.success})
+        poller.stop.set()
+        poller.poll()
+    summary_keys = ["documents_new", "documents_changed", "documents_unchanged", "documents_deleted",
+                    "documents_quarantined", "chunks", "tokens", "chunks_embedded", "chunks_upserted",
+                    "chunks_removed"]
+    return {
+        "runs": runs,
+        "failed_runs": sum(not r["success"] for r in runs),
+        "totals": {k: int(totals[k]) for k in summary_keys},
+        "embedding_chunks_per_second": round(totals["chunks_embedded"] / totals["embedding_seconds"], 1)
+        if totals["embedding_seconds"] else None,
+        "seconds": round(time.perf_counter() - started, 2),
+        "quarantined": {t: [{"document": q["doc_name"], "reason": q["reason"]} for q in ledger.quarantined(t)]
+                        for t in tenants},
+    }
+
+
+# ---- search, status, rebuild --------------------------------------------------------------------
+
+
+def search(tenant: str, queries: list[str], top_k: int = 5) -> list[list[dict]]:
+    from ingest_pipeline.search import search_tenant
+
+    tenant = validate_tenant(tenant)
+    prepare_environment()
+    _, resources = _definitions()
+    keyring = resources["keyring"]
+    index = resources["cyborgdb"].indexes.open(keyring.tenant_keys(tenant))
+    answers = search_tenant(
+        tenant_id=tenant, queries=queries, top_k=top_k, embedder=resources["embedding_model"].embedder,
+        index=index, ledger=resources["ledger"].ledger,
+        encryptor_for=lambda version: keyring.encryptor(tenant, version),
+    )
+    return [[hit.as_dict() for hit in hits] for hits in answers]
+
+
+def status(tenant: str | None = None) -> dict:
+    _, ledger = prepare_environment()
+    _, resources = _definitions()
+    keyring, indexes = resources["keyring"], resources["cyborgdb"].indexes
+    tenants = [validate_tenant(tenant)] if tenant else ledger.tenants()
+    report = {}
+    for tenant_id in tenants:
+        counts = ledger.tenant_status(tenant_id)
+        index = indexes.open(keyring.tenant_keys(tenant_id))
+        report[tenant_id] = {
+            "documents": counts["documents"], "chunks": counts["chunks"], "indexed": counts["indexed"],
+            "quarantined": counts["quarantined"], "index_vectors": index.count() if index else 0,
+        }
+    return {"tenants": report}
+
+
+def rebuild(tenant: str) -> dict:
+    tenant = validate_tenant(tenant)
+    prepare_environment()
+    instance = dagster_instance()
+    defs, _ = _definitions()
+    job = defs.resolve_job_def("rebuild_tenant_index")
+    config = {"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": tenant}}}, **QUIET_LOGGERS}
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    return {"run_id": result.run_id, "success": result.success, **status(tenant)["tenants"][tenant]}
+
+
+# ---- presentation -------------------------------------------------------------------------------
+
+
+def _print_hits(query: str, hits: list[dict]) -> None:
+    table = Table(title=f"[bold]{query}[/bold]", title_justify="left", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("source")
+    table.add_column("text", overflow="fold", ratio=1)
+    for rank, hit in enumerate(hits, 1):
+        snippet = " ".join(hit["text"].split())
+        table.add_row(str(rank), f"{hit['score']:.3f}", f"{hit['source']}\n#{hit['chunk_sequence']}",
+                      snippet[:320] + ("..." if len(snippet) > 320 else ""))
+    out.print(table if hits else f"{query}: no results")
+
+
+def _print_status(report: dict) -> None:
+    table = Table(title="ingest-pipeline status", title_justify="left")
+    for column in ("tenant", "documents", "chunks", "indexed", "quarantined", "index_vectors"):
+        table.add_column(column, justify="left" if column == "tenant" else "right")
+    for tenant, row in report["tenants"].items():
+        table.add_row(tenant, *(str(row[k]) for k in ("documents", "chunks", "indexed", "quarantined",
+                                                       "index_vectors")))
+    out.print(table)
+
+
+def _print_ingest(summary: dict) -> None:
+    totals = summary["totals"]
+    out.print(
+        f"[bold]ingested[/bold] {len(summary['runs'])} partition run(s) in {summary['seconds']} s: "
+        f"documents {totals['documents_new']} new, {totals['documents_changed']} changed, "
+        f"{totals['documents_unchanged']} unchanged, {totals['documents_deleted']} deleted, "
+        f"{totals['documents_quarantined']} quarantined; chunks {totals['chunks_embedded']} embedded"
+        + (f" ({summary['embedding_chunks_per_second']}/s)" if summary["embedding_chunks_per_second"] else "")
+        + f", {totals['chunks_upserted']} indexed, {totals['chunks_removed']} removed"
+    )
+    for tenant, items in summary["quarantined"].items():
+        for item in items:
+            out.print(f"[yellow]quarantined[/yellow] {tenant}/{item['document']}: {item['reason']}")
+    for run in summary["runs"]:
+        if not run["success"]:
+            out.print(f"[red]run failed[/red] {run['tenant']} {run['month']}: run id {run['run_id']} "
+                      "(details in the Dagster UI: make dev)")
+
+
+def _demo() -> int:
+    """Upload the bundled sample corpus for two tenants, ingest it, and answer the demo queries."""
+    for tenant in ("acme", "globex"):
+        result = upload(tenant, [str(SAMPLE_CORPUS / tenant)])
+        out.print(f"upload {tenant}: {len(result['uploaded'])} uploaded, {len(result['unchanged'])} unchanged")
+    summary = ingest()
+    _print_ingest(summary)
+    _print_status(status())
+    demo_queries = {
+        "acme": ["What is the default priority of a magic rule?", "How do I compress data with deflate?"],
+        "globex": ["What are the magic bytes at the start of an xz stream?",
+                   "How do I decode DER-encoded data with libtasn1?"],
+    }
+    for tenant, queries in demo_queries.items():
+        out.rule(f"search --tenant {tenant}")
+        for query, hits in zip(queries, search(tenant, queries, top_k=3), strict=True):
+            _print_hits(query, hits)
+    return 1 if summary["failed_runs"] else 0
+
+
+def _dev(port: int) -> int:
+    prepare_environment()
+    root = Path(__file__).resolve().parent.parent
+    dagster = Path(sys.executable).parent / "dagster"
+    os.execv(str(dagster), [str(dagster), "dev", "-w", str(root / "workspace.yaml"),
+                            "-h", "127.0.0.1", "-p", str(port)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="ingest-pipeline", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("upload", help="register documents for a tenant (copies them into the landing zone)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--delete", action="store_true", help="delete the named documents instead")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("paths", nargs="+")
+
+    p = commands.add_parser("ingest", help="materialize every partition with pending work")
+    p.add_argument("--tenant")
+    p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("search", help="semantic search in a tenant's encrypted index")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--queries-file", help="one query per line; prints a JSON list of result lists")
+    p.add_argument("query", nargs="?")
+
+    p = commands.add_parser("status", help="documents, chunks and index vectors per tenant")
+    p.add_argument("--tenant")
+    p.add_argument("--json", action="store_true")
+
+    p = commands.add_parser("rebuild", help="rebuild a tenant's index from the Postgres cold copy")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--json", action="store_true")
+
+    commands.add_parser("demo", help="ingest the bundled sample corpus for two tenants and search it")
+    p = commands.add_parser("dev", help="open the Dagster UI on this instance")
+    p.add_argument("--port", type=int, default=3000)
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "upload":
+            result = upload(args.tenant, args.paths, delete=args.delete)
+            if args.json:
+                print(json.dumps(result))
+            else:
+                for outcome, names in result.items():
+                    for name in names:
+                        out.print(f"{outcome:>10}  {args.tenant}/{name}")
+            return 1 if result["not_found"] else 0
+        if args.command == "ingest":
+            summary = ingest(args.tenant, show_progress=not args.json)
+            print(json.dumps(summary, default=str)) if args.json else _print_ingest(summary)
+            return 1 if summary["failed_runs"] else 0
+        if args.command == "search":
+            if args.queries_file:
+                queries = [q.strip() for q in Path(args.queries_file).read_text().splitlines() if q.strip()]
+                print(json.dumps(search(args.tenant, queries, args.top_k)))
+                return 0
+            if not args.query:
+                parser.error("search needs a QUERY or --queries-file")
+            hits = search(args.tenant, [args.query], args.top_k)[0]
+            print(json.dumps(hits)) if args.json else _print_hits(args.query, hits)
+            return 0
+        if args.command == "status":
+            report = status(args.tenant)
+            print(json.dumps(report)) if args.json else _print_status(report)
+            return 0
+        if args.command == "rebuild":
+            result = rebuild(args.tenant)
+            print(json.dumps(result)) if args.json else out.print(result)
+            return 0 if result["success"] else 1
+        if args.command == "demo":
+            return _demo()
+        if args.command == "dev":
+            return _dev(args.port)
+    except (InvalidName, FileNotFoundError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Key derivation and authenticated encryption of chunk text and embeddings.
+
+The master key never encrypts data itself: per-tenant data, MAC and index keys are derived from it
+with HKDF-SHA256, so a tenant's keys are useless for any other tenant. Each record is sealed with
+AES-256-GCM under a fresh 96-bit nonce, and the associated data binds tenant, chunk id, key version
+and field, so a ciphertext copied to another row, tenant or column fails to decrypt.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+CURRENT_KEY_VERSION = 1
+
+
+class MasterKeyError(ValueError):
+    """A master key that is missing, malformed or too weak."""
+
+
+class DecryptionError(ValueError):
+    """A ciphertext that does not authenticate: wrong key, wrong row, or tampered bytes."""
+
+
+def parse_master_key(encoded: str) -> bytes:
+    """Decode a base64 master key and insist on exactly 32 non-zero bytes."""
+    try:
+        key = base64.b64decode(encoded.strip(), validate=True)
+    except (ValueError, TypeError):
+        raise MasterKeyError("INGEST_MASTER_KEY is not valid base64") from None
+    if len(key) != KEY_BYTES:
+        raise MasterKeyError(f"INGEST_MASTER_KEY must decode to {KEY_BYTES} bytes, got {len(key)}")
+    if key == bytes(KEY_BYTES):
+        raise MasterKeyError("INGEST_MASTER_KEY is all zero bytes")
+    return key
+
+
+def generate_master_key() -> str:
+    """A new random master key, base64-encoded."""
+    return base64.b64encode(os.urandom(KEY_BYTES)).decode("ascii")
+
+
+def _derive(master_key: bytes, purpose: str, tenant_id: str, key_version: int) -> bytes:
+    info = f"ingest-pipeline/{purpose}/v{key_version}/{tenant_id}".encode()
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(master_key)
+
+
+@dataclass(frozen=True, repr=False)
+class TenantKeys:
+    """The keys of one tenant at one key version. repr() never shows key bytes."""
+
+    tenant_id: str
+    key_version: int
+    data_key: bytes
+    mac_key: bytes
+    index_key: bytes
+
+    def __repr__(self) -> str:
+        return f"TenantKeys(tenant_id={self.tenant_id!r}, key_version={self.key_version})"
+
+
+def derive_tenant_keys(master_key: bytes, tenant_id: str, key_version: int = CURRENT_KEY_VERSION) -> TenantKeys:
+    """Derive a tenant's data key (AES-GCM), MAC key (change detection) and CyborgDB index key."""
+    return TenantKeys(
+        tenant_id=tenant_id,
+        key_version=key_version,
+        data_key=_derive(master_key, "data-key", tenant_id, key_version),
+        mac_key=_derive(master_key, "mac-key", tenant_id, key_version),
+        # The index key is not versioned: rotating it means rebuilding the index.
+        index_key=_derive(master_key, "cyborgdb-index-key", tenant_id, 1),
+    )
+
+
+class VectorEncryptor:
+    """Seals and opens one tenant's chunk text and embeddings with AES-256-GCM."""
+
+    def __init__(self, keys: TenantKeys):
+        self._keys = keys
+        self._aead = AESGCM(keys.data_key)
+
+    @property
+    def key_version(self) -> int:
+        return self._keys.key_version
+
+    def _aad(self, chunk_id: str, field: str) -> bytes:
+        return f"{self._keys.tenant_id}|{chunk_id}|{self._keys.key_version}|{field}".encode()
+
+    def _seal(self, plaintext: bytes, chunk_id: str, field: str) -> bytes:
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plaintext, self._aad(chunk_id, field))
+
+    def _open(self, sealed: bytes, chunk_id: str, field: str) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], self._aad(chunk_id, field))
+        except InvalidTag:
+            raise DecryptionError(
+                f"{field} of chunk {chunk_id} does not decrypt for tenant {self._keys.tenant_id!r} "
+                f"at key version {self._keys.key_version}"
+            ) from None
+
+    def encrypt_text(self, chunk_id: str, text: str) -> bytes:
+        return self._seal(text.encode("utf-8"), chunk_id, "text")
+
+    def decrypt_text(self, chunk_id: str, sealed: bytes) -> str:
+        return self._open(bytes(sealed), chunk_id, "text").decode("utf-8")
+
+    def encrypt_vector(self, chunk_id: str, vector: np.ndarray) -> bytes:
+        return self._seal(np.asarray(vector, dtype="<f4").tobytes(), chunk_id, "embedding")
+
+    def decrypt_vector(self, chunk_id: str, sealed: bytes) -> np.ndarray:
+        return np.frombuffer(self._open(bytes(sealed), chunk_id, "embedding"), dtype="<f4")
+
+    def text_mac(self, text: str) -> bytes:
+        """A keyed digest of chunk text: lets an unchanged chunk be recognised without storing its hash."""
+        return hmac.new(self._keys.mac_key, text.encode("utf-8"), hashlib.sha256).digest()

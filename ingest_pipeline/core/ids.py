@@ -1,0 +1,51 @@
+"""Deterministic identifiers for tenants, documents, chunks and indexes."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import PurePosixPath
+
+TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_DOC_NAMESPACE = uuid.UUID("6f1d0a52-8a7e-5c39-9a55-3c8d2f6b7e10")
+
+
+class InvalidName(ValueError):
+    """A tenant id or document name that the pipeline refuses to store."""
+
+
+def validate_tenant(tenant_id: str) -> str:
+    """Return the tenant id if it is a safe identifier (lowercase letters, digits, '-' and '_')."""
+    if not isinstance(tenant_id, str) or not TENANT_PATTERN.fullmatch(tenant_id):
+        raise InvalidName(
+            f"invalid tenant id {tenant_id!r}: use 1-63 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit"
+        )
+    return tenant_id
+
+
+def validate_document_name(name: str) -> str:
+    """Return a normalised relative document name, refusing absolute paths and '..' components."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if not name or path.is_absolute() or any(part in ("", ".", "..") for part in path.parts):
+        raise InvalidName(f"invalid document name {name!r}: it must be a relative path without '..'")
+    if any(part.startswith(".") for part in path.parts):
+        raise InvalidName(f"invalid document name {name!r}: hidden files are not accepted")
+    if len(str(path)) > 512:
+        raise InvalidName(f"invalid document name {name[:40]!r}...: longer than 512 characters")
+    return str(path)
+
+
+def document_id(tenant_id: str, document_name: str) -> str:
+    """The document's id: stable for a (tenant, document name) pair, different across tenants."""
+    return str(uuid.uuid5(_DOC_NAMESPACE, f"{validate_tenant(tenant_id)}/{document_name}"))
+
+
+def chunk_id(doc_id: str, sequence: int) -> str:
+    """The chunk's id, as in the original design: uuid5(NAMESPACE_DNS, f"{doc_id}_{sequence}")."""
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{doc_id}_{sequence}"))
+
+
+def index_name(tenant_id: str) -> str:
+    """The name of the tenant's own CyborgDB index."""
+    return f"tenant_{validate_tenant(tenant_id)}"

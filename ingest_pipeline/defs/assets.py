@@ -1,0 +1,305 @@
+"""The asset graph: raw_documents -> document_chunks -> chunk_embeddings -> cyborgdb_index.
+
+Data moves through the PostgreSQL ledger, never through an IO manager, so no plaintext is pickled to
+disk. Every asset is one (tenant, month) partition and is idempotent: a retried or repeated
+materialization finds the work already done and changes nothing.
+"""
+
+
+import hashlib
+import time
+from collections import Counter
+
+from dagster import (
+    AssetExecutionContext,
+    Backoff,
+    Config,
+    Failure,
+    Jitter,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+)
+
+from ingest_pipeline.core.crypto import DecryptionError
+from ingest_pipeline.core.extraction import UnreadableDocument, extract_text
+from ingest_pipeline.core.ids import chunk_id, validate_tenant
+from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_month_partitions
+from ingest_pipeline.defs.resources import (
+    CyborgDB,
+    EmbeddingModel,
+    LandingZoneResource,
+    PostgresLedger,
+    TenantKeyring,
+)
+from ingest_pipeline.indexing import IndexWriter
+from ingest_pipeline.ledger import sha256_file
+from ingest_pipeline.vector_index import IndexDimensionMismatch
+
+GROUP = "ingestion"
+OWNERS = ["team:data-platform"]
+# Transient failures (a dropped connection, a busy service) retry with exponential backoff and jitter;
+# errors that retrying cannot fix raise Failure(allow_retries=False).
+STORAGE_RETRY = RetryPolicy(max_retries=3, delay=1.0, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+
+
+def tenant_and_month(context: AssetExecutionContext) -> tuple[str, str]:
+    keys = context.partition_key.keys_by_dimension
+    return validate_tenant(keys[TENANT_DIMENSION]), keys[MONTH_DIMENSION]
+
+
+def fail_fast(message: str) -> Failure:
+    return Failure(description=message, allow_retries=False)
+
+
+@asset(
+    partitions_def=tenant_month_partitions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"postgres"},
+    retry_policy=STORAGE_RETRY,
+)
+def raw_documents(
+    context: AssetExecutionContext, ledger: PostgresLedger, landing: LandingZoneResource
+) -> MaterializeResult:
+    """Uploaded documents of one tenant and month, reconciled with the ledger by content hash.
+
+    Each document whose latest upload falls in this partition is classified as new, changed,
+    unchanged or deleted (an explicit delete, or its file removed from the landing zone). New and
+    changed documents are registered for chunking; a deleted one is tombstoned and its chunks are
+    marked stale for removal from the index. Unchanged documents are left alone.
+    """
+    tenant, month = tenant_and_month(context)
+    counts: Counter[str] = Counter()
+    store = ledger.ledger
+    with store.tenant_lock(tenant), store.connect() as conn:
+        for upload in store.partition_uploads(conn, tenant, month):
+            path = landing.zone.path(tenant, upload.doc_name)
+            document = store.document(conn, upload.doc_id)
+            with conn.transaction():
+                if upload.is_delete or not path.exists():
+                    if document is not None and document["status"] != "deleted":
+                        store.delete_document(conn, upload)
+                        counts["deleted"] += 1
+                    continue
+                content_sha256 = sha256_file(path)
+                if document is None or document["status"] == "deleted":
+                    store.register_document(conn, upload, content_sha256)
+                    counts["new"] += 1
+                elif document["content_sha256"] != content_sha256:
+                    store.register_document(conn, upload, content_sha256)
+                    counts["changed"] += 1
+                else:
+                    store.touch_document(conn, upload)
+                    counts["pending" if document["status"] == "registered" else "unchanged"] += 1
+    context.log.info(f"tenant {tenant} month {month}: {dict(counts) or 'no uploads'}")
+    return MaterializeResult(
+        metadata={
+            "documents_new": counts["new"],
+            "documents_changed": counts["changed"],
+            "documents_unchanged": counts["unchanged"],
+            "documents_deleted": counts["deleted"],
+            "documents_pending_from_earlier_run": counts["pending"],
+        }
+    )
+
+
+@asset(
+    deps=[raw_documents],
+    partitions_def=tenant_month_partitions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"python", "postgres"},
+    retry_policy=STORAGE_RETRY,
+)
+def document_chunks(
+    context: AssetExecutionContext,
+    ledger: PostgresLedger,
+    landing: LandingZoneResource,
+    embedding_model: EmbeddingModel,
+    keyring: TenantKeyring,
+) -> MaterializeResult:
+    """Registered documents extracted to text and split into token-bounded chunks, stored encrypted.
+
+    Chunks are cut at headings, paragraphs and sentences with the embedding model's own tokenizer,
+    so none exceeds the model's window. Chunk ids are uuid5(NAMESPACE_DNS, "{doc_id}_{sequence}");
+    text is sealed with the tenant's AES-256-GCM data key. A chunk whose text is unchanged keeps its
+    embedding; chunks beyond a shortened document's end are marked stale. A document that cannot be
+    read is quarantined with its reason, and the rest of the partition carries on.
+    """
+    tenant, month = tenant_and_month(context)
+    store, chunker = ledger.ledger, embedding_model.chunker
+    encryptor = keyring.encryptor(tenant)
+    counts: Counter[str] = Counter()
+    max_tokens = 0
+    quarantined: list[str] = []
+    started = time.perf_counter()
+    with store.tenant_lock(tenant), store.connect() as conn:
+        for document in store.documents_to_chunk(tenant, month):
+            name = document["doc_name"]
+            try:
+                data = landing.zone.path(tenant, name).read_bytes()
+            except FileNotFoundError:
+                context.log.warning(f"{name}: removed from the landing zone since registration; skipped")
+                counts["missing"] += 1
+                continue
+            content_sha256 = hashlib.sha256(data).hexdigest()
+            try:
+                extracted = extract_text(name, data, landing.max_document_bytes)
+                chunks = chunker.split(extracted.text, extracted.format)
+                if not chunks:
+                    raise UnreadableDocument(name, "no text left after chunking")
+            except UnreadableDocument as exc:
+                reason = exc.reason
+            except Exception as exc:  # a parser bug must not stop the other documents
+                reason = f"unreadable ({type(exc).__name__})"
+            else:
+                reason = None
+            if reason is not None:
+                with conn.transaction():
+                    store.quarantine_document(conn, document, content_sha256, reason)
+                context.log.warning(f"quarantined {name}: {reason}")
+                quarantined.append(name)
+                continue
+            doc_id = str(document["doc_id"])
+            rows = []
+            for chunk in chunks:
+                cid = chunk_id(doc_id, chunk.sequence)
+                rows.append((cid, chunk.sequence, chunk.token_count, encryptor.text_mac(chunk.text),
+                             encryptor.encrypt_text(cid, chunk.text), encryptor.key_version))
+                max_tokens = max(max_tokens, chunk.token_count)
+            with conn.transaction():
+                store.store_chunks(conn, document, content_sha256, rows)
+            counts["documents"] += 1
+            counts["chunks"] += len(rows)
+            counts["tokens"] += sum(row[2] for row in rows)
+    return MaterializeResult(
+        metadata={
+            "documents_chunked": counts["documents"],
+            "documents_quarantined": len(quarantined),
+            "quarantined_documents": MetadataValue.json(quarantined),
+            "documents_missing": counts["missing"],
+            "chunks": counts["chunks"],
+            "tokens": counts["tokens"],
+            "max_tokens_per_chunk": max_tokens,
+            "duration_s": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+@asset(
+    deps=[document_chunks],
+    partitions_def=tenant_month_partitions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"pytorch", "postgres"},
+    retry_policy=STORAGE_RETRY,
+)
+def chunk_embeddings(
+    context: AssetExecutionContext,
+    ledger: PostgresLedger,
+    embedding_model: EmbeddingModel,
+    keyring: TenantKeyring,
+) -> MaterializeResult:
+    """Embeddings of new or changed chunks, sealed with AES-256-GCM into the Postgres cold copy.
+
+    Chunks are embedded in batches (32 by default) by a model loaded once per process, and each
+    group of batches is committed as it finishes, so a retry resumes where the failure struck and
+    never embeds a chunk twice. Unchanged chunks are not embedded again.
+    """
+    tenant, month = tenant_and_month(context)
+    store, embedder = ledger.ledger, embedding_model.embedder
+    encryptors: dict[int, object] = {}
+    fetch = embedder.batch_size * 8
+    embedded = batches = 0
+    embed_seconds = 0.0
+    seen: set[str] = set()
+    started = time.perf_counter()
+    with store.tenant_lock(tenant), store.connect() as conn:
+        while rows := store.chunks_in_state(conn, tenant, month, "chunked", limit=fetch):
+            if seen.intersection(row["chunk_id"] for row in rows):
+                raise RuntimeError(f"chunks of tenant {tenant} did not leave the 'chunked' state; retrying")
+            seen.update(row["chunk_id"] for row in rows)
+            texts = []
+            for row in rows:
+                encryptor = encryptors.setdefault(row["key_version"], keyring.encryptor(tenant, row["key_version"]))
+                try:
+                    texts.append(encryptor.decrypt_text(row["chunk_id"], row["text_ciphertext"]))
+                except DecryptionError as exc:
+                    raise fail_fast(f"{exc} (is INGEST_MASTER_KEY the key the data was written with?)") from None
+            tick = time.perf_counter()
+            vectors = embedder.embed(texts)
+            embed_seconds += time.perf_counter() - tick
+            sealed = [
+                (encryptors[row["key_version"]].encrypt_vector(row["chunk_id"], vector),
+                 row["chunk_id"], row["text_mac"])
+                for row, vector in zip(rows, vectors, strict=True)
+            ]
+            with conn.transaction():
+                store.store_embeddings(conn, tenant, sealed)
+            embedded += len(rows)
+            batches += -(-len(rows) // embedder.batch_size)
+            context.log.info(f"tenant {tenant} month {month}: {embedded} chunks embedded")
+    rate = embedded / embed_seconds if embed_seconds else 0.0
+    return MaterializeResult(
+        metadata={
+            "chunks_embedded": embedded,
+            "batches": batches,
+            "batch_size": embedder.batch_size,
+            "embedding_seconds": round(embed_seconds, 3),
+            "chunks_per_second": round(rate, 1),
+            "dimension": embedder.dimension,
+            "duration_s": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+class IndexConfig(Config):
+    upsert_batch_size: int = 32
+
+
+@asset(
+    deps=[chunk_embeddings],
+    partitions_def=tenant_month_partitions,
+    group_name=GROUP,
+    owners=OWNERS,
+    kinds={"cyborgdb", "postgres"},
+    retry_policy=STORAGE_RETRY,
+)
+def cyborgdb_index(
+    context: AssetExecutionContext,
+    config: IndexConfig,
+    ledger: PostgresLedger,
+    cyborgdb: CyborgDB,
+    keyring: TenantKeyring,
+) -> MaterializeResult:
+    """The tenant's encrypted CyborgDB index, brought up to date from the Postgres cold copy.
+
+    Stale chunks (of changed, deleted or quarantined documents) are deleted from the index first,
+    then embedded chunks are upserted in batches as {id, vector, metadata, contents}; each batch is
+    marked indexed in the same transaction that locked its rows, so a failed upsert rolls the batch
+    back and the step retries. CyborgDB encrypts vectors with the tenant's own index key; contents
+    are the chunk's AES-GCM ciphertext. One writer per tenant index at a time.
+    """
+    tenant, month = tenant_and_month(context)
+    store = ledger.ledger
+    started = time.perf_counter()
+    with store.tenant_lock(tenant), store.connect() as conn:
+        writer = IndexWriter(store, cyborgdb.indexes, keyring, tenant, config.upsert_batch_size)
+        try:
+            removed = writer.remove_stale(conn, month)
+            upserted, batches = writer.upsert_embedded(conn, month)
+        except (DecryptionError, IndexDimensionMismatch) as exc:
+            raise fail_fast(str(exc)) from None
+        index_vectors = writer.count()
+    return MaterializeResult(
+        metadata={
+            "chunks_upserted": upserted,
+            "chunks_removed": removed,
+            "upsert_batches": batches,
+            "index_vectors": index_vectors,
+            "backend": cyborgdb.indexes.backend,
+            "duration_s": round(time.perf_counter() - started, 3),
+        }
+    )

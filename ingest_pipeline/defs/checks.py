@@ -1,0 +1,107 @@
+"""Asset checks that tell the truth about the index: it matches the ledger, decrypts, and retrieves."""
+
+
+import random
+import warnings
+
+import numpy as np
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    PreviewWarning,
+    asset_check,
+)
+
+from ingest_pipeline.core.crypto import DecryptionError
+from ingest_pipeline.defs.assets import cyborgdb_index
+from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_month_partitions
+from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
+from ingest_pipeline.indexing import IndexWriter
+
+# Partitioned asset checks are "preview" in Dagster 1.13; they are what gives each partition its checks.
+warnings.filterwarnings("ignore", category=PreviewWarning)
+
+SAMPLE_SIZE = 5
+SELF_MATCH_DISTANCE = 1e-4
+
+
+def _partition(context: AssetCheckExecutionContext) -> tuple[str, str]:
+    keys = context.partition_key.keys_by_dimension
+    return keys[TENANT_DIMENSION], keys[MONTH_DIMENSION]
+
+
+@asset_check(asset=cyborgdb_index, partitions_def=tenant_month_partitions, blocking=False)
+def index_matches_ledger(
+    context: AssetCheckExecutionContext, ledger: PostgresLedger, cyborgdb: CyborgDB, keyring: TenantKeyring
+) -> AssetCheckResult:
+    """The tenant's CyborgDB index holds exactly the chunk ids the ledger marks indexed."""
+    tenant, _ = _partition(context)
+    store = ledger.ledger
+    with store.tenant_lock(tenant), store.connect() as conn:
+        expected = store.indexed_chunk_ids(conn, tenant)
+        index = IndexWriter(store, cyborgdb.indexes, keyring, tenant).index()
+        actual = index.list_ids() if index is not None else set()
+    missing, unexpected = expected - actual, actual - expected
+    return AssetCheckResult(
+        passed=not missing and not unexpected,
+        metadata={"ledger_indexed": len(expected), "index_vectors": len(actual),
+                  "missing_from_index": len(missing), "not_in_ledger": len(unexpected)},
+    )
+
+
+@asset_check(asset=cyborgdb_index, partitions_def=tenant_month_partitions, blocking=False)
+def ciphertexts_decrypt(
+    context: AssetCheckExecutionContext, ledger: PostgresLedger, keyring: TenantKeyring
+) -> AssetCheckResult:
+    """Every chunk text and embedding ciphertext of the partition decrypts under the tenant's key."""
+    tenant, month = _partition(context)
+    store = ledger.ledger
+    checked = failed = 0
+    with store.connect() as conn:
+        rows = store.partition_chunks(conn, tenant, month)
+    for row in rows:
+        encryptor = keyring.encryptor(tenant, row["key_version"])
+        for field, sealed in (("text", row["text_ciphertext"]), ("embedding", row["embedding_ciphertext"])):
+            if sealed is None:
+                continue
+            checked += 1
+            try:
+                if field == "text":
+                    encryptor.decrypt_text(row["chunk_id"], sealed)
+                else:
+                    encryptor.decrypt_vector(row["chunk_id"], sealed)
+            except DecryptionError:
+                failed += 1
+    return AssetCheckResult(
+        passed=failed == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"ciphertexts_checked": checked, "ciphertexts_failed": failed},
+    )
+
+
+@asset_check(asset=cyborgdb_index, partitions_def=tenant_month_partitions, blocking=False)
+def sample_chunks_retrieve_themselves(
+    context: AssetCheckExecutionContext, ledger: PostgresLedger, cyborgdb: CyborgDB, keyring: TenantKeyring
+) -> AssetCheckResult:
+    """A random sample of the partition's indexed chunks, queried by their own embedding, comes back first."""
+    tenant, month = _partition(context)
+    store = ledger.ledger
+    with store.connect() as conn:
+        rows = [row for row in store.partition_chunks(conn, tenant, month) if row["state"] == "indexed"]
+    sample = random.Random(0).sample(rows, min(SAMPLE_SIZE, len(rows)))
+    if not sample:
+        return AssetCheckResult(passed=True, metadata={"sampled": 0, "note": "no indexed chunks in partition"})
+    index = IndexWriter(store, cyborgdb.indexes, keyring, tenant).index()
+    if index is None:
+        return AssetCheckResult(passed=False, metadata={"sampled": len(sample), "note": "index does not exist"})
+    vectors = np.stack([
+        keyring.encryptor(tenant, row["key_version"]).decrypt_vector(row["chunk_id"], row["embedding_ciphertext"])
+        for row in sample
+    ])
+    found = 0
+    for row, hits in zip(sample, index.query(vectors, top_k=10), strict=True):
+        # Identical chunks (the same paragraph in two documents) tie at distance 0.
+        nearest = [hit["id"] for hit in hits if hit["distance"] <= hits[0]["distance"] + SELF_MATCH_DISTANCE]
+        found += row["chunk_id"] in nearest
+    return AssetCheckResult(passed=found == len(sample), metadata={"sampled": len(sample), "retrieved_first": found})

@@ -1,0 +1,41 @@
+"""Jobs: the partitioned ingest job, and a rebuild of a tenant's index from the cold copy."""
+
+from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
+
+from ingest_pipeline.core.ids import validate_tenant
+from ingest_pipeline.defs.assets import GROUP
+from ingest_pipeline.defs.partitions import tenant_month_partitions
+from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
+from ingest_pipeline.indexing import IndexWriter
+
+ingest_job = define_asset_job(
+    "ingest_job",
+    selection=AssetSelection.groups(GROUP),
+    partitions_def=tenant_month_partitions,
+    description="Raw documents to chunks, embeddings and the tenant's encrypted index, for one partition.",
+)
+
+
+class RebuildConfig(Config):
+    tenant: str
+    upsert_batch_size: int = 32
+
+
+@op
+def rebuild_index_from_cold_copy(
+    context: OpExecutionContext, config: RebuildConfig, ledger: PostgresLedger, cyborgdb: CyborgDB,
+    keyring: TenantKeyring,
+) -> None:
+    """Drop the tenant's CyborgDB index and refill it from the encrypted embeddings in Postgres."""
+    tenant = validate_tenant(config.tenant)
+    store = ledger.ledger
+    with store.tenant_lock(tenant), store.connect() as conn:
+        writer = IndexWriter(store, cyborgdb.indexes, keyring, tenant, config.upsert_batch_size)
+        restored = writer.rebuild(conn)
+        count = writer.count()
+    context.log.info(f"rebuilt index of tenant {tenant}: {restored} chunks restored, {count} vectors")
+
+
+@job(description="Rebuild one tenant's CyborgDB index from the Postgres cold copy, without re-embedding.")
+def rebuild_tenant_index():
+    rebuild_index_from_cold_copy()

