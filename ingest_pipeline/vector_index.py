@@ -20,6 +20,10 @@ class IndexDimensionMismatch(ValueError):
     """The index was built for vectors of another size (a different embedding model)."""
 
 
+class IndexKeyMismatch(ValueError):
+    """The index exists but does not open with this tenant's index key (a different master key)."""
+
+
 class TenantIndex:
     """Upsert, delete, query and count one tenant's vectors; the same calls on either backend."""
 
@@ -97,7 +101,7 @@ class CyborgIndexes:
         """The tenant's index, created when `create` is set; None when it does not exist yet."""
         name = index_name(keys.tenant_id)
         if name in set(self._client.list_indexes()):
-            handle = self._client.load_index(name, keys.index_key)
+            handle = self._load(name, keys)
         elif create:
             try:
                 handle = self._client.create_index(name, keys.index_key, dimension=dimension, metric=METRIC)
@@ -105,13 +109,23 @@ class CyborgIndexes:
                 # Another writer may have created it between the listing and the create.
                 if name not in set(self._client.list_indexes()):
                     raise
-                handle = self._client.load_index(name, keys.index_key)
+                handle = self._load(name, keys)
         else:
             return None
         index = TenantIndex(keys.tenant_id, handle, keys.index_key, self._embedded)
         if dimension:
             index.check_dimension(dimension)
         return index
+
+    def _load(self, name: str, keys: TenantKeys):
+        try:
+            return self._client.load_index(name, keys.index_key)
+        except Exception as exc:
+            if "unwrap" in str(exc).lower() or "authenticate" in str(exc).lower():
+                raise IndexKeyMismatch(
+                    f"the index of tenant {keys.tenant_id!r} does not open with this master key"
+                ) from None
+            raise
 
     def drop(self, keys: TenantKeys) -> bool:
         index = self.open(keys)

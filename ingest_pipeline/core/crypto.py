@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
+TAG_BYTES = 16
 CURRENT_KEY_VERSION = 1
 
 
@@ -101,6 +102,8 @@ class VectorEncryptor:
         return nonce + self._aead.encrypt(nonce, plaintext, self._aad(chunk_id, field))
 
     def _open(self, sealed: bytes, chunk_id: str, field: str) -> bytes:
+        if len(sealed) < NONCE_BYTES + TAG_BYTES:
+            raise DecryptionError(f"{field} of chunk {chunk_id} is too short to be a ciphertext")
         try:
             return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], self._aad(chunk_id, field))
         except InvalidTag:

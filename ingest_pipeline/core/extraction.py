@@ -13,6 +13,7 @@ from pypdf import PdfReader
 from pypdf.errors import PdfReadError
 
 DEFAULT_MAX_DOCUMENT_BYTES = 50 * 1024 * 1024
+CHARSET_DETECTION_MIN_BYTES = 2048
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
 PDF_SUFFIXES = {".pdf"}
@@ -70,10 +71,14 @@ def _decode(document_name: str, data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
         pass
-    best = from_bytes(data).best()
-    if best is None:
-        raise UnreadableDocument(document_name, "not text: no character encoding fits the bytes")
-    return str(best)
+    # Encoding detection needs evidence: short texts are read as Windows-1252, the commonest legacy encoding.
+    best = from_bytes(data).best() if len(data) >= CHARSET_DETECTION_MIN_BYTES else None
+    if best is not None:
+        return str(best)
+    try:
+        return data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise UnreadableDocument(document_name, "not text: no character encoding fits the bytes") from None
 
 
 def _html_text(markup: str) -> str:

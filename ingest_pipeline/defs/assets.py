@@ -35,7 +35,7 @@ from ingest_pipeline.defs.resources import (
 )
 from ingest_pipeline.indexing import IndexWriter
 from ingest_pipeline.ledger import sha256_file
-from ingest_pipeline.vector_index import IndexDimensionMismatch
+from ingest_pipeline.vector_index import IndexDimensionMismatch, IndexKeyMismatch
 
 GROUP = "ingestion"
 OWNERS = ["team:data-platform"]
@@ -290,7 +290,7 @@ def cyborgdb_index(
         try:
             removed = writer.remove_stale(conn, month)
             upserted, batches = writer.upsert_embedded(conn, month)
-        except (DecryptionError, IndexDimensionMismatch) as exc:
+        except (DecryptionError, IndexDimensionMismatch, IndexKeyMismatch) as exc:
             raise fail_fast(str(exc)) from None
         index_vectors = writer.count()
     return MaterializeResult(

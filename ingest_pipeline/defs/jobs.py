@@ -4,14 +4,12 @@ from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job
 
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.defs.assets import GROUP
-from ingest_pipeline.defs.partitions import tenant_month_partitions
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
 from ingest_pipeline.indexing import IndexWriter
 
 ingest_job = define_asset_job(
     "ingest_job",
     selection=AssetSelection.groups(GROUP),
-    partitions_def=tenant_month_partitions,
     description="Raw documents to chunks, embeddings and the tenant's encrypted index, for one partition.",
 )
 

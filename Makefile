@@ -1,0 +1,32 @@
+# Every target installs what it needs into .venv first (torch is pinned to the CPU build on disk).
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install run test dev lint bench recall stop
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## ingest the bundled sample corpus for two tenants and show search results
+	$(VENV)/bin/ingest-pipeline demo
+
+test: install  ## the whole test suite, against real Postgres, CyborgDB (embedded and service) and the model
+	$(PY) -m pytest -q
+
+dev: install  ## the Dagster UI on the same instance and state
+	$(VENV)/bin/ingest-pipeline dev
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+recall: install  ## encrypted-index recall vs exact search, and answer-in-top-k, on the bundled SQuAD sample
+	$(PY) benchmarks/retrieval_quality.py
+
+stop: install  ## stop the embedded PostgreSQL server of INGEST_HOME
+	$(VENV)/bin/ingest-pipeline stop-postgres

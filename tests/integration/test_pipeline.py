@@ -1,0 +1,112 @@
+"""The asset graph end to end on real engines, on both CyborgDB backends."""
+
+from ingest_pipeline.core.ids import chunk_id, document_id
+from ingest_pipeline.definitions import build_resources
+from tests.integration.helpers import ledger_chunks, materialization_metadata, materialize_partition
+
+MAGIC_QUERY = "What is the default priority of a magic rule?"
+
+
+def test_ingest_indexes_every_chunk_and_search_finds_it(pipeline, docs):
+    acme = pipeline.tenant("acme")
+    uploaded = pipeline.upload(acme, docs)
+    assert sorted(uploaded["uploaded"]) == sorted(p.name for p in docs.iterdir())
+
+    summary = pipeline.ingest()
+    assert summary["totals"]["documents_new"] == 4
+    assert summary["failed_checks"] == 0
+    assert [run["checks_passed"] for run in summary["runs"]] == [3]
+
+    status = pipeline.status(acme)
+    assert status["documents"] == 4 and status["quarantined"] == 0
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] > 20
+
+    hits = pipeline.search(acme, MAGIC_QUERY, top_k=3)
+    assert len(hits) == 3
+    top = hits[0]
+    assert top["source"] == "shared-mime-info-spec.pdf"
+    assert "default priority value is 50" in " ".join(top["text"].split())
+    assert top["doc_id"] == document_id(acme, "shared-mime-info-spec.pdf")
+    assert top["chunk_id"] == chunk_id(top["doc_id"], top["chunk_sequence"])
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+
+def test_rematerializing_changes_nothing_and_changes_and_deletes_propagate(pipeline, docs):
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs)
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    before = ledger_chunks(ledger, acme)
+    embedded_before = ledger.tenant_status(acme)["embeddings_computed"]
+    assert embedded_before == len(before)
+
+    # Identical bytes again: no upload, no pending work.
+    assert sorted(pipeline.upload(acme, docs)["unchanged"]) == sorted(p.name for p in docs.iterdir())
+    assert pipeline.ingest()["runs"] == []
+
+    # The partition materialized again (a retry, a backfill): the same ids, the same ciphertexts.
+    result = materialize_partition(acme)
+    assert result.success
+    assert materialization_metadata(result, "raw_documents")["documents_unchanged"] == 4
+    assert materialization_metadata(result, "chunk_embeddings")["chunks_embedded"] == 0
+    after = ledger_chunks(ledger, acme)
+    assert after.keys() == before.keys()
+    assert all(after[c]["text_ciphertext"] == before[c]["text_ciphertext"] for c in before)
+    assert ledger.tenant_status(acme)["embeddings_computed"] == embedded_before
+
+    # A changed document: shorter, with a new closing paragraph. Its stale chunks leave both stores.
+    changed = docs / "pip-dependency-resolution.md"
+    text = changed.read_text()
+    changed.write_text(text[: len(text) // 3] + "\n\nZebra crossings in Lisbon are painted white and black.\n")
+    pipeline.upload(acme, changed)
+    summary = pipeline.ingest()
+    assert summary["totals"]["documents_changed"] == 1
+    assert summary["totals"]["chunks_removed"] > 0
+    doc = document_id(acme, changed.name)
+    old = {c for c, row in before.items() if row["doc_id"] == doc}
+    new = {c for c, row in ledger_chunks(ledger, acme).items() if row["doc_id"] == doc}
+    assert new < old
+    recomputed = ledger.tenant_status(acme)["embeddings_computed"] - embedded_before
+    assert 1 <= recomputed <= len(new)  # unchanged leading chunks kept their embeddings
+    status = pipeline.status(acme)
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] == len(after) - len(old) + len(new)
+    assert pipeline.search(acme, "What colour are zebra crossings in Lisbon?", 1)[0]["source"] == changed.name
+
+    # An explicit delete.
+    pipeline.upload(acme, changed.name, delete=True)
+    pipeline.ingest()
+    status = pipeline.status(acme)
+    assert status["documents"] == 3
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] == len(after) - len(old)
+    assert all(hit["source"] != changed.name for hit in pipeline.search(acme, "zebra crossings Lisbon", 10))
+
+    # A removal from the landing zone, picked up when the partition is next materialized.
+    (pipeline.home / "landing" / acme / "apache-license-2.0.txt").unlink()
+    result = materialize_partition(acme)
+    assert result.success
+    assert materialization_metadata(result, "raw_documents")["documents_deleted"] == 1
+    status = pipeline.status(acme)
+    assert status["documents"] == 2
+    assert status["chunks"] == status["indexed"] == status["index_vectors"]
+    assert all(h["source"] != "apache-license-2.0.txt" for h in pipeline.search(acme, "Apache License", 10))
+
+
+def test_index_rebuilds_from_the_cold_copy_without_reembedding(pipeline, docs):
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs)
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    embedded = ledger.tenant_status(acme)["embeddings_computed"]
+    resources = build_resources(for_dagster=False)
+    keys = resources["keyring"].tenant_keys(acme)
+    assert resources["cyborgdb"].indexes.drop(keys)
+    assert pipeline.status(acme)["index_vectors"] == 0
+
+    result = pipeline.run_cli("rebuild", "--tenant", acme, "--json")
+    assert '"success": true' in result.stdout
+    status = pipeline.status(acme)
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
+    assert ledger.tenant_status(acme)["embeddings_computed"] == embedded
+    assert pipeline.search(acme, MAGIC_QUERY, 1)[0]["source"] == "shared-mime-info-spec.pdf"
+    check_run = materialize_partition(acme)
+    assert all(check.passed for check in check_run.get_asset_check_evaluations())

@@ -1,0 +1,284 @@
+"""Unit tests for ingest_pipeline.core.extraction: text from .txt/.md/.html/.pdf and content-free refusals."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pypdf import PdfReader, PdfWriter
+
+from ingest_pipeline.core.extraction import (
+    SUPPORTED_SUFFIXES,
+    ExtractedText,
+    UnreadableDocument,
+    extract_text,
+)
+
+PDF_TEXT = "Quarterly revenue grew by twelve percent"
+
+
+def make_pdf(text: str = PDF_TEXT) -> bytes:
+    """A minimal, valid one-page PDF 1.4 whose content stream shows `text` with a Tj operator."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode("latin-1")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref_offset = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n".encode()
+    out += b"0000000000 65535 f \n"
+    for offset in offsets:
+        out += f"{offset:010d} 00000 n \n".encode()
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref_offset}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def _write(writer: PdfWriter) -> bytes:
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+def encrypted_pdf(user_password: str, owner_password: str = "o") -> bytes:
+    writer = PdfWriter()
+    writer.add_page(PdfReader(io.BytesIO(make_pdf())).pages[0])
+    writer.encrypt(user_password=user_password, owner_password=owner_password)
+    return _write(writer)
+
+
+def blank_pdf() -> bytes:
+    writer = PdfWriter()
+    writer.add_blank_page(width=612, height=792)
+    return _write(writer)
+
+
+def assert_refused(name: str, data: bytes, reason_fragment: str, secret: str | None = None, **kwargs):
+    with pytest.raises(UnreadableDocument) as info:
+        extract_text(name, data, **kwargs)
+    error = info.value
+    assert error.document_name == name
+    assert reason_fragment in error.reason
+    assert str(error) == f"{name}: {error.reason}"
+    if secret is not None:
+        assert secret not in str(error)
+        assert secret not in repr(error)
+    return error
+
+
+# --- the hand-made PDF is genuinely valid ------------------------------------------------------------
+
+
+def test_hand_made_pdf_is_valid_in_strict_mode():
+    reader = PdfReader(io.BytesIO(make_pdf()), strict=True)
+    assert len(reader.pages) == 1
+    assert PDF_TEXT in reader.pages[0].extract_text()
+
+
+# --- plain text and markdown -------------------------------------------------------------------------
+
+
+def test_txt_utf8():
+    text = "Grüße aus Zürich — 東京 😀\nSecond line."
+    result = extract_text("notes.txt", text.encode("utf-8"))
+    assert result == ExtractedText(text=text, format="text")
+
+
+def test_txt_utf8_with_bom_drops_the_bom():
+    result = extract_text("notes.txt", "\ufeffHello BOM".encode())
+    assert result.text == "Hello BOM"
+
+
+def test_txt_cp1252():
+    text = (
+        "Le rapport annuel présente les résultats financiers de l'entreprise. "
+        "Les dépenses ont été réduites et la qualité du service s'est améliorée."
+    )
+    data = text.encode("cp1252")
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")  # so the fallback path is exercised
+    result = extract_text("rapport.txt", data)
+    assert result == ExtractedText(text=text, format="text")
+
+
+def test_txt_latin1_german():
+    text = "Die Größe der Bäume überrascht. Zürich Straße Grüße für Müller."
+    assert extract_text("brief.txt", text.encode("latin-1")).text == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Le café est très bon à Noël, garçon.",
+        "Señor Muñoz paid 50 € for the piñata.",
+        "Café crème, naïve façade — “quoted” résumé.",
+    ],
+)
+def test_txt_short_cp1252_is_decoded_correctly(text):
+    assert extract_text("short.txt", text.encode("cp1252")).text == text
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".text", ".TXT"])
+def test_text_suffixes(suffix):
+    assert extract_text(f"a{suffix}", b"plain words").format == "text"
+
+
+@pytest.mark.parametrize("suffix", [".md", ".markdown", ".MD"])
+def test_markdown(suffix):
+    source = "# Title\n\nSome *emphasis* and a [link](http://example.com).\n\n- item one\n- item two\n"
+    result = extract_text(f"readme{suffix}", source.encode())
+    assert result.format == "markdown"
+    assert result.text == source.strip()  # markdown is kept as markdown for the heading-aware chunker
+
+
+def test_whitespace_is_normalised():
+    data = b"  first line   \r\nsecond\t\n\n\n\n\nthird  \n\n"
+    assert extract_text("a.txt", data).text == "first line\nsecond\n\nthird"
+
+
+# --- html --------------------------------------------------------------------------------------------
+
+
+def test_html_drops_script_style_and_head_keeps_body_text():
+    markup = b"""<!doctype html>
+<html><head><title>Page title</title><style>body { color: red }</style>
+<script>var leaked = "HEADSCRIPT";</script></head>
+<body>
+  <h1>Welcome</h1>
+  <script>alert("BODYSCRIPT")</script>
+  <p>Body paragraph with <b>bold</b> text.</p>
+  <style>.x { display: none }</style>
+  <noscript>NOSCRIPT fallback</noscript>
+  <ul><li>First item</li><li>Second item</li></ul>
+</body></html>"""
+    result = extract_text("page.html", markup)
+    assert result.format == "html"
+    for kept in ("Welcome", "Body paragraph with", "bold", "First item", "Second item"):
+        assert kept in result.text
+    for dropped in ("HEADSCRIPT", "BODYSCRIPT", "alert", "color: red", "display: none", "NOSCRIPT", "<p>", "<h1>"):
+        assert dropped not in result.text
+
+
+def test_htm_suffix_and_entities():
+    result = extract_text("page.htm", b"<p>Fish &amp; chips &lt;3 caf&eacute;</p>")
+    assert result == ExtractedText(text="Fish & chips <3 café", format="html")
+
+
+def test_html_with_only_script_has_no_text():
+    assert_refused(
+        "x.html",
+        b"<html><body><script>var SECRETVALUE = 1;</script></body></html>",
+        "no extractable text",
+        secret="SECRETVALUE",
+    )
+
+
+# --- pdf ---------------------------------------------------------------------------------------------
+
+
+def test_pdf_text_is_extracted():
+    result = extract_text("report.pdf", make_pdf())
+    assert result == ExtractedText(text=PDF_TEXT, format="pdf")
+
+
+def test_pdf_suffix_is_case_insensitive():
+    assert extract_text("REPORT.PDF", make_pdf()).text == PDF_TEXT
+
+
+def test_owner_password_only_pdf_is_readable():
+    # Empty user password: the document opens without a password, so it must not be refused.
+    assert extract_text("open.pdf", encrypted_pdf(user_password="")).text == PDF_TEXT
+
+
+# --- hostile inputs ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["empty.txt", "empty.md", "empty.html", "empty.pdf"])
+def test_empty_file(name):
+    assert_refused(name, b"", "empty document")
+
+
+@pytest.mark.parametrize("data", [b"   ", b"\n\n\t \r\n", b"\x0b\x0c "])
+def test_whitespace_only(data):
+    assert_refused("blank.txt", data, "empty document")
+
+
+def test_binary_bytes_in_txt():
+    data = b"CONFIDENTIAL-PAYLOAD\x00\x01\x02\xff\xfe binary"
+    error = assert_refused("data.txt", data, "NUL", secret="CONFIDENTIAL-PAYLOAD")
+    assert "binary" in error.reason
+
+
+def test_binary_bytes_in_html():
+    assert_refused("page.html", b"<p>CONFIDENTIAL</p>\x00\x00", "NUL", secret="CONFIDENTIAL")
+
+
+@pytest.mark.parametrize("name", ["report.docx", "image.png", "archive.tar.gz", "no_extension", "script.py"])
+def test_unsupported_extension(name):
+    error = assert_refused(name, b"CONFIDENTIAL content", "unsupported format", secret="CONFIDENTIAL")
+    for suffix in SUPPORTED_SUFFIXES:
+        assert suffix in error.reason  # tells the user what is accepted
+
+
+def test_unsupported_extension_names_the_suffix():
+    assert ".docx" in assert_refused("report.docx", b"PK\x03\x04", "unsupported").reason
+    assert "(no extension)" in assert_refused("README", b"hello", "unsupported").reason
+
+
+def test_too_large():
+    data = b"CONFIDENTIAL " * 10
+    error = assert_refused("big.txt", data, "too large", secret="CONFIDENTIAL", max_bytes=50)
+    assert str(len(data)) in error.reason
+    assert "50" in error.reason
+
+
+def test_exactly_max_bytes_is_accepted():
+    assert extract_text("ok.txt", b"x" * 50, max_bytes=50).text == "x" * 50
+
+
+def test_too_large_is_checked_before_parsing():
+    # A huge "PDF" of garbage is refused for its size, not parsed.
+    assert_refused("big.pdf", b"%PDF-" + b"\x00" * 200, "too large", max_bytes=100)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(make_pdf()[: len(make_pdf()) // 2], id="truncated-half"),
+        pytest.param(make_pdf()[:60], id="truncated-header"),
+        pytest.param(b"%PDF-1.4\n" + bytes(range(256)) * 4, id="garbage-after-header"),
+        pytest.param(b"%PDF-1.7\nCONFIDENTIAL garbage that is not a pdf body", id="text-after-header"),
+    ],
+)
+def test_corrupt_pdf(data):
+    error = assert_refused("broken.pdf", data, "corrupt PDF", secret="CONFIDENTIAL")
+    assert PDF_TEXT not in str(error)
+
+
+def test_pdf_without_header():
+    assert_refused(
+        "fake.pdf", b"CONFIDENTIAL plain text pretending to be a pdf", "no PDF header", secret="CONFIDENTIAL"
+    )
+
+
+def test_encrypted_pdf():
+    data = encrypted_pdf(user_password="secret")
+    assert PdfReader(io.BytesIO(data)).is_encrypted
+    error = assert_refused("locked.pdf", data, "encrypted PDF", secret=PDF_TEXT)
+    assert "secret" not in str(error)  # the password is never echoed either
+
+
+def test_pdf_with_no_text():
+    assert_refused("scan.pdf", blank_pdf(), "no extractable text in PDF")
+
+
+def test_unreadable_document_is_a_value_error():
+    assert issubclass(UnreadableDocument, ValueError)
