@@ -121,7 +121,9 @@ class CyborgIndexes:
         try:
             return self._client.load_index(name, keys.index_key)
         except Exception as exc:
-            if "unwrap" in str(exc).lower() or "authenticate" in str(exc).lower():
+            message = str(exc).lower()
+            # cyborgdb-core: "Failed to unwrap DEK ..."; cyborgdb-service: "Wrong encryption key for index".
+            if "unwrap" in message or "wrong encryption key" in message:
                 raise IndexKeyMismatch(
                     f"the index of tenant {keys.tenant_id!r} does not open with this master key"
                 ) from None
