@@ -1,0 +1,76 @@
+"""The code location as Dagster sees it: definitions, partitions, the shared instance and the UI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import datetime
+
+from dagster import AssetKey
+from dagster_postgres import PostgresRunStorage
+
+from ingest_pipeline.definitions import build_definitions
+from ingest_pipeline.defs.partitions import month_partitions
+from ingest_pipeline.instance import dagster_instance
+from tests.integration.conftest import _free_port
+
+ASSETS = ["raw_documents", "document_chunks", "chunk_embeddings", "cyborgdb_index"]
+
+
+def test_definitions_describe_a_four_stage_partitioned_graph():
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    for upstream, downstream in zip(ASSETS, ASSETS[1:], strict=False):
+        assert AssetKey(upstream) in graph.get(AssetKey(downstream)).parent_keys
+    for name in ASSETS:
+        node = graph.get(AssetKey(name))
+        assert node.description and len(node.description) > 80
+        assert node.group_name == "ingestion" and node.owners
+        assert node.partitions_def.partition_dimension_names == ["month", "tenant"]
+    checks = {key.name for key in graph.asset_check_keys}
+    assert checks == {"index_matches_ledger", "ciphertexts_decrypt", "sample_chunks_retrieve_themselves"}
+
+
+def test_partition_count_stays_within_dagster_guidance_for_1000_tenants_over_3_years():
+    months = month_partitions.get_partition_keys(current_time=datetime(2028, 12, 31))
+    assert len(months) == 36
+    assert 1000 * len(months) <= 100_000
+
+
+def test_runs_land_in_the_postgres_instance_the_ui_reads(embedded_pipeline, docs):
+    acme = embedded_pipeline.tenant("acme")
+    embedded_pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    summary = embedded_pipeline.ingest()
+    instance = dagster_instance()
+    assert isinstance(instance.run_storage, PostgresRunStorage)
+    run = instance.get_run_by_id(summary["runs"][0]["run_id"])
+    assert run.tags["dagster/partition/tenant"] == acme and run.is_success
+    assert acme in instance.get_dynamic_partitions("tenants")
+
+    # `make dev`: the UI starts on the same instance and lists that run.
+    port = _free_port()
+    env = {**os.environ, **embedded_pipeline.env}
+    ui = subprocess.Popen([sys.executable, "-m", "ingest_pipeline.cli", "dev", "--port", str(port)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        query = json.dumps({"query": "{ runsOrError { ... on Runs { results { runId status } } } }"}).encode()
+        deadline, runs = time.monotonic() + 120, None
+        while runs is None and time.monotonic() < deadline and ui.poll() is None:
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    runs = json.load(response)["data"]["runsOrError"]["results"]
+            except OSError:
+                time.sleep(1)
+        assert runs is not None, "the Dagster UI did not answer"
+        assert {"runId": run.run_id, "status": "SUCCESS"} in runs
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        try:
+            ui.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
