@@ -25,6 +25,9 @@ dev: install  ## the Dagster UI on the same instance and state
 lint: install
 	$(VENV)/bin/ruff check .
 
+bench: install  ## ingest throughput against the bare model, side by side
+	$(PY) benchmarks/ingest_throughput.py
+
 recall: install  ## encrypted-index recall vs exact search, and answer-in-top-k, on the bundled SQuAD sample
 	$(PY) benchmarks/retrieval_quality.py
 

@@ -16,10 +16,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
-from ingest_pipeline.core.extraction import SUPPORTED_SUFFIXES
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
 from ingest_pipeline.instance import dagster_instance, prepare_environment
 from ingest_pipeline.ledger import sha256_file
@@ -46,8 +53,11 @@ def _files(paths: list[str]) -> list[tuple[str, Path]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES):
-                found.append((file.relative_to(path).as_posix(), file))
+            # Every visible file is uploaded, so one in an unsupported format is quarantined with its reason.
+            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+                name = file.relative_to(path).as_posix()
+                if not any(part.startswith(".") for part in Path(name).parts):
+                    found.append((name, file))
         elif path.is_file():
             found.append((path.name, path))
         else:
@@ -101,6 +111,11 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
 # ---- ingest -------------------------------------------------------------------------------------
 
 
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:6.1f}/s" if task.speed else "      -/s")
+
+
 class _ProgressPoller(threading.Thread):
     """Polls the ledger and updates a progress display while runs execute in the main thread."""
 
@@ -149,7 +164,7 @@ def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
     runs = []
     started = time.perf_counter()
     progress = Progress(TextColumn("{task.description:>18}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(),
+                        _RateColumn(), TimeRemainingColumn(),
                         console=err, disable=not (show_progress and err.is_terminal))
     poller = _ProgressPoller(ledger, tenants, progress)
     with progress:

@@ -84,13 +84,14 @@ class IndexWriter:
         """Drop the index and refill it from the cold copy, without re-embedding anything."""
         self.indexes.drop(self._keys)
         self._index = None
-        rows = self.ledger.tenant_chunks_with_embeddings(conn, self.tenant_id)
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start:start + self.batch_size]
+        restored, after = 0, None
+        while batch := self.ledger.tenant_chunks_with_embeddings(conn, self.tenant_id, after, self.batch_size):
             with conn.transaction():
                 self._upsert(self.items(batch))
                 self.ledger.mark_indexed(conn, [row["chunk_id"] for row in batch])
-        return len(rows)
+            restored += len(batch)
+            after = batch[-1]["chunk_id"]
+        return restored
 
     def count(self) -> int:
         index = self.index()

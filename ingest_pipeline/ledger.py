@@ -270,13 +270,19 @@ class Ledger:
         conn.execute("DELETE FROM ingest.chunks WHERE chunk_id = ANY(%s::uuid[]) AND state = 'stale'",
                      (chunk_ids,))
 
-    def tenant_chunks_with_embeddings(self, conn: psycopg.Connection, tenant_id: str) -> list[dict]:
-        return conn.execute(
+    def tenant_chunks_with_embeddings(
+        self, conn: psycopg.Connection, tenant_id: str, after: str | None = None, limit: int | None = None
+    ) -> list[dict]:
+        """The tenant's embedded chunks in chunk-id order; page with `after` (the last id seen) and `limit`."""
+        sql = (
             "SELECT chunk_id::text AS chunk_id, doc_id::text AS doc_id, sequence, text_ciphertext,"
             " embedding_ciphertext, key_version, state FROM ingest.chunks"
-            " WHERE tenant_id = %s AND state IN ('embedded', 'indexed') ORDER BY doc_id, sequence",
-            (tenant_id,),
-        ).fetchall()
+            " WHERE tenant_id = %s AND state IN ('embedded', 'indexed') AND (%s::uuid IS NULL OR chunk_id > %s::uuid)"
+            " ORDER BY chunk_id"
+        )
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return conn.execute(sql, (tenant_id, after, after)).fetchall()
 
     def indexed_chunk_ids(self, conn: psycopg.Connection, tenant_id: str) -> set[str]:
         rows = conn.execute(

@@ -138,14 +138,20 @@ def document_chunks(
     with store.tenant_lock(tenant), store.connect() as conn:
         for document in store.documents_to_chunk(tenant, month):
             name = document["doc_name"]
+            path = landing.zone.path(tenant, name)
             try:
-                data = landing.zone.path(tenant, name).read_bytes()
+                size = path.stat().st_size
+                # An oversized file is refused before it is read into memory.
+                data = path.read_bytes() if size <= landing.max_document_bytes else None
             except FileNotFoundError:
                 context.log.warning(f"{name}: removed from the landing zone since registration; skipped")
                 counts["missing"] += 1
                 continue
-            content_sha256 = hashlib.sha256(data).hexdigest()
+            content_sha256 = document["content_sha256"] if data is None else hashlib.sha256(data).hexdigest()
             try:
+                if data is None:
+                    limit = landing.max_document_bytes
+                    raise UnreadableDocument(name, f"too large: {size} bytes, the limit is {limit}")
                 extracted = extract_text(name, data, landing.max_document_bytes)
                 chunks = chunker.split(extracted.text, extracted.format)
                 if not chunks:
@@ -205,13 +211,13 @@ def chunk_embeddings(
     """Embeddings of new or changed chunks, sealed with AES-256-GCM into the Postgres cold copy.
 
     Chunks are embedded in batches (32 by default) by a model loaded once per process, and each
-    group of batches is committed as it finishes, so a retry resumes where the failure struck and
+    group of 32 batches is committed as it finishes, so a retry resumes where the failure struck and
     never embeds a chunk twice. Unchanged chunks are not embedded again.
     """
     tenant, month = tenant_and_month(context)
     store, embedder = ledger.ledger, embedding_model.embedder
     encryptors: dict[int, object] = {}
-    fetch = embedder.batch_size * 8
+    fetch = embedder.batch_size * 32
     embedded = batches = 0
     embed_seconds = 0.0
     seen: set[str] = set()
