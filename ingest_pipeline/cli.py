@@ -309,6 +309,8 @@ def _demo() -> int:
         out.rule(f"search --tenant {tenant}")
         for query, hits in zip(queries, search(tenant, queries, top_k=3), strict=True):
             _print_hits(query, hits)
+    out.print("\nThe runs, their metadata and checks are in the Dagster UI: [bold]make dev[/bold]. "
+              "The embedded PostgreSQL keeps running for it; [bold]make stop[/bold] stops it.")
     return 1 if summary["failed_runs"] else 0
 
 

@@ -52,7 +52,7 @@ def sqlalchemy_url(dsn: str) -> str:
     for prefix in ("postgresql://", "postgres://"):
         if dsn.startswith(prefix):
             return "postgresql+psycopg2://" + dsn[len(prefix):]
-    return dsn
+    raise ValueError("INGEST_PG_DSN must be a URL: postgresql://user:password@host:port/database")
 
 
 def development_master_key(home: str | Path) -> bytes:

@@ -38,6 +38,7 @@ def prepare_environment() -> tuple[Settings, Ledger]:
     settings = Settings.from_env()
     os.environ["INGEST_HOME"] = str(settings.home)
     dsn = postgres_dsn(settings.pg_dsn, settings.home)
+    dagster_url = sqlalchemy_url(dsn)
     ledger = Ledger(dsn)
     ledger.migrate()
     dagster_home = settings.dagster_home
@@ -46,7 +47,7 @@ def prepare_environment() -> tuple[Settings, Ledger]:
     if not config.exists() or config.read_text() != DAGSTER_YAML:
         config.write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
-    os.environ["INGEST_DAGSTER_PG_URL"] = sqlalchemy_url(dsn)
+    os.environ["INGEST_DAGSTER_PG_URL"] = dagster_url
     return settings, ledger
 
 

@@ -72,6 +72,7 @@ def raw_documents(
     tenant, month = tenant_and_month(context)
     counts: Counter[str] = Counter()
     store = ledger.ledger
+    started = time.perf_counter()
     with store.tenant_lock(tenant), store.connect() as conn:
         for upload in store.partition_uploads(conn, tenant, month):
             path = landing.zone.path(tenant, upload.doc_name)
@@ -100,6 +101,7 @@ def raw_documents(
             "documents_unchanged": counts["unchanged"],
             "documents_deleted": counts["deleted"],
             "documents_pending_from_earlier_run": counts["pending"],
+            "duration_s": round(time.perf_counter() - started, 3),
         }
     )
 

@@ -74,3 +74,28 @@ def test_runs_land_in_the_postgres_instance_the_ui_reads(embedded_pipeline, docs
             ui.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(ui.pid, signal.SIGKILL)
+
+
+def test_an_external_postgres_by_dsn_holds_the_ledger_and_the_dagster_instance(tmp_path, monkeypatch, docs):
+    from ingest_pipeline import cli
+    from ingest_pipeline.core.crypto import generate_master_key
+    from ingest_pipeline.environment import embedded_postgres_uri, stop_embedded_postgres
+
+    server_home = tmp_path / "db-server"  # a PostgreSQL server that is not under INGEST_HOME
+    dsn = embedded_postgres_uri(server_home)
+    home = tmp_path / "home"
+    for name, value in {"INGEST_HOME": str(home), "INGEST_PG_DSN": dsn,
+                        "INGEST_MASTER_KEY": generate_master_key()}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("INGEST_CYBORGDB_URL", raising=False)
+    try:
+        cli.upload("ext", [str(docs / "apache-license-2.0.txt")])
+        summary = cli.ingest("ext", show_progress=False)
+        assert summary["failed_runs"] == 0
+        assert not (home / "pgdata").exists()
+        status = cli.status("ext")["tenants"]["ext"]
+        assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
+        run = dagster_instance().get_run_by_id(summary["runs"][0]["run_id"])
+        assert run.is_success and "host=" + str(server_home) in os.environ["INGEST_DAGSTER_PG_URL"]
+    finally:
+        stop_embedded_postgres(server_home)
