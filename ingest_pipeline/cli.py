@@ -48,7 +48,10 @@ def _definitions():
 
 
 def _files(paths: list[str]) -> list[tuple[str, Path]]:
-    """(document name, file) pairs: a file keeps its name, a folder's files their relative paths."""
+    """(document name, file) pairs: a file keeps its name, a folder's files their relative paths.
+
+    Two files that would get one name are refused, so one upload never silently replaces another.
+    """
     found = []
     for raw in paths:
         path = Path(raw)
@@ -62,6 +65,11 @@ def _files(paths: list[str]) -> list[tuple[str, Path]]:
             found.append((path.name, path))
         else:
             raise FileNotFoundError(f"no such file or folder: {raw}")
+    found = [(validate_document_name(name), file) for name, file in found]
+    names = Counter(name for name, _ in found)
+    clashes = sorted(name for name, count in names.items() if count > 1)
+    if clashes:
+        raise ValueError(f"several files would be uploaded as {', '.join(clashes)}: upload them separately")
     return found
 
 
@@ -142,6 +150,16 @@ class _ProgressPoller(threading.Thread):
                 self.poll()
 
 
+def _partitions_with_removed_files(ledger, tenant: str | None) -> set[tuple[str, str]]:
+    """Partitions of live documents whose file was removed from the landing zone (a deletion by removal)."""
+    from ingest_pipeline.environment import Settings
+    from ingest_pipeline.landing import LandingZone
+
+    zone = LandingZone(Settings.from_env().landing_dir)
+    return {(doc["tenant_id"], doc["partition_month"]) for doc in ledger.live_documents(tenant)
+            if not zone.path(doc["tenant_id"], doc["doc_name"]).exists()}
+
+
 def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
     """Materialize the asset graph for every (tenant, month) partition with pending work."""
     from dagster import MultiPartitionKey
@@ -154,7 +172,7 @@ def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
     instance = dagster_instance()
     defs, _ = _definitions()
     job = defs.resolve_job_def("ingest_job")
-    partitions = ledger.pending_partitions(tenant)
+    partitions = sorted(set(ledger.pending_partitions(tenant)) | set(_partitions_with_removed_files(ledger, tenant)))
     tenants = sorted({t for t, _ in partitions})
     missing = [t for t in tenants if not instance.has_dynamic_partition(tenant_partitions.name, t)]
     if missing:
@@ -375,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1 if summary["failed_runs"] else 0
         if args.command == "search":
             if args.queries_file:
-                queries = [q.strip() for q in Path(args.queries_file).read_text().splitlines() if q.strip()]
-                print(json.dumps(search(args.tenant, queries, args.top_k)))
+                # One answer per line, in order; a blank line gets an empty list so the lines stay aligned.
+                lines = [line.strip() for line in Path(args.queries_file).read_text().splitlines()]
+                answers = iter(search(args.tenant, [q for q in lines if q], args.top_k))
+                print(json.dumps([next(answers) if q else [] for q in lines]))
                 return 0
             if not args.query:
                 parser.error("search needs a QUERY or --queries-file")

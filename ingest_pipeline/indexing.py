@@ -81,7 +81,13 @@ class IndexWriter:
         return upserted, batches
 
     def rebuild(self, conn: psycopg.Connection) -> int:
-        """Drop the index and refill it from the cold copy, without re-embedding anything."""
+        """Drop the index and refill it from the cold copy, without re-embedding anything.
+
+        The ledger first marks every indexed chunk pending again, so a rebuild that stops half way is
+        finished by the next rebuild or ingest.
+        """
+        with conn.transaction():
+            self.ledger.unmark_indexed(conn, self.tenant_id)
         self.indexes.drop(self._keys)
         self._index = None
         restored, after = 0, None

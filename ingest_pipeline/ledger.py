@@ -18,6 +18,14 @@ from psycopg.rows import dict_row
 _LOCK_CLASS = 0x1D6E  # namespaces this project's advisory locks
 
 
+class TenantKeyMismatch(ValueError):
+    """The tenant's data was written under another master key."""
+
+
+class EmbeddingModelMismatch(ValueError):
+    """The tenant's embeddings were made by another model."""
+
+
 @dataclass(frozen=True)
 class Upload:
     upload_id: int
@@ -77,6 +85,33 @@ class Ledger:
                 yield
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+
+    # ---- tenants -------------------------------------------------------------------------------
+
+    def verify_tenant_key(self, conn: psycopg.Connection, tenant_id: str, key_check: bytes) -> None:
+        """Record the tenant's key check on first use; afterwards refuse any other master key."""
+        row = conn.execute(
+            "INSERT INTO ingest.tenants (tenant_id, key_check) VALUES (%s, %s)"
+            " ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id RETURNING key_check",
+            (tenant_id, key_check),
+        ).fetchone()
+        if bytes(row["key_check"]) != key_check:
+            raise TenantKeyMismatch(
+                f"tenant {tenant_id!r} was written under another master key: check INGEST_MASTER_KEY"
+            )
+
+    def verify_embedding_model(self, conn: psycopg.Connection, tenant_id: str, model_id: str) -> None:
+        """Record the model of the tenant's first embeddings; afterwards refuse any other model."""
+        row = conn.execute(
+            "UPDATE ingest.tenants SET embedding_model = coalesce(embedding_model, %s) WHERE tenant_id = %s"
+            " RETURNING embedding_model",
+            (model_id, tenant_id),
+        ).fetchone()
+        if row is None or row["embedding_model"] != model_id:
+            raise EmbeddingModelMismatch(
+                f"tenant {tenant_id!r} was embedded with model {row and row['embedding_model']}, this run uses "
+                f"{model_id}: set INGEST_MODEL_PATH back, or rebuild the tenant with the new model"
+            )
 
     # ---- uploads -------------------------------------------------------------------------------
 
@@ -150,6 +185,15 @@ class Ledger:
             (upload.upload_id, upload.partition_month, upload.doc_id),
         )
 
+    def tombstone(self, conn: psycopg.Connection, upload: Upload) -> None:
+        """Record a deletion of a document that has no live row, so the upload counts as handled."""
+        conn.execute(
+            "INSERT INTO ingest.documents (doc_id, tenant_id, doc_name, upload_id, partition_month, status)"
+            " VALUES (%s, %s, %s, %s, %s, 'deleted') ON CONFLICT (doc_id) DO UPDATE SET"
+            " upload_id = EXCLUDED.upload_id, partition_month = EXCLUDED.partition_month, updated_at = now()",
+            (upload.doc_id, upload.tenant_id, upload.doc_name, upload.upload_id, upload.partition_month),
+        )
+
     def delete_document(self, conn: psycopg.Connection, upload: Upload) -> None:
         """Tombstone the document and mark its chunks stale (the index stage removes them)."""
         conn.execute(
@@ -159,6 +203,15 @@ class Ledger:
         )
         conn.execute("UPDATE ingest.chunks SET state = 'stale', updated_at = now() WHERE doc_id = %s",
                      (upload.doc_id,))
+
+    def live_documents(self, tenant_id: str | None = None) -> list[dict]:
+        """Documents that should have a file in the landing zone (not deleted)."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT tenant_id, doc_name, partition_month FROM ingest.documents WHERE status <> 'deleted'"
+                " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)",
+                {"tenant": tenant_id},
+            ).fetchall()
 
     def documents_to_chunk(self, tenant_id: str, month: str) -> list[dict]:
         with self.connect() as conn:
@@ -259,6 +312,14 @@ class Ledger:
         conn.execute("INSERT INTO ingest.embedding_log (tenant_id, chunk_count) VALUES (%s, %s)",
                      (tenant_id, len(rows)))
         return len(rows)
+
+    def unmark_indexed(self, conn: psycopg.Connection, tenant_id: str) -> None:
+        """Before a rebuild drops the index: every indexed chunk is pending again, so nothing is lost if it stops."""
+        conn.execute(
+            "UPDATE ingest.chunks SET state = 'embedded', updated_at = now()"
+            " WHERE tenant_id = %s AND state = 'indexed'",
+            (tenant_id,),
+        )
 
     def mark_indexed(self, conn: psycopg.Connection, chunk_ids: list[str]) -> None:
         conn.execute(

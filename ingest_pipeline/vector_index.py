@@ -7,6 +7,7 @@ so the search path has no way to reach another tenant's vectors.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from ingest_pipeline.core.crypto import TenantKeys
 from ingest_pipeline.core.ids import index_name
 
 METRIC = "cosine"
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 class IndexDimensionMismatch(ValueError):
@@ -22,6 +24,22 @@ class IndexDimensionMismatch(ValueError):
 
 class IndexKeyMismatch(ValueError):
     """The index exists but does not open with this tenant's index key (a different master key)."""
+
+
+class IndexUnavailable(RuntimeError):
+    """A CyborgDB call failed. The message names the operation and the error type, never the data:
+    an SDK error can quote the request, and the request holds plaintext vectors. Retryable."""
+
+
+def _guarded(operation: str, tenant_id: str, call, *args, **kwargs):
+    try:
+        return call(*args, **kwargs)
+    except (IndexDimensionMismatch, IndexKeyMismatch):
+        raise
+    except Exception as exc:
+        raise IndexUnavailable(
+            f"CyborgDB {operation} for tenant {tenant_id!r} failed ({type(exc).__name__})"
+        ) from None
 
 
 class TenantIndex:
@@ -43,35 +61,43 @@ class TenantIndex:
                 f"index of tenant {self.tenant_id!r} holds {actual}-d vectors, the model makes {dimension}-d"
             )
 
+    def _call(self, operation: str, method: str, *args, **kwargs):
+        return _guarded(operation, self.tenant_id, getattr(self._handle, method), *args, **kwargs, **self._kw())
+
     def upsert(self, items: list[dict]) -> None:
         if items:
-            self._handle.upsert(items, **self._kw())
+            self._call("upsert", "upsert", items)
 
     def delete(self, ids: list[str]) -> None:
         if ids:
-            self._handle.delete(list(ids), **self._kw())
+            self._call("delete", "delete", list(ids))
 
     def query(self, vectors: np.ndarray, top_k: int) -> list[list[dict]]:
         """Nearest neighbours for each row of `vectors`: lists of {"id", "distance"}."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        if self.count() == 0:
-            return [[] for _ in range(len(vectors))]
-        results = self._handle.query(vectors, top_k=top_k, include=["distance"], **self._kw())
+        empty = [[] for _ in range(len(vectors))]
+        if self._embedded and self.count() == 0:  # an empty embedded index cannot be queried
+            return empty
+        try:
+            results = self._call("query", "query", vectors, top_k=top_k, include=["distance"])
+        except IndexUnavailable:
+            if self.count() == 0:
+                return empty
+            raise
         if results and isinstance(results[0], dict):
             results = [results]
         return [list(r) for r in results]
 
     def list_ids(self) -> set[str]:
-        return set(self._handle.list_ids(**self._kw()))
+        return set(self._call("list_ids", "list_ids"))
 
     def count(self) -> int:
         if self._embedded:
-            return int(self._handle.get_num_vectors(index_key=self._key))
-        return len(self._handle.list_ids())
+            return int(self._call("count", "get_num_vectors"))
+        return len(self.list_ids())
 
-    def get_contents(self, ids: list[str]) -> dict[str, bytes]:
-        items = self._handle.get(list(ids), include=["contents"], **self._kw())
-        return {item["id"]: item.get("contents") for item in items}
+    def drop(self) -> None:
+        self._call("delete_index", "delete_index")
 
 
 class CyborgIndexes:
@@ -80,6 +106,13 @@ class CyborgIndexes:
     def __init__(self, *, storage_dir: str | Path | None = None, url: str = "", api_key: str = ""):
         if url:
             import cyborgdb
+
+            host = urlparse(url).hostname or ""
+            if url.startswith("http://") and host not in LOOPBACK_HOSTS:
+                raise ValueError(
+                    f"refusing plain http to CyborgDB at {host}: index keys and vectors would cross the network "
+                    "in clear; use https://"
+                )
 
             self._client = cyborgdb.Client(base_url=url, api_key=api_key or None)
             self._embedded = False
@@ -94,21 +127,24 @@ class CyborgIndexes:
     def backend(self) -> str:
         return "cyborgdb-core (embedded)" if self._embedded else "cyborgdb-service"
 
+    def _names(self, tenant_id: str) -> set[str]:
+        return set(_guarded("list_indexes", tenant_id, self._client.list_indexes))
+
     def exists(self, tenant_id: str) -> bool:
-        return index_name(tenant_id) in set(self._client.list_indexes())
+        return index_name(tenant_id) in self._names(tenant_id)
 
     def open(self, keys: TenantKeys, dimension: int | None = None, create: bool = False) -> TenantIndex | None:
         """The tenant's index, created when `create` is set; None when it does not exist yet."""
         name = index_name(keys.tenant_id)
-        if name in set(self._client.list_indexes()):
+        if name in self._names(keys.tenant_id):
             handle = self._load(name, keys)
         elif create:
             try:
                 handle = self._client.create_index(name, keys.index_key, dimension=dimension, metric=METRIC)
             except Exception:
                 # Another writer may have created it between the listing and the create.
-                if name not in set(self._client.list_indexes()):
-                    raise
+                if name not in self._names(keys.tenant_id):
+                    raise IndexUnavailable(f"CyborgDB create_index for tenant {keys.tenant_id!r} failed") from None
                 handle = self._load(name, keys)
         else:
             return None
@@ -127,14 +163,13 @@ class CyborgIndexes:
                 raise IndexKeyMismatch(
                     f"the index of tenant {keys.tenant_id!r} does not open with this master key"
                 ) from None
-            raise
+            raise IndexUnavailable(
+                f"CyborgDB load_index for tenant {keys.tenant_id!r} failed ({type(exc).__name__})"
+            ) from None
 
     def drop(self, keys: TenantKeys) -> bool:
         index = self.open(keys)
         if index is None:
             return False
-        if self._embedded:
-            index._handle.delete_index(index_key=keys.index_key)
-        else:
-            index._handle.delete_index()
+        index.drop()
         return True

@@ -70,6 +70,11 @@ class TenantKeys:
     def __repr__(self) -> str:
         return f"TenantKeys(tenant_id={self.tenant_id!r}, key_version={self.key_version})"
 
+    @property
+    def key_check(self) -> bytes:
+        """A value that proves which master key derived these keys without revealing anything of it."""
+        return hmac.new(self.mac_key, b"ingest-pipeline/key-check", hashlib.sha256).digest()
+
 
 def derive_tenant_keys(master_key: bytes, tenant_id: str, key_version: int = CURRENT_KEY_VERSION) -> TenantKeys:
     """Derive a tenant's data key (AES-GCM), MAC key (change detection) and CyborgDB index key."""

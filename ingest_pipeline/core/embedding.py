@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,17 @@ def resolve_model_path(model_path: str = "") -> Path:
     if not (path / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no sentence-transformers model at {path} (tokenizer.json missing)")
     return path
+
+
+def model_fingerprint(model_path: Path) -> str:
+    """Identifies a model folder by its configuration, tokenizer and weight sizes (no weights are read)."""
+    digest = hashlib.sha256()
+    for path in sorted(model_path.rglob("*")):
+        if path.is_file() and path.suffix in {".json", ".txt"} and path.stat().st_size < 16 * 1024 * 1024:
+            digest.update(path.relative_to(model_path).as_posix().encode() + b"\0" + path.read_bytes())
+        elif path.is_file() and path.suffix in {".safetensors", ".bin", ".onnx"}:
+            digest.update(f"{path.relative_to(model_path).as_posix()}:{path.stat().st_size}".encode())
+    return digest.hexdigest()[:24]
 
 
 @lru_cache(maxsize=4)

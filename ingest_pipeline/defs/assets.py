@@ -9,7 +9,10 @@ materialization finds the work already done and changes nothing.
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import psycopg
 from dagster import (
     AssetCheckExecutionContext,
     AssetExecutionContext,
@@ -23,7 +26,7 @@ from dagster import (
     asset,
 )
 
-from ingest_pipeline.core.crypto import DecryptionError
+from ingest_pipeline.core.crypto import DecryptionError, MasterKeyError
 from ingest_pipeline.core.extraction import UnreadableDocument, extract_text
 from ingest_pipeline.core.ids import chunk_id, validate_tenant
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_month_partitions
@@ -35,7 +38,7 @@ from ingest_pipeline.defs.resources import (
     TenantKeyring,
 )
 from ingest_pipeline.indexing import IndexWriter
-from ingest_pipeline.ledger import sha256_file
+from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, sha256_file
 from ingest_pipeline.vector_index import IndexDimensionMismatch, IndexKeyMismatch
 
 GROUP = "ingestion"
@@ -58,9 +61,27 @@ def fail_fast(message: str) -> Failure:
     return Failure(description=message, allow_retries=False)
 
 
+@contextmanager
+def tenant_session(store: Ledger, keyring: TenantKeyring, tenant: str) -> Iterator[psycopg.Connection]:
+    """Hold the tenant's writer lock and a connection, after proving the master key is the tenant's.
+
+    A wrong or unreadable master key fails the run before anything is written, without retries.
+    """
+    try:
+        key_check = keyring.tenant_keys(tenant).key_check
+    except (MasterKeyError, PermissionError) as exc:
+        raise fail_fast(str(exc)) from None
+    with store.tenant_lock(tenant), store.connect() as conn:
+        try:
+            store.verify_tenant_key(conn, tenant, key_check)
+        except TenantKeyMismatch as exc:
+            raise fail_fast(str(exc)) from None
+        yield conn
+
+
 @asset(kinds={"postgres"}, **STAGE)
 def raw_documents(
-    context: AssetExecutionContext, ledger: PostgresLedger, landing: LandingZoneResource
+    context: AssetExecutionContext, ledger: PostgresLedger, landing: LandingZoneResource, keyring: TenantKeyring
 ) -> MaterializeResult:
     """Uploaded documents of one tenant and month, reconciled with the ledger by content hash.
 
@@ -73,7 +94,7 @@ def raw_documents(
     counts: Counter[str] = Counter()
     store = ledger.ledger
     started = time.perf_counter()
-    with store.tenant_lock(tenant), store.connect() as conn:
+    with tenant_session(store, keyring, tenant) as conn:
         for upload in store.partition_uploads(conn, tenant, month):
             path = landing.zone.path(tenant, upload.doc_name)
             document = store.document(conn, upload.doc_id)
@@ -82,6 +103,8 @@ def raw_documents(
                     if document is not None and document["status"] != "deleted":
                         store.delete_document(conn, upload)
                         counts["deleted"] += 1
+                    else:
+                        store.tombstone(conn, upload)
                     continue
                 content_sha256 = sha256_file(path)
                 if document is None or document["status"] == "deleted":
@@ -129,7 +152,7 @@ def document_chunks(
     max_tokens = 0
     quarantined: list[str] = []
     started = time.perf_counter()
-    with store.tenant_lock(tenant), store.connect() as conn:
+    with tenant_session(store, keyring, tenant) as conn:
         for document in store.documents_to_chunk(tenant, month):
             name = document["doc_name"]
             path = landing.zone.path(tenant, name)
@@ -209,7 +232,12 @@ def chunk_embeddings(
     embed_seconds = 0.0
     seen: set[str] = set()
     started = time.perf_counter()
-    with store.tenant_lock(tenant), store.connect() as conn:
+    with tenant_session(store, keyring, tenant) as conn:
+        if store.chunks_in_state(conn, tenant, month, "chunked", limit=1):
+            try:
+                store.verify_embedding_model(conn, tenant, embedding_model.model_id)
+            except EmbeddingModelMismatch as exc:
+                raise fail_fast(str(exc)) from None
         while rows := store.chunks_in_state(conn, tenant, month, "chunked", limit=fetch):
             if seen.intersection(row["chunk_id"] for row in rows):
                 raise RuntimeError(f"chunks of tenant {tenant} did not leave the 'chunked' state; retrying")
@@ -271,7 +299,7 @@ def cyborgdb_index(
     tenant, month = tenant_and_month(context)
     store = ledger.ledger
     started = time.perf_counter()
-    with store.tenant_lock(tenant), store.connect() as conn:
+    with tenant_session(store, keyring, tenant) as conn:
         writer = IndexWriter(store, cyborgdb.indexes, keyring, tenant, config.upsert_batch_size)
         try:
             removed = writer.remove_stale(conn, month)

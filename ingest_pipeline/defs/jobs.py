@@ -3,7 +3,7 @@
 from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
 
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.defs.assets import GROUP
+from ingest_pipeline.defs.assets import GROUP, STORAGE_RETRY, tenant_session
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
 from ingest_pipeline.indexing import IndexWriter
 
@@ -19,7 +19,7 @@ class RebuildConfig(Config):
     upsert_batch_size: int = 32
 
 
-@op
+@op(retry_policy=STORAGE_RETRY)
 def rebuild_index_from_cold_copy(
     context: OpExecutionContext, config: RebuildConfig, ledger: PostgresLedger, cyborgdb: CyborgDB,
     keyring: TenantKeyring,
@@ -27,7 +27,7 @@ def rebuild_index_from_cold_copy(
     """Drop the tenant's CyborgDB index and refill it from the encrypted embeddings in Postgres."""
     tenant = validate_tenant(config.tenant)
     store = ledger.ledger
-    with store.tenant_lock(tenant), store.connect() as conn:
+    with tenant_session(store, keyring, tenant) as conn:
         writer = IndexWriter(store, cyborgdb.indexes, keyring, tenant, config.upsert_batch_size)
         restored = writer.rebuild(conn)
         count = writer.count()

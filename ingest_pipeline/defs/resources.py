@@ -16,7 +16,7 @@ from ingest_pipeline.core.crypto import (
     derive_tenant_keys,
     parse_master_key,
 )
-from ingest_pipeline.core.embedding import DEFAULT_BATCH_SIZE, Embedder, resolve_model_path
+from ingest_pipeline.core.embedding import DEFAULT_BATCH_SIZE, Embedder, model_fingerprint, resolve_model_path
 from ingest_pipeline.environment import development_master_key, ingest_home, postgres_dsn
 from ingest_pipeline.landing import LandingZone
 from ingest_pipeline.ledger import Ledger
@@ -85,6 +85,11 @@ class EmbeddingModel(ConfigurableResource):
     @cached_property
     def embedder(self) -> Embedder:
         return Embedder(self.model_path, self.batch_size, self.device)
+
+    @cached_property
+    def model_id(self) -> str:
+        """The model's fingerprint, recorded with a tenant's embeddings so models are never mixed."""
+        return model_fingerprint(resolve_model_path(self.model_path))
 
     @cached_property
     def chunker(self) -> Chunker:

@@ -9,11 +9,11 @@ import time
 import urllib.request
 from datetime import datetime
 
-from dagster import AssetKey
+from dagster import AssetKey, DagsterInstance
 from dagster_postgres import PostgresRunStorage
 
 from ingest_pipeline.definitions import build_definitions
-from ingest_pipeline.defs.partitions import month_partitions
+from ingest_pipeline.defs.partitions import tenant_month_partitions, tenant_partitions
 from ingest_pipeline.instance import dagster_instance
 from tests.integration.conftest import _free_port
 
@@ -35,9 +35,11 @@ def test_definitions_describe_a_four_stage_partitioned_graph():
 
 
 def test_partition_count_stays_within_dagster_guidance_for_1000_tenants_over_3_years():
-    months = month_partitions.get_partition_keys(current_time=datetime(2028, 12, 31))
-    assert len(months) == 36
-    assert 1000 * len(months) <= 100_000
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(tenant_partitions.name, [f"tenant-{i:04d}" for i in range(1000)])
+    keys = tenant_month_partitions.get_partition_keys(current_time=datetime(2028, 12, 31),
+                                                      dynamic_partitions_store=instance)
+    assert len(keys) == 36_000 <= 100_000
 
 
 def test_runs_land_in_the_postgres_instance_the_ui_reads(embedded_pipeline, docs):

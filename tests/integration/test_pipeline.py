@@ -1,5 +1,7 @@
 """The asset graph end to end on real engines, on both CyborgDB backends."""
 
+import json
+
 from ingest_pipeline.core.ids import chunk_id, document_id
 from ingest_pipeline.definitions import build_resources
 from tests.integration.helpers import ledger_chunks, materialization_metadata, materialize_partition
@@ -29,6 +31,24 @@ def test_ingest_indexes_every_chunk_and_search_finds_it(pipeline, docs):
     assert top["doc_id"] == document_id(acme, "shared-mime-info-spec.pdf")
     assert top["chunk_id"] == chunk_id(top["doc_id"], top["chunk_sequence"])
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+    # Many queries in one process, one answer list per line, in order, blank lines kept.
+    queries = pipeline.home.parent / "queries.txt"
+    queries.write_text(f"{MAGIC_QUERY}\n\nWhat does the Apache License say about patents?\n")
+    answers = json.loads(pipeline.run_cli("search", "--tenant", acme, "--top-k", "2", "--queries-file",
+                                          str(queries)).stdout)
+    assert [len(a) for a in answers] == [2, 0, 2]
+    assert answers[0][0]["chunk_id"] == top["chunk_id"]
+    assert answers[2][0]["source"] == "apache-license-2.0.txt"
+
+
+def test_a_document_deleted_before_it_was_ever_ingested_leaves_no_pending_work(pipeline, docs):
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    assert pipeline.upload(acme, "apache-license-2.0.txt", delete=True)["deleted"] == ["apache-license-2.0.txt"]
+    assert len(pipeline.ingest()["runs"]) == 1
+    assert pipeline.ingest()["runs"] == []
+    assert pipeline.status(acme)["documents"] == 0
 
 
 def test_rematerializing_changes_nothing_and_changes_and_deletes_propagate(pipeline, docs):
@@ -80,11 +100,10 @@ def test_rematerializing_changes_nothing_and_changes_and_deletes_propagate(pipel
     assert status["chunks"] == status["indexed"] == status["index_vectors"] == len(after) - len(old)
     assert all(hit["source"] != changed.name for hit in pipeline.search(acme, "zebra crossings Lisbon", 10))
 
-    # A removal from the landing zone, picked up when the partition is next materialized.
+    # A removal from the landing zone: the next ingest notices it.
     (pipeline.home / "landing" / acme / "apache-license-2.0.txt").unlink()
-    result = materialize_partition(acme)
-    assert result.success
-    assert materialization_metadata(result, "raw_documents")["documents_deleted"] == 1
+    assert pipeline.ingest()["totals"]["documents_deleted"] == 1
+    assert pipeline.ingest()["runs"] == []
     status = pipeline.status(acme)
     assert status["documents"] == 2
     assert status["chunks"] == status["indexed"] == status["index_vectors"]

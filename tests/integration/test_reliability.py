@@ -1,6 +1,8 @@
 """Bad input, concurrency and faults: nothing acknowledged is lost, nothing is written twice."""
 
 import io
+import json
+import os
 import subprocess
 import sys
 
@@ -11,7 +13,7 @@ from pypdf import PdfReader, PdfWriter
 from ingest_pipeline.core.crypto import generate_master_key
 from ingest_pipeline.vector_index import TenantIndex
 from tests.integration.conftest import CORPUS
-from tests.integration.helpers import materialize_partition, step_events
+from tests.integration.helpers import ledger_chunks, materialize_partition, step_events
 
 
 def _encrypted_pdf() -> bytes:
@@ -23,7 +25,8 @@ def _encrypted_pdf() -> bytes:
     return buffer.getvalue()
 
 
-def test_unreadable_documents_are_quarantined_and_the_rest_indexed(embedded_pipeline, docs, tmp_path):
+def test_unreadable_documents_are_quarantined_and_the_rest_indexed(pipeline, docs, tmp_path):
+    embedded_pipeline = pipeline
     acme = embedded_pipeline.tenant("acme")
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -57,25 +60,30 @@ def test_unreadable_documents_are_quarantined_and_the_rest_indexed(embedded_pipe
     assert embedded_pipeline.search(acme, "when is quarantine lifted?", 1)[0]["source"] == "empty.txt"
 
 
-def test_two_ingests_of_one_tenant_at_once_index_every_chunk_once(embedded_pipeline, docs):
-    acme = embedded_pipeline.tenant("acme")
-    embedded_pipeline.upload(acme, docs)
-    env = {**__import__("os").environ, **embedded_pipeline.env}
+def test_two_ingests_of_one_tenant_at_once_index_every_chunk_once(pipeline, docs):
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs)
+    env = {**os.environ, **pipeline.env}
     command = [sys.executable, "-m", "ingest_pipeline.cli", "ingest", "--tenant", acme, "--json"]
-    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for process in (first, second):
-        _, stderr = process.communicate(timeout=600)
+    processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    summaries = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr[-3000:]
+        summaries.append(json.loads(stdout))
+    # Both processes found the partition pending and ran it: the runs really overlapped.
+    assert [len(summary["runs"]) for summary in summaries] == [1, 1]
 
-    status = embedded_pipeline.status(acme)
+    status = pipeline.status(acme)
     assert status["documents"] == 4
     assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
     # Every chunk was embedded exactly once across both processes.
-    assert embedded_pipeline.ledger().tenant_status(acme)["embeddings_computed"] == status["chunks"]
+    assert pipeline.ledger().tenant_status(acme)["embeddings_computed"] == status["chunks"]
 
 
-def test_a_failed_upsert_rolls_back_its_batch_and_the_step_retries(embedded_pipeline, docs, monkeypatch):
+def test_a_failed_upsert_rolls_back_its_batch_and_the_step_retries(pipeline, docs, monkeypatch):
+    embedded_pipeline = pipeline
     acme = embedded_pipeline.tenant("acme")
     embedded_pipeline.upload(acme, docs)
     real_upsert, calls = TenantIndex.upsert, {"n": 0}
@@ -95,20 +103,41 @@ def test_a_failed_upsert_rolls_back_its_batch_and_the_step_retries(embedded_pipe
     assert all(check.passed for check in result.get_asset_check_evaluations())
 
 
-def test_a_wrong_master_key_fails_fast_without_retrying(embedded_pipeline, docs, monkeypatch):
-    acme = embedded_pipeline.tenant("acme")
-    embedded_pipeline.upload(acme, docs / "apache-license-2.0.txt")
-    embedded_pipeline.ingest()
+def test_a_wrong_master_key_fails_fast_and_writes_nothing(pipeline, docs, monkeypatch):
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    before = ledger_chunks(ledger, acme)
 
+    right_key = os.environ["INGEST_MASTER_KEY"]
     monkeypatch.setenv("INGEST_MASTER_KEY", generate_master_key())
-    embedded_pipeline.upload(acme, docs / "pip-dependency-resolution.md")
+    pipeline.upload(acme, docs / "pip-dependency-resolution.md")
     result = materialize_partition(acme)
     assert not result.success
-    assert step_events(result.run_id, DagsterEventType.STEP_UP_FOR_RETRY, "cyborgdb_index") == []
-    failures = step_events(result.run_id, DagsterEventType.STEP_FAILURE, "cyborgdb_index")
+    failures = step_events(result.run_id, DagsterEventType.STEP_FAILURE, "raw_documents")
     assert len(failures) == 1
-    message = failures[0].dagster_event.step_failure_data.error.message
-    assert "does not open with this master key" in message
+    assert "written under another master key" in failures[0].dagster_event.step_failure_data.error.message
+    assert step_events(result.run_id, DagsterEventType.STEP_UP_FOR_RETRY, "raw_documents") == []
+    assert ledger_chunks(ledger, acme).keys() == before.keys()
+
+    # With the right key back, the tenant carries on as if nothing had happened.
+    monkeypatch.setenv("INGEST_MASTER_KEY", right_key)
+    pipeline.ingest()
+    status = pipeline.status(acme)
+    assert status["documents"] == 2
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] > len(before)
+
+
+def test_one_upload_never_gives_two_files_one_name(embedded_pipeline, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "README.md").write_text(f"# {folder}\n")
+    result = embedded_pipeline.run_cli("upload", "--tenant", embedded_pipeline.tenant("acme"),
+                                       str(tmp_path / "a" / "README.md"), str(tmp_path / "b" / "README.md"),
+                                       check=False)
+    assert result.returncode == 2
+    assert "several files would be uploaded as README.md" in result.stderr
 
 
 @pytest.mark.parametrize("bad_tenant", ["Acme", "../etc", "a b", ""])
