@@ -37,7 +37,7 @@ def main() -> int:
         from ingest_pipeline import cli
         from ingest_pipeline.definitions import build_resources
 
-        resources = build_resources(for_dagster=False)
+        resources = build_resources()
         embedder = resources["embedding_model"].embedder  # loaded once, before anything is timed
         embedder.embed(["warm-up"])
         staging = Path(home) / "staging"
@@ -60,7 +60,7 @@ def main() -> int:
         ledger, encryptor = resources["ledger"].ledger, resources["keyring"].encryptor(TENANT)
         with ledger.connect() as conn:
             rows = ledger.tenant_chunks_with_embeddings(conn, TENANT)
-        texts = [encryptor.decrypt_text(r["chunk_id"], r["text_ciphertext"]) for r in rows]
+        texts = [encryptor.decrypt_text(r["chunk_id"], r["text_ciphertext"], r["text_mac"]) for r in rows]
         bare = bare_model_rate(embedder, texts)
         pipeline_rate = chunks / pipeline_seconds
         bare = (bare + bare_model_rate(embedder, texts)) / 2

@@ -56,13 +56,13 @@ def evaluate(top_k: int = 5, limit: int | None = None) -> dict:
     if summary["failed_runs"]:
         raise RuntimeError(f"ingest failed: {summary['runs']}")
 
-    resources = build_resources(for_dagster=False)
+    resources = build_resources()
     ledger, encryptor = resources["ledger"].ledger, resources["keyring"].encryptor(TENANT)
     with ledger.connect() as conn:
         rows = ledger.tenant_chunks_with_embeddings(conn, TENANT)
     ids = [row["chunk_id"] for row in rows]
-    matrix = np.stack([encryptor.decrypt_vector(r["chunk_id"], r["embedding_ciphertext"]) for r in rows])
-    texts = {r["chunk_id"]: encryptor.decrypt_text(r["chunk_id"], r["text_ciphertext"]) for r in rows}
+    matrix = np.stack([encryptor.decrypt_vector(r["chunk_id"], r["embedding_ciphertext"], r["text_mac"]) for r in rows])
+    texts = {r["chunk_id"]: encryptor.decrypt_text(r["chunk_id"], r["text_ciphertext"], r["text_mac"]) for r in rows}
 
     queries = [q["question"] for q in questions]
     encrypted = cli.search(TENANT, queries, top_k)

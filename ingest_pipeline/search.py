@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 from ingest_pipeline.core.crypto import VectorEncryptor
 from ingest_pipeline.core.embedding import Embedder
-from ingest_pipeline.ledger import Ledger
+from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger
 from ingest_pipeline.vector_index import TenantIndex
 
 
@@ -33,10 +33,22 @@ def search_tenant(
     index: TenantIndex | None,
     ledger: Ledger,
     encryptor_for: Callable[[int], VectorEncryptor],
+    model_ids: tuple[str, ...],
 ) -> list[list[SearchHit]]:
-    """For each query, the tenant's top_k chunks by cosine similarity (score = 1 - cosine distance)."""
+    """For each query, the tenant's top_k chunks by cosine similarity (score = 1 - cosine distance).
+
+    `model_ids` are the fingerprints of the query model (current and legacy); a tenant whose index was
+    built by another model is refused, since its vectors and the queries' would not be comparable.
+    """
     if index is None or not queries:
         return [[] for _ in queries]
+    with ledger.connect() as conn:
+        recorded = ledger.embedding_model(conn, tenant_id)
+    if recorded is not None and recorded not in model_ids:
+        raise EmbeddingModelMismatch(
+            f"the index of tenant {tenant_id!r} was built with model {recorded}, this search would use "
+            f"{model_ids[0]}: set INGEST_MODEL_PATH back, or rebuild the tenant with the new model"
+        )
     neighbours = index.query(embedder.embed(queries), top_k=top_k)
     wanted = sorted({hit["id"] for hits in neighbours for hit in hits})
     with ledger.connect() as conn:
@@ -51,7 +63,8 @@ def search_tenant(
             answer.append(SearchHit(
                 doc_id=row["doc_id"], chunk_id=row["chunk_id"], chunk_sequence=row["sequence"],
                 score=round(1.0 - float(hit["distance"]), 6), source=row["doc_name"],
-                text=encryptor_for(row["key_version"]).decrypt_text(row["chunk_id"], row["text_ciphertext"]),
+                text=encryptor_for(row["key_version"]).decrypt_text(
+                    row["chunk_id"], row["text_ciphertext"], row["text_mac"], row["seal_format"]),
             ))
         answers.append(answer)
     return answers

@@ -2,8 +2,10 @@
 
 The master key never encrypts data itself: per-tenant data, MAC and index keys are derived from it
 with HKDF-SHA256, so a tenant's keys are useless for any other tenant. Each record is sealed with
-AES-256-GCM under a fresh 96-bit nonce, and the associated data binds tenant, chunk id, key version
-and field, so a ciphertext copied to another row, tenant or column fails to decrypt.
+AES-256-GCM under a fresh 96-bit nonce, and the associated data binds tenant, chunk id, key version,
+field and the content version (the HMAC of the chunk's text), so a ciphertext copied to another
+row, tenant or column, or an older ciphertext of the same chunk put back, fails to decrypt. Text is
+also checked against its stored MAC after decryption.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 CURRENT_KEY_VERSION = 1
+# Seal format 1 bound tenant, chunk, key version and field; format 2 also binds the text's MAC.
+LEGACY_SEAL_FORMAT = 1
+SEAL_FORMAT = 2
 
 
 class MasterKeyError(ValueError):
@@ -99,35 +104,50 @@ class VectorEncryptor:
     def key_version(self) -> int:
         return self._keys.key_version
 
-    def _aad(self, chunk_id: str, field: str) -> bytes:
-        return f"{self._keys.tenant_id}|{chunk_id}|{self._keys.key_version}|{field}".encode()
+    def _aad(self, chunk_id: str, field: str, text_mac: bytes, seal_format: int) -> bytes:
+        base = f"{self._keys.tenant_id}|{chunk_id}|{self._keys.key_version}|{field}"
+        if seal_format == LEGACY_SEAL_FORMAT:
+            return base.encode()
+        if seal_format != SEAL_FORMAT:
+            raise DecryptionError(f"{field} of chunk {chunk_id} has an unknown seal format {seal_format}")
+        return f"v{SEAL_FORMAT}|{base}|{bytes(text_mac).hex()}".encode()
 
-    def _seal(self, plaintext: bytes, chunk_id: str, field: str) -> bytes:
+    def _seal(self, plaintext: bytes, chunk_id: str, field: str, text_mac: bytes, seal_format: int) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plaintext, self._aad(chunk_id, field))
+        return nonce + self._aead.encrypt(nonce, plaintext, self._aad(chunk_id, field, text_mac, seal_format))
 
-    def _open(self, sealed: bytes, chunk_id: str, field: str) -> bytes:
+    def _open(self, sealed: bytes, chunk_id: str, field: str, text_mac: bytes, seal_format: int) -> bytes:
         if len(sealed) < NONCE_BYTES + TAG_BYTES:
             raise DecryptionError(f"{field} of chunk {chunk_id} is too short to be a ciphertext")
+        aad = self._aad(chunk_id, field, text_mac, seal_format)
         try:
-            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], self._aad(chunk_id, field))
+            return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
         except InvalidTag:
             raise DecryptionError(
                 f"{field} of chunk {chunk_id} does not decrypt for tenant {self._keys.tenant_id!r} "
-                f"at key version {self._keys.key_version}"
+                f"at key version {self._keys.key_version} (wrong key, moved, tampered or rolled back)"
             ) from None
 
-    def encrypt_text(self, chunk_id: str, text: str) -> bytes:
-        return self._seal(text.encode("utf-8"), chunk_id, "text")
+    def encrypt_text(self, chunk_id: str, text: str, seal_format: int = SEAL_FORMAT) -> bytes:
+        return self._seal(text.encode("utf-8"), chunk_id, "text", self.text_mac(text), seal_format)
 
-    def decrypt_text(self, chunk_id: str, sealed: bytes) -> str:
-        return self._open(bytes(sealed), chunk_id, "text").decode("utf-8")
+    def decrypt_text(self, chunk_id: str, sealed: bytes, text_mac: bytes, seal_format: int = SEAL_FORMAT) -> str:
+        """Open chunk text and prove it is the content the row's MAC names (not an older version)."""
+        text = self._open(bytes(sealed), chunk_id, "text", text_mac, seal_format).decode("utf-8")
+        if not hmac.compare_digest(self.text_mac(text), bytes(text_mac)):
+            raise DecryptionError(f"text of chunk {chunk_id} does not match its MAC (an older or substituted copy)")
+        return text
 
-    def encrypt_vector(self, chunk_id: str, vector: np.ndarray) -> bytes:
-        return self._seal(np.asarray(vector, dtype="<f4").tobytes(), chunk_id, "embedding")
+    def encrypt_vector(
+        self, chunk_id: str, vector: np.ndarray, text_mac: bytes, seal_format: int = SEAL_FORMAT
+    ) -> bytes:
+        """Seal an embedding bound to the MAC of the text it was computed from."""
+        return self._seal(np.asarray(vector, dtype="<f4").tobytes(), chunk_id, "embedding", text_mac, seal_format)
 
-    def decrypt_vector(self, chunk_id: str, sealed: bytes) -> np.ndarray:
-        return np.frombuffer(self._open(bytes(sealed), chunk_id, "embedding"), dtype="<f4")
+    def decrypt_vector(
+        self, chunk_id: str, sealed: bytes, text_mac: bytes, seal_format: int = SEAL_FORMAT
+    ) -> np.ndarray:
+        return np.frombuffer(self._open(bytes(sealed), chunk_id, "embedding", text_mac, seal_format), dtype="<f4")
 
     def text_mac(self, text: str) -> bytes:
         """A keyed digest of chunk text: lets an unchanged chunk be recognised without storing its hash."""

@@ -17,7 +17,7 @@ from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.defs.assets import cyborgdb_index, tenant_and_month
 from ingest_pipeline.defs.partitions import tenant_month_partitions
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
-from ingest_pipeline.indexing import IndexWriter
+from ingest_pipeline.indexing import open_live_index
 
 # Partitioned asset checks are "preview" in Dagster 1.13; they are what gives each partition its checks.
 warnings.filterwarnings("ignore", category=PreviewWarning)
@@ -33,9 +33,11 @@ def index_matches_ledger(
     """The tenant's CyborgDB index holds exactly the chunk ids the ledger marks indexed."""
     tenant, _ = tenant_and_month(context)
     store = ledger.ledger
-    with store.tenant_lock(tenant), store.connect() as conn:
-        expected = store.indexed_chunk_ids(conn, tenant)
-        index = IndexWriter(store, cyborgdb.indexes, keyring, tenant).index()
+    # As the tenant's writer, so no run changes the index between the two listings.
+    with store.tenant_writer(tenant) as session:
+        expected = store.indexed_chunk_ids(session.conn, tenant)
+        live, _, _ = store.index_generations(session.conn, tenant)
+        index = cyborgdb.indexes.open(keyring.tenant_keys(tenant), generation=live)
         actual = index.list_ids() if index is not None else set()
     missing, unexpected = expected - actual, actual - expected
     return AssetCheckResult(
@@ -63,9 +65,9 @@ def ciphertexts_decrypt(
             checked += 1
             try:
                 if field == "text":
-                    encryptor.decrypt_text(row["chunk_id"], sealed)
+                    encryptor.decrypt_text(row["chunk_id"], sealed, row["text_mac"], row["seal_format"])
                 else:
-                    encryptor.decrypt_vector(row["chunk_id"], sealed)
+                    encryptor.decrypt_vector(row["chunk_id"], sealed, row["text_mac"], row["seal_format"])
             except DecryptionError:
                 failed += 1
     return AssetCheckResult(
@@ -87,11 +89,12 @@ def sample_chunks_retrieve_themselves(
     sample = random.Random(0).sample(rows, min(SAMPLE_SIZE, len(rows)))
     if not sample:
         return AssetCheckResult(passed=True, metadata={"sampled": 0, "note": "no indexed chunks in partition"})
-    index = IndexWriter(store, cyborgdb.indexes, keyring, tenant).index()
+    index = open_live_index(store, cyborgdb.indexes, keyring.tenant_keys(tenant))
     if index is None:
         return AssetCheckResult(passed=False, metadata={"sampled": len(sample), "note": "index does not exist"})
     vectors = np.stack([
-        keyring.encryptor(tenant, row["key_version"]).decrypt_vector(row["chunk_id"], row["embedding_ciphertext"])
+        keyring.encryptor(tenant, row["key_version"]).decrypt_vector(
+            row["chunk_id"], row["embedding_ciphertext"], row["text_mac"], row["seal_format"])
         for row in sample
     ])
     found = 0

@@ -33,8 +33,8 @@ def step_events(run_id: str, event_type: DagsterEventType, step_key: str) -> lis
 def ledger_chunks(ledger, tenant: str) -> dict[str, dict]:
     with ledger.connect() as conn:
         rows = conn.execute(
-            "SELECT chunk_id::text AS chunk_id, doc_id::text AS doc_id, sequence, state, text_ciphertext,"
-            " embedding_ciphertext, key_version FROM ingest.chunks WHERE tenant_id = %s",
+            "SELECT chunk_id::text AS chunk_id, doc_id::text AS doc_id, sequence, state, text_mac, text_ciphertext,"
+            " embedding_ciphertext, key_version, seal_format FROM ingest.chunks WHERE tenant_id = %s",
             (tenant,),
         ).fetchall()
     return {row["chunk_id"]: row for row in rows}

@@ -30,7 +30,7 @@ def test_a_tenant_never_sees_another_tenants_documents(pipeline, docs):
     assert {hit["source"] for hit in pipeline.search(acme, "Apache License grant of patent", 10)} == {
         "shared-mime-info-spec.pdf"}
 
-    resources = build_resources(for_dagster=False)
+    resources = build_resources()
     keyring, indexes = resources["keyring"], resources["cyborgdb"].indexes
     # The search path opens an index by tenant; even a hand-built request for acme's index with globex's
     # index key is refused by CyborgDB itself.
@@ -44,10 +44,10 @@ def test_a_tenant_never_sees_another_tenants_documents(pipeline, docs):
     # An acme ciphertext does not decrypt as globex's, nor when moved to another acme row.
     rows = list(ledger_chunks(pipeline.ledger(), acme).values())
     with pytest.raises(DecryptionError):
-        keyring.encryptor(globex).decrypt_text(rows[0]["chunk_id"], rows[0]["text_ciphertext"])
+        keyring.encryptor(globex).decrypt_text(rows[0]["chunk_id"], rows[0]["text_ciphertext"], rows[0]["text_mac"])
     with pytest.raises(DecryptionError):
-        keyring.encryptor(acme).decrypt_text(rows[1]["chunk_id"], rows[0]["text_ciphertext"])
-    assert keyring.encryptor(acme).decrypt_text(rows[0]["chunk_id"], rows[0]["text_ciphertext"])
+        keyring.encryptor(acme).decrypt_text(rows[1]["chunk_id"], rows[0]["text_ciphertext"], rows[1]["text_mac"])
+    assert keyring.encryptor(acme).decrypt_text(rows[0]["chunk_id"], rows[0]["text_ciphertext"], rows[0]["text_mac"])
 
 
 def _files_containing(root: Path, needles: list[bytes]) -> dict[bytes, list[str]]:
@@ -112,11 +112,11 @@ def test_no_plaintext_chunk_or_vector_reaches_postgres_cyborgdb_or_dagster(pipel
     assert step_events(result.run_id, DagsterEventType.STEP_UP_FOR_RETRY, "cyborgdb_index")
 
     ledger = pipeline.ledger()
-    keyring = build_resources(for_dagster=False)["keyring"]
+    keyring = build_resources()["keyring"]
     encryptor = keyring.encryptor(acme)
     rows = sorted(ledger_chunks(ledger, acme).values(), key=lambda r: (r["doc_id"], r["sequence"]))
-    texts = [encryptor.decrypt_text(r["chunk_id"], r["text_ciphertext"]) for r in rows]
-    vectors = [encryptor.decrypt_vector(r["chunk_id"], r["embedding_ciphertext"]) for r in rows]
+    texts = [encryptor.decrypt_text(r["chunk_id"], r["text_ciphertext"], r["text_mac"]) for r in rows]
+    vectors = [encryptor.decrypt_vector(r["chunk_id"], r["embedding_ciphertext"], r["text_mac"]) for r in rows]
     # 40-character runs of chunk text that any store would keep verbatim (no characters JSON escapes).
     snippets = {t[i:i + 40] for t in texts for i in range(0, max(1, len(t) - 40), 97)}
     text_needles = sorted(s for s in snippets if SAFE_SNIPPET.fullmatch(s) and len(set(s)) > 15)

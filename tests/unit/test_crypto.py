@@ -11,6 +11,7 @@ import pytest
 from ingest_pipeline.core.crypto import (
     CURRENT_KEY_VERSION,
     KEY_BYTES,
+    LEGACY_SEAL_FORMAT,
     NONCE_BYTES,
     DecryptionError,
     MasterKeyError,
@@ -26,6 +27,9 @@ OTHER_MASTER = bytes(range(101, 133))
 CHUNK = "1e03b741-6914-567d-b824-32bd338153a4"
 OTHER_CHUNK = "785d07d9-3fa9-50aa-8181-58da4d4a3d8f"
 SECRET_TEXT = "Top secret: the merger with Globex closes on 14 March."
+SECRET_MAC = VectorEncryptor(derive_tenant_keys(MASTER, "acme")).text_mac(SECRET_TEXT)
+# An embedding is bound to the MAC of the text it was computed from.
+VECTOR_MAC = VectorEncryptor(derive_tenant_keys(MASTER, "acme")).text_mac("the chunk the vector embeds")
 
 
 @pytest.fixture
@@ -45,18 +49,18 @@ def vector() -> np.ndarray:
 def test_text_round_trip(enc, text):
     sealed = enc.encrypt_text(CHUNK, text)
     assert isinstance(sealed, bytes)
-    assert enc.decrypt_text(CHUNK, sealed) == text
+    assert enc.decrypt_text(CHUNK, sealed, enc.text_mac(text)) == text
 
 
 def test_text_round_trip_with_fresh_encryptor_from_same_master():
     sealed = VectorEncryptor(derive_tenant_keys(MASTER, "acme")).encrypt_text(CHUNK, SECRET_TEXT)
-    assert VectorEncryptor(derive_tenant_keys(MASTER, "acme")).decrypt_text(CHUNK, sealed) == SECRET_TEXT
+    assert VectorEncryptor(derive_tenant_keys(MASTER, "acme")).decrypt_text(CHUNK, sealed, SECRET_MAC) == SECRET_TEXT
 
 
 def test_text_decrypt_accepts_bytes_like(enc):
     sealed = enc.encrypt_text(CHUNK, SECRET_TEXT)
-    assert enc.decrypt_text(CHUNK, memoryview(sealed)) == SECRET_TEXT
-    assert enc.decrypt_text(CHUNK, bytearray(sealed)) == SECRET_TEXT
+    assert enc.decrypt_text(CHUNK, memoryview(sealed), SECRET_MAC) == SECRET_TEXT
+    assert enc.decrypt_text(CHUNK, bytearray(sealed), SECRET_MAC) == SECRET_TEXT
 
 
 def test_ciphertext_hides_plaintext(enc):
@@ -68,9 +72,9 @@ def test_ciphertext_hides_plaintext(enc):
 
 
 def test_vector_round_trip(enc, vector):
-    sealed = enc.encrypt_vector(CHUNK, vector)
+    sealed = enc.encrypt_vector(CHUNK, vector, VECTOR_MAC)
     assert vector.tobytes() not in sealed
-    out = enc.decrypt_vector(CHUNK, sealed)
+    out = enc.decrypt_vector(CHUNK, sealed, VECTOR_MAC)
     assert out.dtype == np.float32
     assert out.shape == (384,)
     np.testing.assert_array_equal(out, vector)
@@ -78,7 +82,7 @@ def test_vector_round_trip(enc, vector):
 
 def test_vector_round_trip_casts_float64_to_float32(enc):
     vec64 = np.linspace(-1, 1, 16, dtype=np.float64)
-    out = enc.decrypt_vector(CHUNK, enc.encrypt_vector(CHUNK, vec64))
+    out = enc.decrypt_vector(CHUNK, enc.encrypt_vector(CHUNK, vec64, VECTOR_MAC), VECTOR_MAC)
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, vec64.astype(np.float32))
 
@@ -88,7 +92,7 @@ def test_every_ciphertext_differs_for_same_plaintext(enc, vector):
     assert len(texts) == 20
     nonces = {t[:NONCE_BYTES] for t in texts}
     assert len(nonces) == 20
-    vectors = {enc.encrypt_vector(CHUNK, vector) for _ in range(20)}
+    vectors = {enc.encrypt_vector(CHUNK, vector, VECTOR_MAC) for _ in range(20)}
     assert len(vectors) == 20
 
 
@@ -102,31 +106,31 @@ def test_key_version_property():
 
 def test_decrypt_fails_for_other_chunk_id(enc, vector):
     with pytest.raises(DecryptionError):
-        enc.decrypt_text(OTHER_CHUNK, enc.encrypt_text(CHUNK, SECRET_TEXT))
+        enc.decrypt_text(OTHER_CHUNK, enc.encrypt_text(CHUNK, SECRET_TEXT), SECRET_MAC)
     with pytest.raises(DecryptionError):
-        enc.decrypt_vector(OTHER_CHUNK, enc.encrypt_vector(CHUNK, vector))
+        enc.decrypt_vector(OTHER_CHUNK, enc.encrypt_vector(CHUNK, vector, VECTOR_MAC), VECTOR_MAC)
 
 
 def test_decrypt_fails_for_other_tenant(enc, vector):
     other = VectorEncryptor(derive_tenant_keys(MASTER, "globex"))
     with pytest.raises(DecryptionError):
-        other.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, SECRET_TEXT))
+        other.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, SECRET_TEXT), SECRET_MAC)
     with pytest.raises(DecryptionError):
-        other.decrypt_vector(CHUNK, enc.encrypt_vector(CHUNK, vector))
+        other.decrypt_vector(CHUNK, enc.encrypt_vector(CHUNK, vector, VECTOR_MAC), VECTOR_MAC)
 
 
 def test_decrypt_fails_for_other_key_version(enc, vector):
     v2 = VectorEncryptor(derive_tenant_keys(MASTER, "acme", key_version=2))
     with pytest.raises(DecryptionError):
-        v2.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, SECRET_TEXT))
+        v2.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, SECRET_TEXT), SECRET_MAC)
     with pytest.raises(DecryptionError):
-        v2.decrypt_vector(CHUNK, enc.encrypt_vector(CHUNK, vector))
+        v2.decrypt_vector(CHUNK, enc.encrypt_vector(CHUNK, vector, VECTOR_MAC), VECTOR_MAC)
 
 
 def test_decrypt_fails_for_other_master_key(enc):
     other = VectorEncryptor(derive_tenant_keys(OTHER_MASTER, "acme"))
     with pytest.raises(DecryptionError):
-        other.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, SECRET_TEXT))
+        other.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, SECRET_TEXT), SECRET_MAC)
 
 
 def test_associated_data_binds_tenant_and_version_even_with_the_same_data_key(enc):
@@ -135,17 +139,17 @@ def test_associated_data_binds_tenant_and_version_even_with_the_same_data_key(en
     sealed = enc.encrypt_text(CHUNK, SECRET_TEXT)
     for changed in (dataclasses.replace(keys, tenant_id="globex"), dataclasses.replace(keys, key_version=2)):
         with pytest.raises(DecryptionError):
-            VectorEncryptor(changed).decrypt_text(CHUNK, sealed)
-    assert VectorEncryptor(dataclasses.replace(keys)).decrypt_text(CHUNK, sealed) == SECRET_TEXT
+            VectorEncryptor(changed).decrypt_text(CHUNK, sealed, SECRET_MAC)
+    assert VectorEncryptor(dataclasses.replace(keys)).decrypt_text(CHUNK, sealed, SECRET_MAC) == SECRET_TEXT
 
 
 def test_decrypt_fails_when_text_and_embedding_fields_are_swapped(enc, vector):
     sealed_text = enc.encrypt_text(CHUNK, SECRET_TEXT)
-    sealed_vec = enc.encrypt_vector(CHUNK, vector)
+    sealed_vec = enc.encrypt_vector(CHUNK, vector, VECTOR_MAC)
     with pytest.raises(DecryptionError):
-        enc.decrypt_vector(CHUNK, sealed_text)
+        enc.decrypt_vector(CHUNK, sealed_text, VECTOR_MAC)
     with pytest.raises(DecryptionError):
-        enc.decrypt_text(CHUNK, sealed_vec)
+        enc.decrypt_text(CHUNK, sealed_vec, SECRET_MAC)
 
 
 @pytest.mark.parametrize("position", [0, NONCE_BYTES - 1, NONCE_BYTES, NONCE_BYTES + 5, -1])
@@ -153,34 +157,34 @@ def test_decrypt_fails_when_a_byte_is_flipped(enc, position):
     sealed = bytearray(enc.encrypt_text(CHUNK, SECRET_TEXT))
     sealed[position] ^= 0x01
     with pytest.raises(DecryptionError):
-        enc.decrypt_text(CHUNK, bytes(sealed))
+        enc.decrypt_text(CHUNK, bytes(sealed), SECRET_MAC)
 
 
 def test_decrypt_fails_when_a_vector_byte_is_flipped(enc, vector):
-    sealed = bytearray(enc.encrypt_vector(CHUNK, vector))
+    sealed = bytearray(enc.encrypt_vector(CHUNK, vector, VECTOR_MAC))
     sealed[len(sealed) // 2] ^= 0x80
     with pytest.raises(DecryptionError):
-        enc.decrypt_vector(CHUNK, bytes(sealed))
+        enc.decrypt_vector(CHUNK, bytes(sealed), VECTOR_MAC)
 
 
 def test_decrypt_fails_when_truncated_or_extended(enc):
     sealed = enc.encrypt_text(CHUNK, SECRET_TEXT)
     for bad in (sealed[:-1], sealed + b"\x00", sealed[: NONCE_BYTES + 15], sealed[:NONCE_BYTES]):
         with pytest.raises(DecryptionError):
-            enc.decrypt_text(CHUNK, bad)
+            enc.decrypt_text(CHUNK, bad, SECRET_MAC)
 
 
 @pytest.mark.parametrize("length", [0, 5])
 def test_decrypt_of_very_short_ciphertext_raises_decryption_error(enc, length):
     sealed = enc.encrypt_text(CHUNK, SECRET_TEXT)[:length]
     with pytest.raises(DecryptionError):
-        enc.decrypt_text(CHUNK, sealed)
+        enc.decrypt_text(CHUNK, sealed, SECRET_MAC)
 
 
 def test_decryption_error_message_contains_no_plaintext(enc):
     sealed = enc.encrypt_text(CHUNK, SECRET_TEXT)
     with pytest.raises(DecryptionError) as info:
-        enc.decrypt_text(OTHER_CHUNK, sealed)
+        enc.decrypt_text(OTHER_CHUNK, sealed, SECRET_MAC)
     message = str(info.value)
     assert OTHER_CHUNK in message  # it does say which row failed
     assert "acme" in message
@@ -323,3 +327,41 @@ def test_text_mac_is_keyed_not_a_plain_hash(enc):
     import hashlib
 
     assert enc.text_mac(SECRET_TEXT) != hashlib.sha256(SECRET_TEXT.encode()).digest()
+
+
+# --- content version: an older ciphertext of the same chunk cannot be put back -------------------------
+
+
+def test_an_older_text_ciphertext_of_the_same_chunk_is_refused(enc):
+    old_text, new_text = "Notice period: 30 days.", "Notice period: 90 days."
+    old_sealed = enc.encrypt_text(CHUNK, old_text)
+    assert enc.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, new_text), enc.text_mac(new_text)) == new_text
+    # The row now names the new text by its MAC; the old ciphertext, put back, does not open.
+    with pytest.raises(DecryptionError):
+        enc.decrypt_text(CHUNK, old_sealed, enc.text_mac(new_text))
+
+
+def test_an_older_embedding_of_the_same_chunk_is_refused(enc, vector):
+    old_mac, new_mac = enc.text_mac("old text"), enc.text_mac("new text")
+    old_sealed = enc.encrypt_vector(CHUNK, vector, old_mac)
+    np.testing.assert_array_equal(enc.decrypt_vector(CHUNK, enc.encrypt_vector(CHUNK, vector, new_mac), new_mac),
+                                  vector)
+    with pytest.raises(DecryptionError):
+        enc.decrypt_vector(CHUNK, old_sealed, new_mac)
+
+
+def test_legacy_rows_stay_readable_and_their_text_is_checked_against_its_mac(enc, vector):
+    old_text, new_text = "Notice period: 30 days.", "Notice period: 90 days."
+    legacy_old = enc.encrypt_text(CHUNK, old_text, seal_format=LEGACY_SEAL_FORMAT)
+    legacy_new = enc.encrypt_text(CHUNK, new_text, seal_format=LEGACY_SEAL_FORMAT)
+    assert enc.decrypt_text(CHUNK, legacy_new, enc.text_mac(new_text), LEGACY_SEAL_FORMAT) == new_text
+    # Format 1 did not bind the MAC; the check after decryption still catches the rollback.
+    with pytest.raises(DecryptionError, match="does not match its MAC"):
+        enc.decrypt_text(CHUNK, legacy_old, enc.text_mac(new_text), LEGACY_SEAL_FORMAT)
+    sealed = enc.encrypt_vector(CHUNK, vector, VECTOR_MAC, LEGACY_SEAL_FORMAT)
+    np.testing.assert_array_equal(enc.decrypt_vector(CHUNK, sealed, VECTOR_MAC, LEGACY_SEAL_FORMAT), vector)
+    # A format-2 reader does not accept a format-1 ciphertext, nor the reverse.
+    with pytest.raises(DecryptionError):
+        enc.decrypt_text(CHUNK, legacy_new, enc.text_mac(new_text))
+    with pytest.raises(DecryptionError):
+        enc.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, new_text), enc.text_mac(new_text), LEGACY_SEAL_FORMAT)
