@@ -6,6 +6,7 @@ so the search path has no way to reach another tenant's vectors.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -16,6 +17,7 @@ from ingest_pipeline.core.ids import index_name
 
 METRIC = "cosine"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+DEFAULT_CALL_TIMEOUT_S = 60.0
 
 
 class IndexDimensionMismatch(ValueError):
@@ -31,9 +33,36 @@ class IndexUnavailable(RuntimeError):
     an SDK error can quote the request, and the request holds plaintext vectors. Retryable."""
 
 
-def _guarded(operation: str, tenant_id: str, call, *args, **kwargs):
-    try:
+def _within(timeout_s: float | None, call, *args, **kwargs):
+    """Run `call` on a daemon thread and give up after `timeout_s`.
+
+    Neither SDK bounds its calls; this bounds how long a writer waits (and holds its row locks).
+    A call that times out may still finish in the background: the writer fails and retries, and
+    every write is an idempotent upsert or delete by id.
+    """
+    if not timeout_s:
         return call(*args, **kwargs)
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = call(*args, **kwargs)
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True, name="cyborgdb-call")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {timeout_s:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def _guarded(operation: str, tenant_id: str, call, *args, timeout_s: float | None = None, **kwargs):
+    try:
+        return _within(timeout_s, call, *args, **kwargs)
     except (IndexDimensionMismatch, IndexKeyMismatch):
         raise
     except Exception as exc:
@@ -45,11 +74,16 @@ def _guarded(operation: str, tenant_id: str, call, *args, **kwargs):
 class TenantIndex:
     """Upsert, delete, query and count one tenant's vectors; the same calls on either backend."""
 
-    def __init__(self, tenant_id: str, handle, index_key: bytes, embedded: bool):
+    def __init__(
+        self, tenant_id: str, handle, index_key: bytes, embedded: bool, generation: int = 1,
+        timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
+    ):
         self.tenant_id = tenant_id
+        self.generation = generation
         self._handle = handle
         self._key = index_key
         self._embedded = embedded
+        self._timeout_s = timeout_s
 
     def _kw(self) -> dict:
         return {"index_key": self._key} if self._embedded else {}
@@ -62,7 +96,8 @@ class TenantIndex:
             )
 
     def _call(self, operation: str, method: str, *args, **kwargs):
-        return _guarded(operation, self.tenant_id, getattr(self._handle, method), *args, **kwargs, **self._kw())
+        return _guarded(operation, self.tenant_id, getattr(self._handle, method), *args, timeout_s=self._timeout_s,
+                        **kwargs, **self._kw())
 
     def upsert(self, items: list[dict]) -> None:
         if items:
@@ -100,20 +135,31 @@ class TenantIndex:
         self._call("delete_index", "delete_index")
 
 
+def check_service_url(url: str) -> None:
+    """Refuse a CyborgDB URL that would send index keys and vectors in clear over a network."""
+    parsed = urlparse(url.strip())
+    scheme, host = parsed.scheme.lower(), (parsed.hostname or "").lower()
+    if scheme not in {"http", "https"} or not host:
+        raise ValueError(f"INGEST_CYBORGDB_URL must be an http(s) URL with a host, got scheme {scheme!r}")
+    if scheme == "http" and host not in LOOPBACK_HOSTS:
+        raise ValueError(
+            f"refusing plain http to CyborgDB at {host}: index keys and vectors would cross the network "
+            "in clear; use https://"
+        )
+
+
 class CyborgIndexes:
     """Opens tenants' indexes on one CyborgDB backend."""
 
-    def __init__(self, *, storage_dir: str | Path | None = None, url: str = "", api_key: str = ""):
+    def __init__(
+        self, *, storage_dir: str | Path | None = None, url: str = "", api_key: str = "",
+        timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
+    ):
+        self._timeout_s = timeout_s
         if url:
             import cyborgdb
 
-            host = urlparse(url).hostname or ""
-            if url.startswith("http://") and host not in LOOPBACK_HOSTS:
-                raise ValueError(
-                    f"refusing plain http to CyborgDB at {host}: index keys and vectors would cross the network "
-                    "in clear; use https://"
-                )
-
+            check_service_url(url)
             self._client = cyborgdb.Client(base_url=url, api_key=api_key or None)
             self._embedded = False
         else:
@@ -128,19 +174,22 @@ class CyborgIndexes:
         return "cyborgdb-core (embedded)" if self._embedded else "cyborgdb-service"
 
     def _names(self, tenant_id: str) -> set[str]:
-        return set(_guarded("list_indexes", tenant_id, self._client.list_indexes))
+        return set(_guarded("list_indexes", tenant_id, self._client.list_indexes, timeout_s=self._timeout_s))
 
-    def exists(self, tenant_id: str) -> bool:
-        return index_name(tenant_id) in self._names(tenant_id)
+    def exists(self, tenant_id: str, generation: int = 1) -> bool:
+        return index_name(tenant_id, generation) in self._names(tenant_id)
 
-    def open(self, keys: TenantKeys, dimension: int | None = None, create: bool = False) -> TenantIndex | None:
-        """The tenant's index, created when `create` is set; None when it does not exist yet."""
-        name = index_name(keys.tenant_id)
+    def open(
+        self, keys: TenantKeys, dimension: int | None = None, create: bool = False, generation: int = 1,
+    ) -> TenantIndex | None:
+        """One generation of the tenant's index, created when `create` is set; None when it does not exist."""
+        name = index_name(keys.tenant_id, generation)
         if name in self._names(keys.tenant_id):
             handle = self._load(name, keys)
         elif create:
             try:
-                handle = self._client.create_index(name, keys.index_key, dimension=dimension, metric=METRIC)
+                handle = _within(self._timeout_s, self._client.create_index, name, keys.index_key,
+                                 dimension=dimension, metric=METRIC)
             except Exception:
                 # Another writer may have created it between the listing and the create.
                 if name not in self._names(keys.tenant_id):
@@ -148,14 +197,14 @@ class CyborgIndexes:
                 handle = self._load(name, keys)
         else:
             return None
-        index = TenantIndex(keys.tenant_id, handle, keys.index_key, self._embedded)
+        index = TenantIndex(keys.tenant_id, handle, keys.index_key, self._embedded, generation, self._timeout_s)
         if dimension:
             index.check_dimension(dimension)
         return index
 
     def _load(self, name: str, keys: TenantKeys):
         try:
-            return self._client.load_index(name, keys.index_key)
+            return _within(self._timeout_s, self._client.load_index, name, keys.index_key)
         except Exception as exc:
             message = str(exc).lower()
             # cyborgdb-core: "Failed to unwrap DEK ..."; cyborgdb-service: "Wrong encryption key for index".
@@ -167,8 +216,8 @@ class CyborgIndexes:
                 f"CyborgDB load_index for tenant {keys.tenant_id!r} failed ({type(exc).__name__})"
             ) from None
 
-    def drop(self, keys: TenantKeys) -> bool:
-        index = self.open(keys)
+    def drop(self, keys: TenantKeys, generation: int = 1) -> bool:
+        index = self.open(keys, generation=generation)
         if index is None:
             return False
         index.drop()

@@ -26,14 +26,48 @@ def resolve_model_path(model_path: str = "") -> Path:
     return path
 
 
-def model_fingerprint(model_path: Path) -> str:
-    """Identifies a model folder by its configuration, tokenizer and weight sizes (no weights are read)."""
+# What decides a model's output: weights, configuration, tokenizer. READMEs and the like do not count.
+FINGERPRINTED_SUFFIXES = {".json", ".txt", ".model", ".safetensors", ".bin", ".onnx", ".pt", ".pth"}
+NOT_FINGERPRINTED = {"README.md", "data_config.json", ".gitattributes"}
+
+
+def model_fingerprint(model_path: str | Path) -> str:
+    """Identifies a model by the content of every file that decides its embeddings.
+
+    Hashing the ~90 MB of weights takes a fraction of a second; it is done once per process and
+    model folder (again only if a file's size or modification time changes).
+    """
+    path = Path(model_path)
+    stamp = tuple(
+        (file.relative_to(path).as_posix(), file.stat().st_size, file.stat().st_mtime_ns)
+        for file in sorted(path.rglob("*"))
+        if file.is_file() and file.suffix in FINGERPRINTED_SUFFIXES and file.name not in NOT_FINGERPRINTED
+    )
+    return _content_fingerprint(str(path), stamp)
+
+
+def legacy_model_fingerprint(model_path: str | Path) -> str:
+    """The fingerprint of earlier releases (configuration, tokenizer and weight sizes only), kept so that
+    a tenant recorded under it is recognised and upgraded to the content fingerprint."""
+    path = Path(model_path)
     digest = hashlib.sha256()
-    for path in sorted(model_path.rglob("*")):
-        if path.is_file() and path.suffix in {".json", ".txt"} and path.stat().st_size < 16 * 1024 * 1024:
-            digest.update(path.relative_to(model_path).as_posix().encode() + b"\0" + path.read_bytes())
-        elif path.is_file() and path.suffix in {".safetensors", ".bin", ".onnx"}:
-            digest.update(f"{path.relative_to(model_path).as_posix()}:{path.stat().st_size}".encode())
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and file.suffix in {".json", ".txt"} and file.stat().st_size < 16 * 1024 * 1024:
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
+        elif file.is_file() and file.suffix in {".safetensors", ".bin", ".onnx"}:
+            digest.update(f"{file.relative_to(path).as_posix()}:{file.stat().st_size}".encode())
+    return digest.hexdigest()[:24]
+
+
+@lru_cache(maxsize=8)
+def _content_fingerprint(model_path: str, stamp: tuple) -> str:
+    digest = hashlib.sha256()
+    for relative, _, _ in stamp:
+        digest.update(relative.encode() + b"\0")
+        with open(Path(model_path, relative), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
     return digest.hexdigest()[:24]
 
 

@@ -46,6 +46,13 @@ def chunk_id(doc_id: str, sequence: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_DNS, f"{doc_id}_{sequence}"))
 
 
-def index_name(tenant_id: str) -> str:
-    """The name of the tenant's own CyborgDB index."""
-    return f"tenant_{validate_tenant(tenant_id)}"
+def index_name(tenant_id: str, generation: int = 1) -> str:
+    """The name of one generation of the tenant's own CyborgDB index.
+
+    Generation 1 keeps the original name; later ones (made by a rebuild) get a prefix that no
+    tenant id can produce, since every generation-1 name starts with "tenant_".
+    """
+    if generation < 1:
+        raise ValueError(f"index generation must be at least 1, got {generation}")
+    tenant_id = validate_tenant(tenant_id)
+    return f"tenant_{tenant_id}" if generation == 1 else f"tenant-g{generation}_{tenant_id}"

@@ -172,3 +172,14 @@ def test_index_name():
 def test_index_name_validates_tenant(tenant):
     with pytest.raises(InvalidName):
         index_name(tenant)
+
+
+def test_index_generations_never_share_a_name_even_for_tenants_that_look_alike():
+    from ingest_pipeline.core.ids import index_name
+
+    tenants = ["a", "a_g2", "a__g2", "g2_a", "tenant-g2", "a-g2", "g2", "a2"]
+    names = [index_name(tenant, generation) for tenant in tenants for generation in (1, 2, 3, 12)]
+    assert len(set(names)) == len(names)
+    assert index_name("acme") == index_name("acme", 1) == "tenant_acme"
+    with pytest.raises(ValueError):
+        index_name("acme", 0)
