@@ -29,10 +29,11 @@ from rich.text import Text
 
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
 from ingest_pipeline.instance import dagster_instance, prepare_environment
+from ingest_pipeline.landing import LandingZoneUnavailable
 from ingest_pipeline.ledger import sha256_file
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error names paths: never cut it into lines
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SAMPLE_CORPUS = Path(__file__).parent / "sample_corpus"
 
@@ -41,7 +42,7 @@ def _definitions():
     from ingest_pipeline.definitions import build_definitions, build_resources
 
     # Built on each call: the environment decides the backends, and tests change it between calls.
-    return build_definitions(), build_resources(for_dagster=False)
+    return build_definitions(), build_resources()
 
 
 # ---- upload -------------------------------------------------------------------------------------
@@ -151,17 +152,31 @@ class _ProgressPoller(threading.Thread):
 
 
 def _partitions_with_removed_files(ledger, tenant: str | None) -> set[tuple[str, str]]:
-    """Partitions of live documents whose file was removed from the landing zone (a deletion by removal)."""
+    """Partitions of live documents whose file was removed from the landing zone (a deletion by removal).
+
+    Raises LandingZoneUnavailable when the landing zone or the folder of a tenant with live documents
+    is missing or unreadable: that is an outage to fix, never a reason to delete.
+    """
     from ingest_pipeline.environment import Settings
     from ingest_pipeline.landing import LandingZone
 
     zone = LandingZone(Settings.from_env().landing_dir)
-    return {(doc["tenant_id"], doc["partition_month"]) for doc in ledger.live_documents(tenant)
-            if not zone.path(doc["tenant_id"], doc["doc_name"]).exists()}
+    live: dict[str, list[dict]] = {}
+    for doc in ledger.live_documents(tenant):
+        live.setdefault(doc["tenant_id"], []).append(doc)
+    removed = set()
+    for tenant_id, documents in live.items():
+        present = zone.tenant_files(tenant_id)
+        removed |= {(tenant_id, doc["partition_month"]) for doc in documents if doc["doc_name"] not in present}
+    return removed
 
 
-def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
-    """Materialize the asset graph for every (tenant, month) partition with pending work."""
+def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_delete: bool = False) -> dict:
+    """Materialize the asset graph for every (tenant, month) partition with pending work.
+
+    `allow_mass_delete` confirms that documents missing from the landing zone were removed on purpose,
+    even when more than the allowed share of a partition is gone at once.
+    """
     from dagster import MultiPartitionKey
 
     from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_partitions
@@ -189,8 +204,10 @@ def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
         poller.start()
         for tenant_id, month in partitions:
             key = MultiPartitionKey({TENANT_DIMENSION: tenant_id, MONTH_DIMENSION: month})
+            run_config = {**QUIET_LOGGERS, "ops": {"raw_documents": {"config": {"allow_mass_delete": True}}}} \
+                if allow_mass_delete else QUIET_LOGGERS
             result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
-                                            run_config=QUIET_LOGGERS)
+                                            run_config=run_config)
             for event in result.get_asset_materialization_events():
                 for name, value in event.materialization.metadata.items():
                     if isinstance(value.value, int | float) and not isinstance(value.value, bool):
@@ -198,7 +215,8 @@ def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
             checks = result.get_asset_check_evaluations()
             runs.append({"tenant": tenant_id, "month": month, "run_id": result.run_id,
                          "success": result.success, "checks_passed": sum(c.passed for c in checks),
-                         "checks_failed": sorted(c.check_name for c in checks if not c.passed)})
+                         "checks_failed": sorted(c.check_name for c in checks if not c.passed),
+                         "error": None if result.success else _run_error(result)})
         poller.stop.set()
         poller.poll()
     summary_keys = ["documents_new", "documents_changed", "documents_unchanged", "documents_deleted",
@@ -220,23 +238,40 @@ def ingest(tenant: str | None = None, show_progress: bool = True) -> dict:
 # ---- search, status, rebuild --------------------------------------------------------------------
 
 
+def _run_error(result) -> str | None:
+    """Why a run failed: the first step failure, or the resource (setting) that could not start.
+    Messages are already free of document content and secrets."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            return event.step_failure_data.error.message.strip()
+        if event.event_type_value == "RESOURCE_INIT_FAILURE":
+            error = event.event_specific_data.error
+            while error.cause is not None:
+                error = error.cause
+            return error.message.strip()
+    return None
+
+
 def search(tenant: str, queries: list[str], top_k: int = 5) -> list[list[dict]]:
+    from ingest_pipeline.indexing import open_live_index
     from ingest_pipeline.search import search_tenant
 
     tenant = validate_tenant(tenant)
     prepare_environment()
     _, resources = _definitions()
-    keyring = resources["keyring"]
-    index = resources["cyborgdb"].indexes.open(keyring.tenant_keys(tenant))
+    keyring, model, ledger = resources["keyring"], resources["embedding_model"], resources["ledger"].ledger
+    index = open_live_index(ledger, resources["cyborgdb"].indexes, keyring.tenant_keys(tenant))
     answers = search_tenant(
-        tenant_id=tenant, queries=queries, top_k=top_k, embedder=resources["embedding_model"].embedder,
-        index=index, ledger=resources["ledger"].ledger,
+        tenant_id=tenant, queries=queries, top_k=top_k, embedder=model.embedder, index=index, ledger=ledger,
         encryptor_for=lambda version: keyring.encryptor(tenant, version),
+        model_ids=(model.model_id, model.legacy_model_id),
     )
     return [[hit.as_dict() for hit in hits] for hits in answers]
 
 
 def status(tenant: str | None = None) -> dict:
+    from ingest_pipeline.indexing import open_live_index
+
     _, ledger = prepare_environment()
     _, resources = _definitions()
     keyring, indexes = resources["keyring"], resources["cyborgdb"].indexes
@@ -244,7 +279,7 @@ def status(tenant: str | None = None) -> dict:
     report = {}
     for tenant_id in tenants:
         counts = ledger.tenant_status(tenant_id)
-        index = indexes.open(keyring.tenant_keys(tenant_id))
+        index = open_live_index(ledger, indexes, keyring.tenant_keys(tenant_id))
         report[tenant_id] = {
             "documents": counts["documents"], "chunks": counts["chunks"], "indexed": counts["indexed"],
             "quarantined": counts["quarantined"], "index_vectors": index.count() if index else 0,
@@ -306,8 +341,8 @@ def _print_ingest(summary: dict) -> None:
         for check in run["checks_failed"]:
             out.print(f"[red]check failed[/red] {run['tenant']} {run['month']}: {check}")
         if not run["success"]:
-            out.print(f"[red]run failed[/red] {run['tenant']} {run['month']}: run id {run['run_id']} "
-                      "(details in the Dagster UI: make dev)")
+            out.print(f"[red]run failed[/red] {run['tenant']} {run['month']}: {run['error'] or ''}\n"
+                      f"  run id {run['run_id']} (details in the Dagster UI: make dev)")
 
 
 def _demo() -> int:
@@ -354,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = commands.add_parser("ingest", help="materialize every partition with pending work")
     p.add_argument("--tenant")
+    p.add_argument("--allow-mass-delete", action="store_true",
+                   help="confirm that files missing from the landing zone were removed on purpose")
     p.add_argument("--json", action="store_true")
 
     p = commands.add_parser("search", help="semantic search in a tenant's encrypted index")
@@ -388,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
                         out.print(f"{outcome:>10}  {args.tenant}/{name}")
             return 1 if result["not_found"] else 0
         if args.command == "ingest":
-            summary = ingest(args.tenant, show_progress=not args.json)
+            summary = ingest(args.tenant, show_progress=not args.json, allow_mass_delete=args.allow_mass_delete)
             print(json.dumps(summary, default=str)) if args.json else _print_ingest(summary)
             return 1 if summary["failed_runs"] else 0
         if args.command == "search":
@@ -423,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidName, FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 2
+    except LandingZoneUnavailable as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        return 1
     return 0
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
-from dagster import Definitions, EnvVar
+from dagster import Definitions
 
 from ingest_pipeline.defs.assets import chunk_embeddings, cyborgdb_index, document_chunks, raw_documents
 from ingest_pipeline.defs.checks import ciphertexts_decrypt, index_matches_ledger, sample_chunks_retrieve_themselves
@@ -18,25 +16,16 @@ from ingest_pipeline.defs.resources import (
 )
 
 
-def build_resources(for_dagster: bool = True) -> dict:
-    """The resources, configured from the environment.
-
-    For Dagster, a variable that is set becomes an EnvVar (resolved at run time and never shown in the
-    UI); outside Dagster (the CLI's search and status) values are read directly.
-    """
-
-    def _env(name: str) -> str | EnvVar:
-        if not os.environ.get(name):
-            return ""
-        return EnvVar(name) if for_dagster else os.environ[name]
-
-    home = _env("INGEST_HOME")
+def build_resources() -> dict:
+    """The resources. Nothing is read here: each reads its settings from the environment of the process
+    that runs the step, when the step first uses it (see defs/resources.py)."""
+    ledger = PostgresLedger()
     return {
-        "ledger": PostgresLedger(dsn=_env("INGEST_PG_DSN"), home=home),
-        "cyborgdb": CyborgDB(url=_env("INGEST_CYBORGDB_URL"), api_key=_env("INGEST_CYBORGDB_API_KEY"), home=home),
-        "keyring": TenantKeyring(master_key=_env("INGEST_MASTER_KEY"), home=home),
-        "landing": LandingZoneResource(home=home),
-        "embedding_model": EmbeddingModel(model_path=_env("INGEST_MODEL_PATH")),
+        "ledger": ledger,
+        "cyborgdb": CyborgDB(),
+        "keyring": TenantKeyring(ledger=ledger),
+        "landing": LandingZoneResource(),
+        "embedding_model": EmbeddingModel(),
     }
 
 

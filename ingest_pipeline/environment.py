@@ -1,18 +1,30 @@
-"""Where state lives: INGEST_HOME, the embedded PostgreSQL server, the development master key."""
+"""Where state lives: INGEST_HOME, the embedded PostgreSQL server, the development master key.
+
+Settings are read from the environment of the process that uses them, when it uses them (a run
+worker reads its own environment, never the code server's at import time).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest_pipeline.core.crypto import generate_master_key, parse_master_key
+from ingest_pipeline.core.crypto import MasterKeyError, generate_master_key, parse_master_key
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOME = ".ingest"
+DEVELOPMENT, PRODUCTION = "development", "production"
+# Outside development nothing falls back to an embedded server or a generated key.
+REQUIRED_IN_PRODUCTION = ("INGEST_HOME", "INGEST_PG_DSN", "INGEST_MASTER_KEY", "INGEST_CYBORGDB_URL")
+
+
+class ConfigurationError(ValueError):
+    """A setting that is missing or invalid; the message names the variable."""
 
 
 def ingest_home(home: str | None = None) -> Path:
@@ -55,10 +67,19 @@ def sqlalchemy_url(dsn: str) -> str:
     raise ValueError("INGEST_PG_DSN must be a URL: postgresql://user:password@host:port/database")
 
 
-def development_master_key(home: str | Path) -> bytes:
-    """A master key kept under INGEST_HOME (mode 0600), generated once. For development only."""
+def development_master_key(home: str | Path, has_tenants: Callable[[], bool]) -> bytes:
+    """A master key kept under INGEST_HOME (mode 0600), generated once. For development only.
+
+    A new key is never generated for an installation whose ledger already holds tenants: their data
+    was written under another key, and a new one would write data that dies with this process's home.
+    """
     path = Path(home) / "master.key"
     if not path.exists():
+        if has_tenants():
+            raise MasterKeyError(
+                f"INGEST_MASTER_KEY is not set and there is no development key at {path}, but the ledger already "
+                "holds tenants: set INGEST_MASTER_KEY to the key their data was written with (no new key generated)"
+            )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(generate_master_key() + "\n")
@@ -75,20 +96,42 @@ def development_master_key(home: str | Path) -> bytes:
 class Settings:
     """The configuration a user sets through the environment."""
 
+    profile: str
     home: Path
     pg_dsn: str
     cyborgdb_url: str
     cyborgdb_api_key: str
     master_key: str
+    model_path: str
 
     @classmethod
-    def from_env(cls) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate the settings now. INGEST_PROFILE=production (anything but development)
+        makes every variable in REQUIRED_IN_PRODUCTION mandatory; a missing one is named."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str:
+            return env.get(name, "").strip()
+
+        profile = get("INGEST_PROFILE") or DEVELOPMENT
+        if profile not in (DEVELOPMENT, PRODUCTION):
+            raise ConfigurationError(f"INGEST_PROFILE must be {DEVELOPMENT!r} or {PRODUCTION!r}, got {profile!r}")
+        if profile == PRODUCTION:
+            missing = [name for name in REQUIRED_IN_PRODUCTION if not get(name)]
+            if missing:
+                raise ConfigurationError(
+                    f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set, and INGEST_PROFILE="
+                    f"{PRODUCTION} requires {'it' if len(missing) == 1 else 'them'} in every process that runs "
+                    "steps (code server and run workers alike)"
+                )
         return cls(
-            home=ingest_home(),
-            pg_dsn=os.environ.get("INGEST_PG_DSN", ""),
-            cyborgdb_url=os.environ.get("INGEST_CYBORGDB_URL", ""),
-            cyborgdb_api_key=os.environ.get("INGEST_CYBORGDB_API_KEY", ""),
-            master_key=os.environ.get("INGEST_MASTER_KEY", ""),
+            profile=profile,
+            home=ingest_home(get("INGEST_HOME") or None),
+            pg_dsn=get("INGEST_PG_DSN"),
+            cyborgdb_url=get("INGEST_CYBORGDB_URL"),
+            cyborgdb_api_key=get("INGEST_CYBORGDB_API_KEY"),
+            master_key=get("INGEST_MASTER_KEY"),
+            model_path=get("INGEST_MODEL_PATH"),
         )
 
     @property

@@ -2,37 +2,67 @@
 
 from __future__ import annotations
 
-import psycopg
+import logging
 
 from ingest_pipeline.core.crypto import VectorEncryptor
-from ingest_pipeline.ledger import Ledger
-from ingest_pipeline.vector_index import CyborgIndexes, TenantIndex
+from ingest_pipeline.ledger import Ledger, TenantSession
+from ingest_pipeline.vector_index import CyborgIndexes, IndexUnavailable, TenantIndex
+
+log = logging.getLogger(__name__)
+
+
+def open_live_index(ledger: Ledger, indexes: CyborgIndexes, keys) -> TenantIndex | None:
+    """The generation of the tenant's index that search reads (None before its first write)."""
+    with ledger.connect() as conn:
+        live, _, _ = ledger.index_generations(conn, keys.tenant_id)
+    return indexes.open(keys, generation=live)
 
 
 class IndexWriter:
-    """The one writer of a tenant's index. Callers hold the tenant's lock."""
+    """The one writer of a tenant's index, on a session that holds the tenant's lock.
 
-    def __init__(self, ledger: Ledger, indexes: CyborgIndexes, keyring, tenant_id: str, batch_size: int = 32):
+    Every write to CyborgDB is fenced: the session proves it still holds the lock just before it.
+    While a rebuild is under way, upserts and deletes go to the live index and to the one being
+    rebuilt, so the rebuilt index misses nothing that happened between its attempts.
+    """
+
+    def __init__(
+        self, ledger: Ledger, indexes: CyborgIndexes, keyring, session: TenantSession, batch_size: int = 32,
+    ):
         self.ledger = ledger
         self.indexes = indexes
         self.keyring = keyring
-        self.tenant_id = tenant_id
+        self.session = session
+        self.tenant_id = session.tenant_id
         self.batch_size = batch_size
-        self._keys = keyring.tenant_keys(tenant_id)
-        self._index: TenantIndex | None = None
+        self._keys = keyring.tenant_keys(self.tenant_id)
+        self._opened: dict[int, TenantIndex | None] = {}
         self._encryptors: dict[int, VectorEncryptor] = {}
+
+    @property
+    def conn(self):
+        return self.session.conn
 
     def _encryptor(self, key_version: int) -> VectorEncryptor:
         if key_version not in self._encryptors:
             self._encryptors[key_version] = self.keyring.encryptor(self.tenant_id, key_version)
         return self._encryptors[key_version]
 
-    def index(self, dimension: int | None = None) -> TenantIndex | None:
-        if self._index is None:
-            self._index = self.indexes.open(self._keys, dimension=dimension, create=dimension is not None)
+    def _generations(self) -> list[int]:
+        live, rebuilding, _ = self.ledger.index_generations(self.conn, self.tenant_id)
+        return [live] if rebuilding is None else [live, rebuilding]
+
+    def index(self, generation: int | None = None, dimension: int | None = None) -> TenantIndex | None:
+        if generation is None:
+            generation = self._generations()[0]
+        index = self._opened.get(generation)
+        if index is None:
+            index = self.indexes.open(self._keys, dimension=dimension, create=dimension is not None,
+                                      generation=generation)
+            self._opened[generation] = index
         elif dimension:
-            self._index.check_dimension(dimension)
-        return self._index
+            index.check_dimension(dimension)
+        return index
 
     def items(self, rows: list[dict]) -> list[dict]:
         """CyborgDB items from ledger rows: the vector is decrypted here, in memory only."""
@@ -41,63 +71,87 @@ class IndexWriter:
             encryptor = self._encryptor(row["key_version"])
             items.append({
                 "id": row["chunk_id"],
-                "vector": encryptor.decrypt_vector(row["chunk_id"], row["embedding_ciphertext"]),
+                "vector": encryptor.decrypt_vector(row["chunk_id"], row["embedding_ciphertext"], row["text_mac"]),
                 "metadata": {"doc_id": row["doc_id"], "tenant_id": self.tenant_id,
                              "chunk_sequence": row["sequence"]},
                 "contents": bytes(row["text_ciphertext"]),
             })
         return items
 
-    def _upsert(self, items: list[dict]) -> None:
-        index = self.index(dimension=len(items[0]["vector"]))
-        index.upsert(items)
+    def _upsert(self, items: list[dict], generations: list[int]) -> None:
+        self.session.fence()
+        for generation in generations:
+            self.index(generation, dimension=len(items[0]["vector"])).upsert(items)
 
-    def remove_stale(self, conn: psycopg.Connection, month: str) -> int:
+    def remove_stale(self, month: str) -> int:
         removed = 0
-        while rows := self.ledger.chunks_in_state(conn, self.tenant_id, month, "stale", limit=500):
+        generations = self._generations()
+        while rows := self.ledger.chunks_in_state(self.conn, self.tenant_id, month, "stale", limit=500):
             ids = [row["chunk_id"] for row in rows]
-            index = self.index()
-            if index is not None:
-                index.delete(ids)  # deleting an id the index lacks is a no-op, so a retry is safe
-            with conn.transaction():
-                self.ledger.remove_chunks(conn, ids)
+            self.session.fence()
+            for generation in generations:
+                index = self.index(generation)
+                if index is not None:
+                    index.delete(ids)  # deleting an id the index lacks is a no-op, so a retry is safe
+            with self.conn.transaction():
+                self.ledger.remove_chunks(self.conn, ids)
             removed += len(ids)
         return removed
 
-    def upsert_embedded(self, conn: psycopg.Connection, month: str) -> tuple[int, int]:
+    def upsert_embedded(self, month: str) -> tuple[int, int]:
         upserted = batches = 0
+        generations = self._generations()
         while True:
-            with conn.transaction():
+            with self.conn.transaction():
                 rows = self.ledger.chunks_in_state(
-                    conn, self.tenant_id, month, "embedded", limit=self.batch_size, for_update=True
+                    self.conn, self.tenant_id, month, "embedded", limit=self.batch_size, for_update=True
                 )
                 if not rows:
                     break
                 # Upsert inside the transaction: if CyborgDB refuses, the batch stays 'embedded'.
-                self._upsert(self.items(rows))
-                self.ledger.mark_indexed(conn, [row["chunk_id"] for row in rows])
+                self._upsert(self.items(rows), generations)
+                self.ledger.mark_indexed(self.conn, [row["chunk_id"] for row in rows])
             upserted += len(rows)
             batches += 1
         return upserted, batches
 
-    def rebuild(self, conn: psycopg.Connection) -> int:
-        """Drop the index and refill it from the cold copy, without re-embedding anything.
+    def rebuild(self) -> tuple[int, int]:
+        """Fill a new generation of the index from the cold copy beside the live one, then swap.
 
-        The ledger first marks every indexed chunk pending again, so a rebuild that stops half way is
-        finished by the next rebuild or ingest.
+        Search keeps reading the live index until the swap. Progress is committed after every batch,
+        so an interrupted rebuild resumes after the last chunk written. Returns (chunks written by this
+        call, the new generation).
         """
-        with conn.transaction():
-            self.ledger.unmark_indexed(conn, self.tenant_id)
-        self.indexes.drop(self._keys)
-        self._index = None
-        restored, after = 0, None
-        while batch := self.ledger.tenant_chunks_with_embeddings(conn, self.tenant_id, after, self.batch_size):
-            with conn.transaction():
-                self._upsert(self.items(batch))
-                self.ledger.mark_indexed(conn, [row["chunk_id"] for row in batch])
-            restored += len(batch)
-            after = batch[-1]["chunk_id"]
-        return restored
+        live, generation, cursor = self.ledger.index_generations(self.conn, self.tenant_id)
+        if generation is None:
+            with self.conn.transaction():
+                generation = self.ledger.start_rebuild(self.conn, self.tenant_id)
+            if self.indexes.exists(self.tenant_id, generation):  # left by a rebuild abandoned before it recorded
+                self.session.fence()
+                self.indexes.drop(self._keys, generation)
+        written = 0
+        while batch := self.ledger.tenant_chunks_with_embeddings(self.conn, self.tenant_id, cursor, self.batch_size):
+            with self.conn.transaction():
+                self._upsert(self.items(batch), [generation])
+                cursor = batch[-1]["chunk_id"]
+                self.ledger.advance_rebuild(self.conn, self.tenant_id, cursor)
+            written += len(batch)
+        expected = self.ledger.count_embedded(self.conn, self.tenant_id)
+        built = self.index(generation)
+        actual = built.count() if built is not None else 0
+        if actual != expected:
+            raise IndexUnavailable(
+                f"rebuilt index of tenant {self.tenant_id!r} holds {actual} vectors, the ledger {expected}; not swapped"
+            )
+        self.session.fence()
+        with self.conn.transaction():
+            self.ledger.finish_rebuild(self.conn, self.tenant_id, generation)
+        self._opened.pop(live, None)
+        try:
+            self.indexes.drop(self._keys, live)
+        except IndexUnavailable as exc:  # the swap is done; a leftover old index is harmless
+            log.warning("could not drop the replaced index of tenant %s: %s", self.tenant_id, exc)
+        return written, generation
 
     def count(self) -> int:
         index = self.index()

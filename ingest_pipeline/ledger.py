@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import resources
 
@@ -24,6 +24,41 @@ class TenantKeyMismatch(ValueError):
 
 class EmbeddingModelMismatch(ValueError):
     """The tenant's embeddings were made by another model."""
+
+
+class TenantBusy(RuntimeError):
+    """Another writer held the tenant's lock for longer than the lock wait allows. Retryable."""
+
+
+class TenantLockLost(RuntimeError):
+    """The writer no longer holds its tenant's lock (its connection dropped). Retryable: nothing more is written."""
+
+
+class TenantSession:
+    """A writer's connection that holds the tenant's advisory lock itself.
+
+    The lock lives and dies with this connection, so every Postgres write on it is fenced by
+    construction. Writes elsewhere (CyborgDB) call `fence()` first: it fails once the connection,
+    and with it the lock, is gone, before anything more is written.
+    """
+
+    def __init__(self, conn: psycopg.Connection, tenant_id: str):
+        self.conn = conn
+        self.tenant_id = tenant_id
+
+    def fence(self) -> None:
+        try:
+            row = self.conn.execute(
+                "SELECT count(*) AS held FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND pid = pg_backend_pid() AND classid = %s::oid AND objid = hashtext(%s)::oid AND objsubid = 2",
+                (_LOCK_CLASS, self.tenant_id),
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise TenantLockLost(
+                f"lost the writer lock of tenant {self.tenant_id!r} ({type(exc).__name__}); stopped before writing"
+            ) from None
+        if not row["held"]:
+            raise TenantLockLost(f"the writer lock of tenant {self.tenant_id!r} is no longer held; stopped")
 
 
 @dataclass(frozen=True)
@@ -49,13 +84,32 @@ def _migrations() -> list[tuple[int, str]]:
 class Ledger:
     """A thin, explicit data-access layer over psycopg 3."""
 
-    def __init__(self, dsn: str):
+    def __init__(
+        self, dsn: str, *, statement_timeout_s: float = 120, lock_wait_s: float = 300,
+        idle_in_transaction_s: float = 300, connect_timeout_s: int = 15,
+    ):
         self.dsn = dsn
+        self.statement_timeout_s = statement_timeout_s
+        self.lock_wait_s = lock_wait_s
+        self.idle_in_transaction_s = idle_in_transaction_s
+        self.connect_timeout_s = connect_timeout_s
 
     @contextmanager
     def connect(self) -> Iterator[psycopg.Connection]:
-        """A connection whose `with conn.transaction()` blocks commit or roll back as a unit."""
-        with psycopg.connect(self.dsn, row_factory=dict_row, autocommit=True) as conn:
+        """A connection whose `with conn.transaction()` blocks commit or roll back as a unit.
+
+        Every statement, row-lock wait and open transaction is bounded, and TCP keepalives notice a
+        dead server, so a stuck connection fails the step (which retries) instead of hanging it.
+        """
+        options = (
+            f"-c statement_timeout={int(self.statement_timeout_s * 1000)}"
+            f" -c lock_timeout={int(self.statement_timeout_s * 1000)}"
+            f" -c idle_in_transaction_session_timeout={int(self.idle_in_transaction_s * 1000)}"
+        )
+        with psycopg.connect(
+            self.dsn, row_factory=dict_row, autocommit=True, connect_timeout=self.connect_timeout_s,
+            options=options, keepalives=1, keepalives_idle=30, keepalives_interval=10, keepalives_count=3,
+        ) as conn:
             yield conn
 
     def migrate(self) -> list[int]:
@@ -76,15 +130,32 @@ class Ledger:
                     applied.append(version)
         return applied
 
+    @staticmethod
+    def _set_timeouts(conn: psycopg.Connection, seconds: float) -> None:
+        milliseconds = str(int(seconds * 1000))
+        conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+                     (milliseconds, milliseconds))
+
     @contextmanager
-    def tenant_lock(self, tenant_id: str) -> Iterator[None]:
-        """Hold the tenant's advisory lock: one writer per tenant ledger and index at a time."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+    def tenant_writer(self, tenant_id: str) -> Iterator[TenantSession]:
+        """The tenant's one writer: a connection holding the tenant's advisory lock, waited for at most
+        `lock_wait_s`. One writer per tenant ledger and index at a time, whoever starts the run."""
+        with self.connect() as conn:
+            self._set_timeouts(conn, self.lock_wait_s)
             try:
-                yield
+                conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+                raise TenantBusy(
+                    f"tenant {tenant_id!r} is being written by another run for more than {self.lock_wait_s:.0f} s"
+                ) from None
+            self._set_timeouts(conn, self.statement_timeout_s)
+            try:
+                yield TenantSession(conn, tenant_id)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+                # Closing the connection releases the lock anyway; unlocking first just says so sooner.
+                if not conn.closed and not conn.broken:
+                    with suppress(psycopg.Error):
+                        conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
 
     # ---- tenants -------------------------------------------------------------------------------
 
@@ -100,8 +171,18 @@ class Ledger:
                 f"tenant {tenant_id!r} was written under another master key: check INGEST_MASTER_KEY"
             )
 
-    def verify_embedding_model(self, conn: psycopg.Connection, tenant_id: str, model_id: str) -> None:
-        """Record the model of the tenant's first embeddings; afterwards refuse any other model."""
+    def verify_embedding_model(
+        self, conn: psycopg.Connection, tenant_id: str, model_id: str, legacy_model_id: str | None = None
+    ) -> None:
+        """Record the model of the tenant's first embeddings; afterwards refuse any other model.
+
+        A tenant recorded under the same model's legacy fingerprint is upgraded to the current one.
+        """
+        if legacy_model_id:
+            conn.execute(
+                "UPDATE ingest.tenants SET embedding_model = %s WHERE tenant_id = %s AND embedding_model = %s",
+                (model_id, tenant_id, legacy_model_id),
+            )
         row = conn.execute(
             "UPDATE ingest.tenants SET embedding_model = coalesce(embedding_model, %s) WHERE tenant_id = %s"
             " RETURNING embedding_model",
@@ -112,6 +193,58 @@ class Ledger:
                 f"tenant {tenant_id!r} was embedded with model {row and row['embedding_model']}, this run uses "
                 f"{model_id}: set INGEST_MODEL_PATH back, or rebuild the tenant with the new model"
             )
+
+    def has_tenants(self) -> bool:
+        """Whether any tenant's data has been written (under some master key)."""
+        with self.connect() as conn:
+            return conn.execute("SELECT EXISTS (SELECT 1 FROM ingest.tenants) AS found").fetchone()["found"]
+
+    def embedding_model(self, conn: psycopg.Connection, tenant_id: str) -> str | None:
+        row = conn.execute("SELECT embedding_model FROM ingest.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+        return row["embedding_model"] if row else None
+
+    # ---- index generations (a rebuild fills a new index beside the live one, then swaps) -------
+
+    def index_generations(self, conn: psycopg.Connection, tenant_id: str) -> tuple[int, int | None, str | None]:
+        """(live generation, generation being rebuilt or None, the rebuild's resume cursor)."""
+        row = conn.execute(
+            "SELECT index_generation, rebuild_generation, rebuild_cursor::text AS rebuild_cursor"
+            " FROM ingest.tenants WHERE tenant_id = %s",
+            (tenant_id,),
+        ).fetchone()
+        if row is None:
+            return 1, None, None
+        return row["index_generation"], row["rebuild_generation"], row["rebuild_cursor"]
+
+    def start_rebuild(self, conn: psycopg.Connection, tenant_id: str) -> int:
+        row = conn.execute(
+            "UPDATE ingest.tenants SET rebuild_generation = index_generation + 1, rebuild_cursor = NULL"
+            " WHERE tenant_id = %s RETURNING rebuild_generation",
+            (tenant_id,),
+        ).fetchone()
+        return row["rebuild_generation"]
+
+    def advance_rebuild(self, conn: psycopg.Connection, tenant_id: str, cursor: str) -> None:
+        conn.execute("UPDATE ingest.tenants SET rebuild_cursor = %s WHERE tenant_id = %s", (cursor, tenant_id))
+
+    def finish_rebuild(self, conn: psycopg.Connection, tenant_id: str, generation: int) -> None:
+        """Make the rebuilt index the live one; every embedded chunk is in it, so all count as indexed."""
+        conn.execute(
+            "UPDATE ingest.tenants SET index_generation = %s, rebuild_generation = NULL, rebuild_cursor = NULL"
+            " WHERE tenant_id = %s",
+            (generation, tenant_id),
+        )
+        conn.execute(
+            "UPDATE ingest.chunks SET state = 'indexed', updated_at = now()"
+            " WHERE tenant_id = %s AND state = 'embedded'",
+            (tenant_id,),
+        )
+
+    def count_embedded(self, conn: psycopg.Connection, tenant_id: str) -> int:
+        return conn.execute(
+            "SELECT count(*) AS n FROM ingest.chunks WHERE tenant_id = %s AND state IN ('embedded', 'indexed')",
+            (tenant_id,),
+        ).fetchone()["n"]
 
     # ---- uploads -------------------------------------------------------------------------------
 
@@ -260,6 +393,8 @@ class Ledger:
                                            THEN c.text_ciphertext ELSE EXCLUDED.text_ciphertext END,
                     key_version = CASE WHEN c.text_mac = EXCLUDED.text_mac
                                        THEN c.key_version ELSE EXCLUDED.key_version END,
+                    seal_format = CASE WHEN c.text_mac = EXCLUDED.text_mac
+                                       THEN c.seal_format ELSE EXCLUDED.seal_format END,
                     embedding_ciphertext = CASE WHEN c.text_mac = EXCLUDED.text_mac
                                                 THEN c.embedding_ciphertext END,
                     state = CASE WHEN c.text_mac <> EXCLUDED.text_mac OR c.embedding_ciphertext IS NULL
@@ -285,7 +420,7 @@ class Ledger:
 
     _PARTITION_CHUNKS = (
         "SELECT c.chunk_id::text AS chunk_id, c.doc_id::text AS doc_id, c.sequence, c.text_mac,"
-        " c.text_ciphertext, c.embedding_ciphertext, c.key_version, c.state"
+        " c.text_ciphertext, c.embedding_ciphertext, c.key_version, c.seal_format, c.state"
         " FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
         " WHERE d.tenant_id = %s AND d.partition_month = %s AND c.state = %s"
     )
@@ -313,14 +448,6 @@ class Ledger:
                      (tenant_id, len(rows)))
         return len(rows)
 
-    def unmark_indexed(self, conn: psycopg.Connection, tenant_id: str) -> None:
-        """Before a rebuild drops the index: every indexed chunk is pending again, so nothing is lost if it stops."""
-        conn.execute(
-            "UPDATE ingest.chunks SET state = 'embedded', updated_at = now()"
-            " WHERE tenant_id = %s AND state = 'indexed'",
-            (tenant_id,),
-        )
-
     def mark_indexed(self, conn: psycopg.Connection, chunk_ids: list[str]) -> None:
         conn.execute(
             "UPDATE ingest.chunks SET state = 'indexed', updated_at = now() WHERE chunk_id = ANY(%s::uuid[])",
@@ -336,8 +463,8 @@ class Ledger:
     ) -> list[dict]:
         """The tenant's embedded chunks in chunk-id order; page with `after` (the last id seen) and `limit`."""
         sql = (
-            "SELECT chunk_id::text AS chunk_id, doc_id::text AS doc_id, sequence, text_ciphertext,"
-            " embedding_ciphertext, key_version, state FROM ingest.chunks"
+            "SELECT chunk_id::text AS chunk_id, doc_id::text AS doc_id, sequence, text_mac, text_ciphertext,"
+            " embedding_ciphertext, key_version, seal_format, state FROM ingest.chunks"
             " WHERE tenant_id = %s AND state IN ('embedded', 'indexed') AND (%s::uuid IS NULL OR chunk_id > %s::uuid)"
             " ORDER BY chunk_id"
         )
@@ -354,16 +481,17 @@ class Ledger:
 
     def partition_chunks(self, conn: psycopg.Connection, tenant_id: str, month: str) -> list[dict]:
         return conn.execute(
-            "SELECT c.chunk_id::text AS chunk_id, c.text_ciphertext, c.embedding_ciphertext, c.key_version,"
-            " c.state FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
+            "SELECT c.chunk_id::text AS chunk_id, c.text_mac, c.text_ciphertext, c.embedding_ciphertext,"
+            " c.key_version, c.seal_format, c.state FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
             " WHERE d.tenant_id = %s AND d.partition_month = %s AND c.state <> 'stale'",
             (tenant_id, month),
         ).fetchall()
 
     def hits(self, conn: psycopg.Connection, tenant_id: str, chunk_ids: list[str]) -> dict[str, dict]:
         rows = conn.execute(
-            "SELECT c.chunk_id::text AS chunk_id, c.doc_id::text AS doc_id, c.sequence, c.text_ciphertext,"
-            " c.key_version, d.doc_name FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
+            "SELECT c.chunk_id::text AS chunk_id, c.doc_id::text AS doc_id, c.sequence, c.text_mac,"
+            " c.text_ciphertext, c.key_version, c.seal_format, d.doc_name"
+            " FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
             " WHERE c.tenant_id = %s AND c.chunk_id = ANY(%s::uuid[]) AND c.state = 'indexed'",
             (tenant_id, chunk_ids),
         ).fetchall()

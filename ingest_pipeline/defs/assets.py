@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import psycopg
 from dagster import (
     AssetCheckExecutionContext,
     AssetExecutionContext,
@@ -25,6 +24,7 @@ from dagster import (
     RetryPolicy,
     asset,
 )
+from pydantic import Field
 
 from ingest_pipeline.core.crypto import DecryptionError, MasterKeyError, VectorEncryptor
 from ingest_pipeline.core.extraction import UnreadableDocument, extract_text
@@ -37,8 +37,10 @@ from ingest_pipeline.defs.resources import (
     PostgresLedger,
     TenantKeyring,
 )
+from ingest_pipeline.environment import ConfigurationError
 from ingest_pipeline.indexing import IndexWriter
-from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, sha256_file
+from ingest_pipeline.landing import LandingZoneUnavailable
+from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, TenantSession, sha256_file
 from ingest_pipeline.vector_index import IndexDimensionMismatch, IndexKeyMismatch
 
 GROUP = "ingestion"
@@ -62,26 +64,37 @@ def fail_fast(message: str) -> Failure:
 
 
 @contextmanager
-def tenant_session(store: Ledger, keyring: TenantKeyring, tenant: str) -> Iterator[psycopg.Connection]:
-    """Hold the tenant's writer lock and a connection, after proving the master key is the tenant's.
+def tenant_session(store: Ledger, keyring: TenantKeyring, tenant: str) -> Iterator[TenantSession]:
+    """Be the tenant's one writer (a connection holding its lock), after proving the master key is the tenant's.
 
-    A wrong or unreadable master key fails the run before anything is written, without retries.
+    A wrong, unreadable or missing master key fails the run before anything is written, without retries.
     """
     try:
         key_check = keyring.tenant_keys(tenant).key_check
-    except (MasterKeyError, PermissionError) as exc:
+    except (MasterKeyError, PermissionError, ConfigurationError) as exc:
         raise fail_fast(str(exc)) from None
-    with store.tenant_lock(tenant), store.connect() as conn:
+    with store.tenant_writer(tenant) as session:
         try:
-            store.verify_tenant_key(conn, tenant, key_check)
+            store.verify_tenant_key(session.conn, tenant, key_check)
         except TenantKeyMismatch as exc:
             raise fail_fast(str(exc)) from None
-        yield conn
+        yield session
+
+
+class RawDocumentsConfig(Config):
+    allow_mass_delete: bool = Field(
+        default=False, description="Confirm that files missing from the landing zone were removed on purpose."
+    )
+    max_removed_share: float = Field(
+        default=0.5, description="Largest share of a partition's documents that may vanish from the landing zone "
+        "in one run without allow_mass_delete.",
+    )
 
 
 @asset(kinds={"postgres"}, **STAGE)
 def raw_documents(
-    context: AssetExecutionContext, ledger: PostgresLedger, landing: LandingZoneResource, keyring: TenantKeyring
+    context: AssetExecutionContext, config: RawDocumentsConfig, ledger: PostgresLedger,
+    landing: LandingZoneResource, keyring: TenantKeyring,
 ) -> MaterializeResult:
     """Uploaded documents of one tenant and month, reconciled with the ledger by content hash.
 
@@ -89,24 +102,58 @@ def raw_documents(
     unchanged or deleted (an explicit delete, or its file removed from the landing zone). New and
     changed documents are registered for chunking; a deleted one is tombstoned and its chunks are
     marked stale for removal from the index. Unchanged documents are left alone.
+
+    A removal counts only while the landing zone is demonstrably healthy: a missing or unreadable
+    landing zone or tenant folder fails the run and deletes nothing, and so does a partition that
+    would lose more than `max_removed_share` of its documents at once, unless `allow_mass_delete`.
     """
     tenant, month = tenant_and_month(context)
     counts: Counter[str] = Counter()
     store = ledger.ledger
     started = time.perf_counter()
-    with tenant_session(store, keyring, tenant) as conn:
-        for upload in store.partition_uploads(conn, tenant, month):
-            path = landing.zone.path(tenant, upload.doc_name)
-            document = store.document(conn, upload.doc_id)
+    with tenant_session(store, keyring, tenant) as session:
+        conn = session.conn
+        uploads = store.partition_uploads(conn, tenant, month)
+        documents = {upload.doc_id: store.document(conn, upload.doc_id) for upload in uploads}
+
+        def already_deleted(upload) -> bool:  # by an earlier run that found its file gone
+            document = documents[upload.doc_id]
+            return document is not None and document["status"] == "deleted" and \
+                document["upload_id"] == upload.upload_id
+
+        wanted = [upload for upload in uploads if not upload.is_delete and not already_deleted(upload)]
+        present: set[str] = set()
+        if wanted:
+            try:
+                present = landing.zone.tenant_files(tenant)
+            except LandingZoneUnavailable as exc:
+                raise fail_fast(f"tenant {tenant} month {month}: {exc}") from None
+        vanished = [upload.doc_name for upload in wanted if upload.doc_name not in present]
+        if vanished and len(vanished) > config.max_removed_share * len(wanted) and not config.allow_mass_delete:
+            raise Failure(
+                description=(
+                    f"tenant {tenant} month {month}: {len(vanished)} of {len(wanted)} documents are missing from "
+                    f"the landing zone, more than max_removed_share={config.max_removed_share:.0%} at once; nothing "
+                    f"was deleted. If they were removed on purpose, run `ingest-pipeline ingest --tenant {tenant} "
+                    "--allow-mass-delete` (run config ops.raw_documents.config.allow_mass_delete: true), or delete "
+                    f"them explicitly with `ingest-pipeline upload --tenant {tenant} --delete NAME...`"
+                ),
+                metadata={"documents_missing": len(vanished), "documents_in_partition": len(wanted),
+                          "missing_documents": MetadataValue.json(sorted(vanished)[:50])},
+                allow_retries=False,
+            )
+        for upload in uploads:
+            document = documents[upload.doc_id]
             with conn.transaction():
-                if upload.is_delete or not path.exists():
+                if upload.is_delete or upload.doc_name not in present:
                     if document is not None and document["status"] != "deleted":
                         store.delete_document(conn, upload)
                         counts["deleted"] += 1
+                        counts["removed_from_landing" if not upload.is_delete else "deleted_explicitly"] += 1
                     else:
                         store.tombstone(conn, upload)
                     continue
-                content_sha256 = sha256_file(path)
+                content_sha256 = sha256_file(landing.zone.path(tenant, upload.doc_name))
                 if document is None or document["status"] == "deleted":
                     store.register_document(conn, upload, content_sha256)
                     counts["new"] += 1
@@ -123,6 +170,7 @@ def raw_documents(
             "documents_changed": counts["changed"],
             "documents_unchanged": counts["unchanged"],
             "documents_deleted": counts["deleted"],
+            "documents_removed_from_landing_zone": counts["removed_from_landing"],
             "documents_pending_from_earlier_run": counts["pending"],
             "duration_s": round(time.perf_counter() - started, 3),
         }
@@ -146,13 +194,14 @@ def document_chunks(
     read is quarantined with its reason, and the rest of the partition carries on.
     """
     tenant, month = tenant_and_month(context)
-    store, chunker = ledger.ledger, embedding_model.chunker
+    store = ledger.ledger
     encryptor = keyring.encryptor(tenant)
     counts: Counter[str] = Counter()
     max_tokens = 0
     quarantined: list[str] = []
     started = time.perf_counter()
-    with tenant_session(store, keyring, tenant) as conn:
+    with tenant_session(store, keyring, tenant) as session:
+        conn = session.conn
         for document in store.documents_to_chunk(tenant, month):
             name = document["doc_name"]
             path = landing.zone.path(tenant, name)
@@ -170,7 +219,8 @@ def document_chunks(
                     limit = landing.max_document_bytes
                     raise UnreadableDocument(name, f"too large: {size} bytes, the limit is {limit}")
                 extracted = extract_text(name, data, landing.max_document_bytes)
-                chunks = chunker.split(extracted.text, extracted.format)
+                # The tokenizer is loaded on the first document there is to chunk, not before.
+                chunks = embedding_model.chunker.split(extracted.text, extracted.format)
                 if not chunks:
                     raise UnreadableDocument(name, "no text left after chunking")
             except UnreadableDocument as exc:
@@ -226,19 +276,25 @@ def chunk_embeddings(
     embedded again.
     """
     tenant, month = tenant_and_month(context)
-    store, embedder = ledger.ledger, embedding_model.embedder
+    store = ledger.ledger
+    batch_size = embedding_model.batch_size
     encryptors: dict[int, VectorEncryptor] = {}
-    fetch, commit_every = embedder.batch_size * 32, embedder.batch_size * 8
+    fetch, commit_every = batch_size * 32, batch_size * 8
     embedded = batches = 0
     embed_seconds = 0.0
     seen: set[str] = set()
     started = time.perf_counter()
-    with tenant_session(store, keyring, tenant) as conn:
-        if store.chunks_in_state(conn, tenant, month, "chunked", limit=1):
-            try:
-                store.verify_embedding_model(conn, tenant, embedding_model.model_id)
-            except EmbeddingModelMismatch as exc:
-                raise fail_fast(str(exc)) from None
+    with tenant_session(store, keyring, tenant) as session:
+        conn = session.conn
+        if not store.chunks_in_state(conn, tenant, month, "chunked", limit=1):
+            # Nothing to embed: finish without fingerprinting or loading the model.
+            duration = round(time.perf_counter() - started, 3)
+            return MaterializeResult(metadata={"chunks_embedded": 0, "duration_s": duration})
+        try:
+            store.verify_embedding_model(conn, tenant, embedding_model.model_id, embedding_model.legacy_model_id)
+        except EmbeddingModelMismatch as exc:
+            raise fail_fast(str(exc)) from None
+        embedder = embedding_model.embedder
         while rows := store.chunks_in_state(conn, tenant, month, "chunked", limit=fetch):
             if seen.intersection(row["chunk_id"] for row in rows):
                 raise RuntimeError(f"chunks of tenant {tenant} did not leave the 'chunked' state; retrying")
@@ -247,7 +303,8 @@ def chunk_embeddings(
             for row in rows:
                 encryptor = encryptors.setdefault(row["key_version"], keyring.encryptor(tenant, row["key_version"]))
                 try:
-                    texts[row["chunk_id"]] = encryptor.decrypt_text(row["chunk_id"], row["text_ciphertext"])
+                    texts[row["chunk_id"]] = encryptor.decrypt_text(
+                        row["chunk_id"], row["text_ciphertext"], row["text_mac"], row["seal_format"])
                 except DecryptionError as exc:
                     raise fail_fast(f"{exc} (is INGEST_MASTER_KEY the key the data was written with?)") from None
             rows.sort(key=lambda row: len(texts[row["chunk_id"]]))
@@ -257,7 +314,8 @@ def chunk_embeddings(
                 vectors = embedder.embed([texts[row["chunk_id"]] for row in group])
                 embed_seconds += time.perf_counter() - tick
                 sealed = [
-                    (encryptors[row["key_version"]].encrypt_vector(row["chunk_id"], vector),
+                    (encryptors[row["key_version"]].encrypt_vector(
+                        row["chunk_id"], vector, row["text_mac"], row["seal_format"]),
                      row["chunk_id"], row["text_mac"])
                     for row, vector in zip(group, vectors, strict=True)
                 ]
@@ -303,11 +361,11 @@ def cyborgdb_index(
     tenant, month = tenant_and_month(context)
     store = ledger.ledger
     started = time.perf_counter()
-    with tenant_session(store, keyring, tenant) as conn:
-        writer = IndexWriter(store, cyborgdb.indexes, keyring, tenant, config.upsert_batch_size)
+    with tenant_session(store, keyring, tenant) as session:
+        writer = IndexWriter(store, cyborgdb.indexes, keyring, session, config.upsert_batch_size)
         try:
-            removed = writer.remove_stale(conn, month)
-            upserted, batches = writer.upsert_embedded(conn, month)
+            removed = writer.remove_stale(month)
+            upserted, batches = writer.upsert_embedded(month)
         except (DecryptionError, IndexDimensionMismatch, IndexKeyMismatch) as exc:
             raise fail_fast(str(exc)) from None
         index_vectors = writer.count()

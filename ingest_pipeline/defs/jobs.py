@@ -24,16 +24,21 @@ def rebuild_index_from_cold_copy(
     context: OpExecutionContext, config: RebuildConfig, ledger: PostgresLedger, cyborgdb: CyborgDB,
     keyring: TenantKeyring,
 ) -> None:
-    """Drop the tenant's CyborgDB index and refill it from the encrypted embeddings in Postgres."""
+    """Fill a new generation of the tenant's CyborgDB index from the encrypted embeddings in Postgres,
+    beside the live one, and swap when it is complete. Search keeps answering from the live index
+    meanwhile; a retried or re-run rebuild resumes after the last batch it wrote."""
     tenant = validate_tenant(config.tenant)
     store = ledger.ledger
-    with tenant_session(store, keyring, tenant) as conn:
-        writer = IndexWriter(store, cyborgdb.indexes, keyring, tenant, config.upsert_batch_size)
-        restored = writer.rebuild(conn)
+    with tenant_session(store, keyring, tenant) as session:
+        writer = IndexWriter(store, cyborgdb.indexes, keyring, session, config.upsert_batch_size)
+        written, generation = writer.rebuild()
         count = writer.count()
-    context.log.info(f"rebuilt index of tenant {tenant}: {restored} chunks restored, {count} vectors")
+    context.log.info(f"rebuilt index of tenant {tenant}: generation {generation} is live with {count} vectors "
+                     f"({written} written by this attempt)")
+    context.add_output_metadata({"generation": generation, "index_vectors": count, "chunks_written": written})
 
 
-@job(description="Rebuild one tenant's CyborgDB index from the Postgres cold copy, without re-embedding.")
+@job(description="Rebuild one tenant's CyborgDB index from the Postgres cold copy beside the live one, "
+                 "without re-embedding, and swap when complete.")
 def rebuild_tenant_index():
     rebuild_index_from_cold_copy()

@@ -1,11 +1,17 @@
-"""Dagster resources: the Postgres ledger, the CyborgDB backend, the tenant keyring, the embedding model."""
+"""Dagster resources: the Postgres ledger, the CyborgDB backend, the tenant keyring, the embedding model.
+
+Every setting left unset here is read from the environment of the process that runs the step, when
+the resource is first used (`Settings.from_env`), never at import: a code server and its run workers
+may not share one environment. In development (the default `INGEST_PROFILE`) unset settings mean
+the embedded defaults; with `INGEST_PROFILE=production` a missing one fails the step, naming it.
+A deployment may also pin a field with `EnvVar("...")`.
+"""
 
 from __future__ import annotations
 
-import base64
 from functools import cached_property
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from ingest_pipeline.core.chunking import Chunker
@@ -16,52 +22,76 @@ from ingest_pipeline.core.crypto import (
     derive_tenant_keys,
     parse_master_key,
 )
-from ingest_pipeline.core.embedding import DEFAULT_BATCH_SIZE, Embedder, model_fingerprint, resolve_model_path
-from ingest_pipeline.environment import development_master_key, ingest_home, postgres_dsn
+from ingest_pipeline.core.embedding import (
+    DEFAULT_BATCH_SIZE,
+    Embedder,
+    legacy_model_fingerprint,
+    model_fingerprint,
+    resolve_model_path,
+)
+from ingest_pipeline.environment import Settings, development_master_key, postgres_dsn
 from ingest_pipeline.landing import LandingZone
 from ingest_pipeline.ledger import Ledger
-from ingest_pipeline.vector_index import CyborgIndexes
+from ingest_pipeline.vector_index import DEFAULT_CALL_TIMEOUT_S, CyborgIndexes
 
 
-class PostgresLedger(ConfigurableResource):
-    """The PostgreSQL ledger and cold copy. An external server by DSN, or the embedded one under home."""
+class SettingsFromEnvironment(ConfigurableResource):
+    """A resource that checks the run's settings when the step starts: a missing required variable fails the
+    step at once, by name, before any work (and without retries: retrying cannot set a variable)."""
 
-    dsn: str = Field(default="", description="External PostgreSQL DSN; empty starts the embedded server.")
-    home: str = Field(default="", description="INGEST_HOME, where the embedded server keeps its data.")
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        Settings.from_env()
+
+
+class PostgresLedger(SettingsFromEnvironment):
+    """The PostgreSQL ledger and cold copy: INGEST_PG_DSN, or the embedded server under INGEST_HOME."""
+
+    dsn: str | None = Field(default=None, description="PostgreSQL DSN; unset reads INGEST_PG_DSN at run time.")
+    statement_timeout_s: float = Field(default=120, description="Longest a statement or row-lock wait may take.")
+    lock_wait_s: float = Field(default=300, description="Longest wait for another writer of the same tenant.")
 
     @cached_property
     def ledger(self) -> Ledger:
-        ledger = Ledger(postgres_dsn(self.dsn, self.home or None))
+        settings = Settings.from_env()
+        ledger = Ledger(postgres_dsn(self.dsn or settings.pg_dsn, settings.home),
+                        statement_timeout_s=self.statement_timeout_s, lock_wait_s=self.lock_wait_s)
         ledger.migrate()
         return ledger
 
 
-class CyborgDB(ConfigurableResource):
-    """The encrypted vector index: embedded cyborgdb-core on disk, or cyborgdb-service by URL."""
+class CyborgDB(SettingsFromEnvironment):
+    """The encrypted vector index: cyborgdb-service at INGEST_CYBORGDB_URL, or embedded cyborgdb-core on disk."""
 
-    url: str = Field(default="", description="cyborgdb-service base URL; empty uses embedded cyborgdb-core.")
-    api_key: str = Field(default="", description="cyborgdb-service API key (CYBORGDB_SERVICE_ROOT_KEY).")
-    home: str = Field(default="", description="INGEST_HOME; the embedded index lives in home/cyborgdb.")
+    url: str | None = Field(default=None, description="cyborgdb-service URL; unset reads INGEST_CYBORGDB_URL.")
+    api_key: str | None = Field(default=None, description="Service key; unset reads INGEST_CYBORGDB_API_KEY.")
+    call_timeout_s: float = Field(default=DEFAULT_CALL_TIMEOUT_S, description="Longest a CyborgDB call may take.")
 
     @cached_property
     def indexes(self) -> CyborgIndexes:
-        if self.url:
-            return CyborgIndexes(url=self.url, api_key=self.api_key)
-        return CyborgIndexes(storage_dir=ingest_home(self.home or None) / "cyborgdb")
+        settings = Settings.from_env()
+        url = self.url or settings.cyborgdb_url
+        if url:
+            return CyborgIndexes(url=url, api_key=self.api_key or settings.cyborgdb_api_key,
+                                 timeout_s=self.call_timeout_s)
+        return CyborgIndexes(storage_dir=settings.home / "cyborgdb", timeout_s=self.call_timeout_s)
 
 
-class TenantKeyring(ConfigurableResource):
+class TenantKeyring(SettingsFromEnvironment):
     """Derives each tenant's data, MAC and index keys from the master key (INGEST_MASTER_KEY)."""
 
-    master_key: str = Field(default="", description="Base64 32-byte master key; empty = development key file.")
-    home: str = Field(default="", description="INGEST_HOME, where a development key is kept.")
+    ledger: PostgresLedger
+    master_key: str | None = Field(
+        default=None, description="Base64 32-byte master key; set it only with EnvVar. Unset reads INGEST_MASTER_KEY."
+    )
     key_version: int = CURRENT_KEY_VERSION
 
     @cached_property
     def _master(self) -> bytes:
-        if self.master_key:
-            return parse_master_key(self.master_key)
-        return development_master_key(ingest_home(self.home or None))
+        settings = Settings.from_env()
+        encoded = self.master_key or settings.master_key
+        if encoded:
+            return parse_master_key(encoded)
+        return development_master_key(settings.home, has_tenants=lambda: self.ledger.ledger.has_tenants())
 
     def tenant_keys(self, tenant_id: str, key_version: int | None = None) -> TenantKeys:
         return derive_tenant_keys(self._master, tenant_id, key_version or self.key_version)
@@ -69,40 +99,47 @@ class TenantKeyring(ConfigurableResource):
     def encryptor(self, tenant_id: str, key_version: int | None = None) -> VectorEncryptor:
         return VectorEncryptor(self.tenant_keys(tenant_id, key_version))
 
-    def fingerprint(self) -> str:
-        """A short public fingerprint of the master key, safe to show."""
-        digest = derive_tenant_keys(self._master, "fingerprint").mac_key
-        return base64.b32encode(digest[:5]).decode().lower()
-
 
 class EmbeddingModel(ConfigurableResource):
-    """A sentence-transformers model from local disk (default: the bundled all-MiniLM-L6-v2)."""
+    """A sentence-transformers model from local disk (default: the bundled all-MiniLM-L6-v2).
 
-    model_path: str = Field(default="", description="Model folder; empty = bundled all-MiniLM-L6-v2.")
+    Nothing is loaded until a step has work for it: the tokenizer on the first document to chunk,
+    the weights on the first chunk to embed.
+    """
+
+    model_path: str | None = Field(default=None, description="Model folder; unset reads INGEST_MODEL_PATH.")
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Chunks per encode batch.")
     device: str = "cpu"
 
     @cached_property
+    def resolved_path(self) -> str:
+        return str(resolve_model_path(self.model_path or Settings.from_env().model_path))
+
+    @cached_property
     def embedder(self) -> Embedder:
-        return Embedder(self.model_path, self.batch_size, self.device)
+        return Embedder(self.resolved_path, self.batch_size, self.device)
 
     @cached_property
     def model_id(self) -> str:
         """The model's fingerprint, recorded with a tenant's embeddings so models are never mixed."""
-        return model_fingerprint(resolve_model_path(self.model_path))
+        return model_fingerprint(self.resolved_path)
+
+    @cached_property
+    def legacy_model_id(self) -> str:
+        """This model's fingerprint as earlier releases computed it (recognised once, then upgraded)."""
+        return legacy_model_fingerprint(self.resolved_path)
 
     @cached_property
     def chunker(self) -> Chunker:
         """A chunker that counts tokens with this model's own tokenizer (no model weights needed)."""
-        return Chunker(resolve_model_path(self.model_path) / "tokenizer.json")
+        return Chunker(resolve_model_path(self.resolved_path) / "tokenizer.json")
 
 
-class LandingZoneResource(ConfigurableResource):
+class LandingZoneResource(SettingsFromEnvironment):
     """Where uploads land: INGEST_HOME/landing/<tenant>/<document name>."""
 
-    home: str = Field(default="", description="INGEST_HOME; uploads live in home/landing.")
     max_document_bytes: int = Field(default=50 * 1024 * 1024, description="Larger documents are quarantined.")
 
     @cached_property
     def zone(self) -> LandingZone:
-        return LandingZone(ingest_home(self.home or None) / "landing")
+        return LandingZone(Settings.from_env().landing_dir)

@@ -116,7 +116,7 @@ def test_index_rebuilds_from_the_cold_copy_without_reembedding(pipeline, docs):
     pipeline.ingest()
     ledger = pipeline.ledger()
     embedded = ledger.tenant_status(acme)["embeddings_computed"]
-    resources = build_resources(for_dagster=False)
+    resources = build_resources()
     keys = resources["keyring"].tenant_keys(acme)
     assert resources["cyborgdb"].indexes.drop(keys)
     assert pipeline.status(acme)["index_vectors"] == 0

@@ -1,4 +1,4 @@
-"""The development master key and the DSN handling of environment.py."""
+"""Settings, the development master key and the DSN handling of environment.py."""
 
 import logging
 import os
@@ -6,27 +6,31 @@ import stat
 
 import pytest
 
-from ingest_pipeline.core.crypto import KEY_BYTES
-from ingest_pipeline.environment import development_master_key, sqlalchemy_url
+from ingest_pipeline.core.crypto import KEY_BYTES, MasterKeyError, generate_master_key
+from ingest_pipeline.environment import ConfigurationError, Settings, development_master_key, sqlalchemy_url
+
+
+def no_tenants() -> bool:
+    return False
 
 
 def test_development_key_is_generated_once_private_and_announced(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        first = development_master_key(tmp_path)
+        first = development_master_key(tmp_path, no_tenants)
     assert len(first) == KEY_BYTES
     assert stat.S_IMODE((tmp_path / "master.key").stat().st_mode) == 0o600
     assert "DEVELOPMENT master key" in caplog.text
     assert first.hex() not in caplog.text
     caplog.clear()
-    assert development_master_key(tmp_path) == first
+    assert development_master_key(tmp_path, no_tenants) == first
     assert caplog.text == ""
 
 
 def test_development_key_readable_by_others_is_refused(tmp_path):
-    development_master_key(tmp_path)
+    development_master_key(tmp_path, no_tenants)
     os.chmod(tmp_path / "master.key", 0o644)
     with pytest.raises(PermissionError, match="chmod 600"):
-        development_master_key(tmp_path)
+        development_master_key(tmp_path, no_tenants)
 
 
 def test_dagster_gets_a_psycopg2_url_and_a_non_url_dsn_is_refused():
@@ -34,3 +38,33 @@ def test_dagster_gets_a_psycopg2_url_and_a_non_url_dsn_is_refused():
     assert sqlalchemy_url("postgres://u@/x?host=/tmp") == "postgresql+psycopg2://u@/x?host=/tmp"
     with pytest.raises(ValueError, match="must be a URL"):
         sqlalchemy_url("host=db dbname=ingest")
+
+
+def test_no_new_development_key_for_an_installation_that_already_has_tenants(tmp_path):
+    with pytest.raises(MasterKeyError, match="INGEST_MASTER_KEY is not set") as error:
+        development_master_key(tmp_path, has_tenants=lambda: True)
+    assert "already holds tenants" in str(error.value)
+    assert not (tmp_path / "master.key").exists()
+    # An existing development key keeps working: it is the key those tenants were written with.
+    key = development_master_key(tmp_path, no_tenants)
+    assert development_master_key(tmp_path, has_tenants=lambda: True) == key
+
+
+def test_settings_are_read_from_the_environment_given_at_call_time(tmp_path):
+    settings = Settings.from_env({"INGEST_HOME": str(tmp_path), "INGEST_PG_DSN": "postgresql://db/x"})
+    assert settings.profile == "development" and settings.pg_dsn == "postgresql://db/x"
+    assert settings.home == tmp_path and settings.master_key == "" and settings.cyborgdb_url == ""
+
+
+def test_production_profile_names_every_missing_required_variable(tmp_path):
+    with pytest.raises(ConfigurationError) as error:
+        Settings.from_env({"INGEST_PROFILE": "production", "INGEST_HOME": str(tmp_path), "INGEST_PG_DSN": ""})
+    message = str(error.value)
+    for name in ("INGEST_PG_DSN", "INGEST_MASTER_KEY", "INGEST_CYBORGDB_URL"):
+        assert name in message
+    assert "INGEST_HOME" not in message
+    complete = {"INGEST_PROFILE": "production", "INGEST_HOME": str(tmp_path), "INGEST_PG_DSN": "postgresql://db/x",
+                "INGEST_MASTER_KEY": generate_master_key(), "INGEST_CYBORGDB_URL": "https://cyborgdb.internal"}
+    assert Settings.from_env(complete).profile == "production"
+    with pytest.raises(ConfigurationError, match="INGEST_PROFILE must be"):
+        Settings.from_env({"INGEST_PROFILE": "prod"})
