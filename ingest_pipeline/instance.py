@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ingest_pipeline.environment import Settings, postgres_dsn, sqlalchemy_url
-from ingest_pipeline.ledger import Ledger
+from dagster import DagsterEventType, DefaultRunLauncher
+
+# Not exported by dagster 1.13 at the top level; the base class of every run launcher uses them.
+from dagster._core.launcher import CheckRunHealthResult, LaunchRunContext, WorkerStatus
+
+if TYPE_CHECKING:
+    from dagster import DagsterRun
+
+    from ingest_pipeline.environment import Settings
+    from ingest_pipeline.ledger import Ledger
 
 DAGSTER_YAML = """\
 # Written by ingest-pipeline; edit the project's instance.py instead.
@@ -25,9 +35,27 @@ run_coordinator:
         value:
           applyLimitPerUniqueValue: true
         limit: 1
+# The default launcher, plus a liveness check of each run's worker process for run monitoring.
+run_launcher:
+  module: ingest_pipeline.instance
+  class: LocalRunLauncher
+run_monitoring:
+  # A run whose worker process died with its code server (a crash or kill -9 of dagster dev or the
+  # daemon, a reboot) would otherwise stay STARTED and hold the tenant's only queue slot forever.
+  # The daemon checks every STARTED run's worker and fails a dead one; run_retries then retries it.
+  enabled: true
+  poll_interval_seconds: 15
+  # A run stuck in STARTING (its worker never came up) fails after 2 minutes, and is retried.
+  start_timeout_seconds: 120
+  # The launcher cannot resume a run in a new worker (and Dagster refuses a non-zero value for it):
+  # a dead run is failed and retried from its failed steps instead.
+  max_resume_run_attempts: 0
 run_retries:
   enabled: true
   max_retries: 2
+  # Retry only runs whose worker crashed or was killed. A failed step has already been retried by the
+  # assets' RetryPolicy, and a Failure(allow_retries=False) (a wrong master key or model) must not be.
+  retry_on_asset_or_op_failure: false
 telemetry:
   enabled: false
 """
@@ -35,6 +63,9 @@ telemetry:
 
 def prepare_environment() -> tuple[Settings, Ledger]:
     """Start or join Postgres, migrate the ledger, and point DAGSTER_HOME at the shared instance."""
+    from ingest_pipeline.environment import Settings, postgres_dsn, sqlalchemy_url
+    from ingest_pipeline.ledger import Ledger
+
     settings = Settings.from_env()
     os.environ["INGEST_HOME"] = str(settings.home)
     dsn = postgres_dsn(settings.pg_dsn, settings.home)
@@ -55,3 +86,83 @@ def dagster_instance():
     from dagster import DagsterInstance
 
     return DagsterInstance.get()
+
+
+# ---- run monitoring -----------------------------------------------------------------------------
+
+# The machine whose code server started the run worker (a hidden tag: its name starts with a dot).
+LAUNCH_HOST_TAG = ".ingest/launch_host"
+# How much later than its first log line a worker's recorded start may be (clock adjustments, rounding).
+START_TIME_TOLERANCE_SECONDS = 60.0
+
+
+class LocalRunLauncher(DefaultRunLauncher):
+    """Dagster's DefaultRunLauncher, able to tell run monitoring whether a run's worker is alive.
+
+    The DefaultRunLauncher starts each run in a subprocess of a code server on this machine and has no
+    health check: when the worker dies together with the code server that watches it (kill -9 or a crash
+    of `dagster dev` or of the daemon, a reboot), run monitoring cannot see it and the run stays STARTED.
+    This launcher tags each run with the machine it launched it on; the worker logs its pid when it
+    starts ("Started process for run (pid: N)"), and the run is reported FAILED once that process is
+    gone. Runs it cannot judge (launched on another machine, or executed in process by the CLI) count
+    as running.
+    """
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        self._instance.add_run_tags(context.dagster_run.run_id, {LAUNCH_HOST_TAG: socket.gethostname()})
+        super().launch_run(context)
+
+    @property
+    def supports_check_run_worker_health(self) -> bool:
+        return True
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        if run.tags.get(LAUNCH_HOST_TAG) != socket.gethostname():
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "not launched on this machine: not checked")
+        worker = self._run_worker(run.run_id)
+        if worker is None:
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "the run worker has not logged its pid yet")
+        pid, reported_at = worker
+        if _process_alive_since(pid, reported_at):
+            return CheckRunHealthResult(WorkerStatus.RUNNING, f"run worker process {pid} is alive",
+                                        run_worker_id=str(pid))
+        return CheckRunHealthResult(WorkerStatus.FAILED, f"run worker process {pid} is gone",
+                                    run_worker_id=str(pid))
+
+    def _run_worker(self, run_id: str) -> tuple[int, float] | None:
+        """(pid, time it was logged) of the run's worker: the first run-level engine event with a pid."""
+        for record in self._instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+            data = record.dagster_event.event_specific_data if record.dagster_event else None
+            metadata = getattr(data, "metadata", None) or {}
+            if record.step_key is None and "pid" in metadata:
+                try:
+                    return int(metadata["pid"].value), record.timestamp
+                except (TypeError, ValueError):
+                    return None
+        return None
+
+
+def _process_alive_since(pid: int, reported_at: float) -> bool:
+    """Whether process `pid` exists, is not a zombie, and is the process that logged at `reported_at`.
+
+    A process that started after that is another one, given the dead worker's pid.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        if Path("/proc/self/stat").exists():
+            return False
+        try:  # no procfs (macOS): existence only
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    fields = stat[stat.rindex(")") + 2:].split()  # the fields after the command name, from field 3 (state)
+    if fields[0] in ("Z", "X", "x"):
+        return False
+    boot_time = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime "))
+    started = boot_time + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in ticks since boot
+    return started <= reported_at + START_TIME_TOLERANCE_SECONDS
