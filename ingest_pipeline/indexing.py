@@ -71,7 +71,8 @@ class IndexWriter:
             encryptor = self._encryptor(row["key_version"])
             items.append({
                 "id": row["chunk_id"],
-                "vector": encryptor.decrypt_vector(row["chunk_id"], row["embedding_ciphertext"], row["text_mac"]),
+                "vector": encryptor.decrypt_vector(row["chunk_id"], row["embedding_ciphertext"], row["text_mac"],
+                                                   row["seal_format"]),
                 "metadata": {"doc_id": row["doc_id"], "tenant_id": self.tenant_id,
                              "chunk_sequence": row["sequence"]},
                 "contents": bytes(row["text_ciphertext"]),
@@ -82,6 +83,24 @@ class IndexWriter:
         self.session.fence()
         for generation in generations:
             self.index(generation, dimension=len(items[0]["vector"])).upsert(items)
+
+    def upsert_rows(self, rows: list[dict], generations: list[int] | None = None) -> None:
+        """Upsert ledger rows (decrypted in memory only) into `generations`, by default every one written to.
+
+        A generation whose index does not exist is created.
+        """
+        if rows:
+            self._upsert(self.items(rows), generations or self._generations())
+
+    def delete_ids(self, ids: list[str], generations: list[int] | None = None) -> None:
+        """Delete vectors by id from `generations`, by default every one written to; an absent id is a no-op."""
+        if not ids:
+            return
+        self.session.fence()
+        for generation in generations or self._generations():
+            index = self.index(generation)
+            if index is not None:
+                index.delete(ids)
 
     def remove_stale(self, month: str) -> int:
         removed = 0

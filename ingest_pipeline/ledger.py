@@ -10,10 +10,11 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 _LOCK_CLASS = 0x1D6E  # namespaces this project's advisory locks
 
@@ -70,6 +71,8 @@ class Upload:
     content_sha256: str | None
     is_delete: bool
     partition_month: str
+    size_bytes: int | None = None
+    uploaded_at: datetime | None = None
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -273,6 +276,22 @@ class Ledger:
             " ORDER BY u.upload_id",
             (tenant_id, month),
         ).fetchall()
+        return [_upload(row) for row in rows]
+
+    def latest_uploads(self, conn: psycopg.Connection, tenant_id: str) -> dict[str, Upload]:
+        """The latest upload event of each of the tenant's documents, by document name."""
+        rows = conn.execute(
+            "SELECT DISTINCT ON (doc_id) * FROM ingest.uploads WHERE tenant_id = %s ORDER BY doc_id, upload_id DESC",
+            (tenant_id,),
+        ).fetchall()
+        return {row["doc_name"]: _upload(row) for row in rows}
+
+    def uploads_after(self, upload_id: int, limit: int) -> list[Upload]:
+        """Upload events recorded after `upload_id`, oldest first (the sensor's page)."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT * FROM ingest.uploads WHERE upload_id > %s ORDER BY upload_id LIMIT %s", (upload_id, limit)
+            ).fetchall()
         return [_upload(row) for row in rows]
 
     def pending_partitions(self, tenant_id: str | None = None) -> list[tuple[str, str]]:
@@ -497,6 +516,39 @@ class Ledger:
         ).fetchall()
         return {row["chunk_id"]: row for row in rows}
 
+    # ---- reconciliation ------------------------------------------------------------------------
+
+    def registered_tenants(self) -> list[str]:
+        """Tenants with a row in `ingest.tenants`: every tenant a writer has ever written for."""
+        with self.connect() as conn:
+            rows = conn.execute("SELECT tenant_id FROM ingest.tenants ORDER BY 1").fetchall()
+        return [row["tenant_id"] for row in rows]
+
+    def chunk_ids_by_state(self, conn: psycopg.Connection, tenant_id: str) -> dict[str, set[str]]:
+        """Every chunk id of the tenant, grouped by state ('chunked', 'embedded', 'indexed', 'stale').
+
+        Read through a server-side cursor, so a tenant of a million chunks costs its ids, never its rows.
+        """
+        found: dict[str, set[str]] = {"chunked": set(), "embedded": set(), "indexed": set(), "stale": set()}
+        with conn.transaction(), conn.cursor(name="chunk_ids_by_state", row_factory=tuple_row) as cursor:
+            cursor.itersize = 10_000
+            cursor.execute("SELECT chunk_id::text, state FROM ingest.chunks WHERE tenant_id = %s", (tenant_id,))
+            for chunk, state in cursor:
+                found[state].add(chunk)
+        return found
+
+    def chunks_by_id(self, conn: psycopg.Connection, tenant_id: str, chunk_ids: list[str], state: str) -> list[dict]:
+        """The rows of these chunks that are still in `state`, with what an index item is built from.
+
+        Locked `FOR UPDATE` until the caller's transaction ends.
+        """
+        return conn.execute(
+            "SELECT chunk_id::text AS chunk_id, doc_id::text AS doc_id, sequence, text_mac, text_ciphertext,"
+            " embedding_ciphertext, key_version, seal_format, state FROM ingest.chunks"
+            " WHERE tenant_id = %s AND chunk_id = ANY(%s::uuid[]) AND state = %s ORDER BY chunk_id FOR UPDATE",
+            (tenant_id, list(chunk_ids), state),
+        ).fetchall()
+
     # ---- reporting -----------------------------------------------------------------------------
 
     def tenants(self) -> list[str]:
@@ -540,7 +592,7 @@ def _upload(row: dict) -> Upload:
     return Upload(
         upload_id=row["upload_id"], tenant_id=row["tenant_id"], doc_id=str(row["doc_id"]),
         doc_name=row["doc_name"], content_sha256=row["content_sha256"], is_delete=row["is_delete"],
-        partition_month=row["partition_month"],
+        partition_month=row["partition_month"], size_bytes=row.get("size_bytes"), uploaded_at=row.get("uploaded_at"),
     )
 
 

@@ -17,7 +17,6 @@ from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.defs.assets import cyborgdb_index, tenant_and_month
 from ingest_pipeline.defs.partitions import tenant_month_partitions
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
-from ingest_pipeline.indexing import open_live_index
 
 # Partitioned asset checks are "preview" in Dagster 1.13; they are what gives each partition its checks.
 warnings.filterwarnings("ignore", category=PreviewWarning)
@@ -84,21 +83,24 @@ def sample_chunks_retrieve_themselves(
     """A random sample of the partition's indexed chunks, queried by their own embedding, comes back first."""
     tenant, month = tenant_and_month(context)
     store = ledger.ledger
-    with store.connect() as conn:
-        rows = [row for row in store.partition_chunks(conn, tenant, month) if row["state"] == "indexed"]
-    sample = random.Random(0).sample(rows, min(SAMPLE_SIZE, len(rows)))
-    if not sample:
-        return AssetCheckResult(passed=True, metadata={"sampled": 0, "note": "no indexed chunks in partition"})
-    index = open_live_index(store, cyborgdb.indexes, keyring.tenant_keys(tenant))
-    if index is None:
-        return AssetCheckResult(passed=False, metadata={"sampled": len(sample), "note": "index does not exist"})
-    vectors = np.stack([
-        keyring.encryptor(tenant, row["key_version"]).decrypt_vector(
-            row["chunk_id"], row["embedding_ciphertext"], row["text_mac"], row["seal_format"])
-        for row in sample
-    ])
+    # As the tenant's writer: an embedded index must not be read while another process writes it.
+    with store.tenant_writer(tenant) as session:
+        rows = [row for row in store.partition_chunks(session.conn, tenant, month) if row["state"] == "indexed"]
+        sample = random.Random(0).sample(rows, min(SAMPLE_SIZE, len(rows)))
+        if not sample:
+            return AssetCheckResult(passed=True, metadata={"sampled": 0, "note": "no indexed chunks in partition"})
+        live, _, _ = store.index_generations(session.conn, tenant)
+        index = cyborgdb.indexes.open(keyring.tenant_keys(tenant), generation=live)
+        if index is None:
+            return AssetCheckResult(passed=False, metadata={"sampled": len(sample), "note": "index does not exist"})
+        vectors = np.stack([
+            keyring.encryptor(tenant, row["key_version"]).decrypt_vector(
+                row["chunk_id"], row["embedding_ciphertext"], row["text_mac"], row["seal_format"])
+            for row in sample
+        ])
+        neighbours = index.query(vectors, top_k=10)
     found = 0
-    for row, hits in zip(sample, index.query(vectors, top_k=10), strict=True):
+    for row, hits in zip(sample, neighbours, strict=True):
         # Identical chunks (the same paragraph in two documents) tie at distance 0.
         nearest = [hit["id"] for hit in hits if hit["distance"] <= hits[0]["distance"] + SELF_MATCH_DISTANCE]
         found += row["chunk_id"] in nearest

@@ -1,0 +1,152 @@
+"""The upload sensor: new uploads, and files dropped straight into the landing zone, become partition runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    MultiPartitionKey,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from ingest_pipeline.core.ids import TENANT_PATTERN
+from ingest_pipeline.defs.jobs import ingest_job
+from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_partitions
+from ingest_pipeline.defs.resources import LandingZoneResource, PostgresLedger
+from ingest_pipeline.landing import LandingZoneUnavailable
+from ingest_pipeline.uploads import record_dropped_files
+
+# A tick reads at most this many upload events and records at most this many dropped files, so that a
+# burst (10,000 uploads across 200 tenants) is paged over ticks, each well under the tick timeout.
+UPLOADS_PER_TICK = 2_000
+DROPPED_FILES_PER_TICK = 500
+IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+               DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+TENANT_TAG = "dagster/partition/tenant"
+
+
+@dataclass
+class UploadCursor:
+    """Where the sensor is: the last upload event it turned into run requests, and partitions it held
+    back because their tenant already had a run queued or running (run key by "tenant|month")."""
+
+    upload_id: int = 0
+    deferred: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> UploadCursor:
+        return cls(**json.loads(raw)) if raw else cls()
+
+    def dump(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def tenants_with_runs_in_progress(context: SensorEvaluationContext) -> set[str]:
+    runs = context.instance.get_runs(RunsFilter(job_name=ingest_job.name, statuses=IN_PROGRESS), limit=5_000)
+    return {run.tags[TENANT_TAG] for run in runs if TENANT_TAG in run.tags}
+
+
+def removed_files_run_key(tenant: str, month: str, names: list[str]) -> str:
+    digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+    return f"{tenant}|{month}|removed|{digest}"
+
+
+@sensor(
+    job=ingest_job,
+    minimum_interval_seconds=15,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Requests a run for each (tenant, month) partition with new work: uploads recorded in Postgres, "
+    "files dropped into the landing zone (recorded as uploads here) and files removed from it.",
+)
+def upload_sensor(
+    context: SensorEvaluationContext, ledger: PostgresLedger, landing: LandingZoneResource
+) -> SensorResult | SkipReason:
+    """New uploads and landing-zone changes become partition runs.
+
+    Each upload triggers once (the cursor is the last upload event handled), a repeated tick is harmless
+    (run keys name the newest upload of the partition), a tenant with a run queued or running is held back
+    until it finishes, and a new tenant's dynamic partition is added before its first run.
+    """
+    started = time.monotonic()
+    store, zone = ledger.ledger, landing.zone
+    cursor = UploadCursor.parse(context.cursor)
+    notes: list[str] = []
+
+    # Files dropped straight into the landing zone are recorded as uploads, then handled like any other.
+    dropped = 0
+    if zone.root.is_dir():
+        folders = sorted(p.name for p in zone.root.iterdir() if p.is_dir() and TENANT_PATTERN.fullmatch(p.name))
+        budget = DROPPED_FILES_PER_TICK
+        for tenant in folders:
+            if budget <= 0:
+                break
+            try:
+                found = record_dropped_files(store, zone, tenant, limit=budget)
+            except LandingZoneUnavailable as exc:
+                notes.append(str(exc))
+                continue
+            dropped += len(found.recorded)
+            budget -= len(found.recorded)
+    else:
+        notes.append(f"the landing zone {zone.root} is missing: only recorded uploads are handled")
+
+    # New upload events, a page at a time.
+    wanted: dict[str, str] = dict(cursor.deferred)
+    page = store.uploads_after(cursor.upload_id, UPLOADS_PER_TICK)
+    for upload in page:
+        wanted[f"{upload.tenant_id}|{upload.partition_month}"] = (
+            f"{upload.tenant_id}|{upload.partition_month}|upload|{upload.upload_id}")
+    next_upload_id = page[-1].upload_id if page else cursor.upload_id
+
+    # Live documents whose file is gone: the partition's run decides (and refuses a mass deletion).
+    missing: dict[tuple[str, str], list[str]] = {}
+    by_tenant: dict[str, list[dict]] = {}
+    for doc in store.live_documents():
+        by_tenant.setdefault(doc["tenant_id"], []).append(doc)
+    for tenant, documents in by_tenant.items():
+        try:
+            present = zone.tenant_files(tenant)
+        except LandingZoneUnavailable:
+            continue  # an outage, never a deletion; the note above or the run says so
+        for doc in documents:
+            if doc["doc_name"] not in present:
+                missing.setdefault((tenant, doc["partition_month"]), []).append(doc["doc_name"])
+    for (tenant, month), names in missing.items():
+        wanted.setdefault(f"{tenant}|{month}", removed_files_run_key(tenant, month, names))
+
+    busy = tenants_with_runs_in_progress(context) if wanted else set()
+    deferred = {key: run_key for key, run_key in wanted.items() if key.split("|")[0] in busy}
+    requests = [
+        RunRequest(run_key=run_key,
+                   partition_key=MultiPartitionKey({TENANT_DIMENSION: key.split("|")[0],
+                                                    MONTH_DIMENSION: key.split("|")[1]}))
+        for key, run_key in sorted(wanted.items()) if key not in deferred
+    ]
+    known = set(context.instance.get_dynamic_partitions(tenant_partitions.name))
+    new_tenants = sorted({key.split("|")[0] for key in wanted} - known)
+
+    cursor = UploadCursor(upload_id=next_upload_id, deferred=deferred)
+    summary = (f"{len(page)} upload event(s), {dropped} dropped file(s) recorded, {len(missing)} partition(s) "
+               f"with removed files; {len(requests)} run(s) requested, {len(deferred)} held back (tenant busy: "
+               f"{', '.join(sorted({k.split('|')[0] for k in deferred})) or 'none'}) in "
+               f"{time.monotonic() - started:.2f} s")
+    context.log.info(summary + ("; " + "; ".join(notes) if notes else ""))
+    if not requests and not new_tenants:
+        context.update_cursor(cursor.dump())
+        reason = "no new uploads" if not wanted else f"{len(deferred)} partition(s) held back: their tenant has a run"
+        return SkipReason("; ".join([reason, *notes]))
+    return SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[tenant_partitions.build_add_request(new_tenants)] if new_tenants else [],
+        cursor=cursor.dump(),
+    )

@@ -1,0 +1,138 @@
+"""The upload sensor, ticked against the real ledger, landing zone and Dagster instance."""
+
+import shutil
+import time
+
+from dagster import DagsterRunStatus, SensorResult, SkipReason, build_sensor_context
+
+from ingest_pipeline.core.ids import document_id
+from ingest_pipeline.definitions import build_definitions, build_resources
+from ingest_pipeline.defs.sensors import UPLOADS_PER_TICK, UploadCursor, upload_sensor
+from ingest_pipeline.instance import dagster_instance, prepare_environment
+from ingest_pipeline.uploads import current_month
+
+
+def tick(cursor: str | None = None) -> SensorResult | SkipReason:
+    with build_sensor_context(instance=dagster_instance(), cursor=cursor, resources=build_resources()) as context:
+        result = upload_sensor(context)
+        if isinstance(result, SkipReason):
+            result.cursor = context.cursor  # a skipped tick still moves the cursor
+    return result
+
+
+def partitions(result: SensorResult) -> list[tuple[str, str]]:
+    return [(r.partition_key.keys_by_dimension["tenant"], r.partition_key.keys_by_dimension["month"])
+            for r in result.run_requests]
+
+
+def test_each_upload_triggers_once_and_a_repeated_tick_is_harmless(embedded_pipeline, docs):
+    pipeline = embedded_pipeline
+    acme, globex = pipeline.tenant("acme"), pipeline.tenant("globex")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
+    first = tick()
+    month = current_month()
+    assert partitions(first) == [(acme, month)]
+    assert UploadCursor.parse(first.cursor).upload_id > 0
+
+    # The same tick again (a daemon restarted before it saved its cursor): the same run key, so no new run.
+    again = tick(None)
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
+    # The next tick, with the saved cursor: nothing new.
+    skipped = tick(first.cursor)
+    assert isinstance(skipped, SkipReason) and "no new uploads" in skipped.skip_message
+
+    # A new upload of one tenant, and a first one by a tenant Dagster has not seen: exactly those partitions.
+    (docs / "apache-license-2.0.txt").write_text("Licensed under the Apache License, Version 2.0, amended.\n")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    _, ledger = prepare_environment()
+    with ledger.connect() as conn, conn.transaction():  # recorded by another system: no partition added yet
+        ledger.record_upload(conn, tenant_id=globex, doc_id=document_id(globex, "x.md"), doc_name="x.md",
+                             content_sha256="0" * 64, size_bytes=1, is_delete=False, partition_month=month)
+    second = tick(first.cursor)
+    assert sorted(partitions(second)) == sorted([(acme, month), (globex, month)])
+    assert second.run_requests[0].run_key != first.run_requests[0].run_key
+    assert [request.partition_keys for request in second.dynamic_partitions_requests] == [[globex]]
+
+
+def test_files_dropped_into_or_removed_from_the_landing_zone_become_runs(embedded_pipeline, docs):
+    pipeline = embedded_pipeline
+    acme, initech = pipeline.tenant("acme"), pipeline.tenant("initech")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
+    pipeline.ingest()
+    cursor = tick().cursor
+    landing = pipeline.home / "landing"
+
+    # Another system writes straight into the landing zone, for an existing tenant and a new one.
+    (landing / initech / "notes").mkdir(parents=True)
+    shutil.copyfile(docs / "shared-mime-info-spec.pdf", landing / initech / "notes" / "spec.pdf")
+    shutil.copyfile(docs / "debian-users-and-groups.html", landing / acme / "users.html")
+    dropped = tick(cursor)
+    month = current_month()
+    assert sorted(partitions(dropped)) == sorted([(acme, month), (initech, month)])
+    assert [r.partition_keys for r in dropped.dynamic_partitions_requests] == [[initech]]
+    _, ledger = prepare_environment()
+    with ledger.connect() as conn:
+        assert sorted(ledger.latest_uploads(conn, initech)) == ["notes/spec.pdf"]
+    # Recorded once: the next tick finds nothing new.
+    assert isinstance(tick(dropped.cursor), SkipReason)
+
+    # Ingest runs (as the requested runs would), the dropped documents are searchable.
+    pipeline.ingest()
+    assert pipeline.search(initech, "What is the default priority of a magic rule?", 1)[0]["source"] == (
+        "notes/spec.pdf")
+    cursor = tick(dropped.cursor).cursor
+
+    # A file removed from the landing zone: its partition is requested, once.
+    (landing / acme / "pip-dependency-resolution.md").unlink()
+    removed = tick(cursor)
+    assert partitions(removed) == [(acme, month)] and "|removed|" in removed.run_requests[0].run_key
+    assert [r.run_key for r in tick(removed.cursor).run_requests] == [removed.run_requests[0].run_key]
+
+
+def test_a_tenant_with_a_run_in_progress_is_not_requested_twice(embedded_pipeline, docs):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    instance = dagster_instance()
+    job = build_definitions().resolve_job_def("ingest_job")
+    running = instance.create_run_for_job(job_def=job, tags={"dagster/partition/tenant": acme},
+                                         status=DagsterRunStatus.STARTED)
+    held = tick()
+    assert isinstance(held, SkipReason) and "held back" in held.skip_message
+    assert list(UploadCursor.parse(held.cursor).deferred) == [f"{acme}|{current_month()}"]
+    # Still busy: still held, the upload is not forgotten.
+    assert isinstance(tick(held.cursor), SkipReason)
+    instance.delete_run(running.run_id)
+    released = tick(held.cursor)
+    assert partitions(released) == [(acme, current_month())]
+    assert UploadCursor.parse(released.cursor).deferred == {}
+
+
+def test_a_burst_of_10000_uploads_across_200_tenants_is_paged_over_small_ticks(embedded_pipeline):
+    _, ledger = prepare_environment()
+    tenants = [f"burst-{i:03d}" for i in range(200)]
+    months = ["2026-09-01", "2026-10-01", current_month()]
+    rows = [(tenant, document_id(tenant, f"doc-{n}.md"), f"doc-{n}.md", "0" * 64, 1, False, months[n % 3])
+            for n in range(50) for tenant in tenants]
+    with ledger.connect() as conn, conn.transaction(), conn.cursor() as cur:
+        cur.executemany("INSERT INTO ingest.uploads (tenant_id, doc_id, doc_name, content_sha256, size_bytes,"
+                        " is_delete, partition_month) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+    assert len(rows) == 10_000
+
+    cursor, requested, durations, added = None, set(), [], set()
+    for _ in range(10):
+        started = time.monotonic()
+        result = tick(cursor)
+        durations.append(time.monotonic() - started)
+        cursor = result.cursor
+        if isinstance(result, SkipReason):
+            break
+        requested |= set(partitions(result))
+        for request in result.dynamic_partitions_requests:
+            added |= set(request.partition_keys)
+    # Five pages of 2,000 events and a final tick that finds nothing; every partition with uploads requested.
+    assert len(durations) == 10_000 // UPLOADS_PER_TICK + 1
+    assert requested == {(tenant, month) for tenant in tenants for month in months}
+    assert added == set(tenants)
+    assert max(durations) < 30, durations  # the tick timeout is 60 s; these are small ticks
+    print(f"burst ticks (s): {[round(d, 2) for d in durations]}")
