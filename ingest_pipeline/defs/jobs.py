@@ -7,10 +7,15 @@ from ingest_pipeline.defs.assets import GROUP, STORAGE_RETRY, tenant_session
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
 from ingest_pipeline.indexing import IndexWriter
 
+# The four stages form a chain, so one process per run loses no parallelism and saves a process start (and
+# imports) per step. A run may still choose the multiprocess executor in its run config (launchpad, RunRequest).
+IN_PROCESS_BY_DEFAULT = {"execution": {"config": {"in_process": {}}}}
+
 ingest_job = define_asset_job(
     "ingest_job",
     selection=AssetSelection.groups(GROUP),
     description="Raw documents to chunks, embeddings and the tenant's encrypted index, for one partition.",
+    config=IN_PROCESS_BY_DEFAULT,
 )
 
 

@@ -1,0 +1,52 @@
+"""Backfills of the ingest job over a month range and a tenant set, launched with the `dagster` CLI and run by
+the daemon, as from the UI's Materialize -> Launch backfill."""
+
+from dagster import DagsterRunStatus, RunsFilter
+
+from ingest_pipeline.defs.partitions import month_partitions
+from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline_tests.daemons import FINISHED, dagster_cli, stop_upload_sensor, wait_for
+
+# Backfill statuses (dagster's BulkActionStatus values) after which no run is launched any more.
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+
+
+def test_a_backfill_of_an_unchanged_corpus_makes_no_embedding_call(embedded_pipeline, docs, daemons):
+    pipeline = embedded_pipeline
+    acme, globex = pipeline.tenant("acme"), pipeline.tenant("globex")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
+    pipeline.upload(globex, docs / "shared-mime-info-spec.pdf")
+    summary = pipeline.ingest()
+    current = summary["runs"][0]["month"]
+    ledger = pipeline.ledger()
+    embedded = {t: ledger.tenant_status(t)["embeddings_computed"] for t in (acme, globex)}
+    statuses = {t: pipeline.status(t) for t in (acme, globex)}
+
+    # Two tenants over two months (the earlier one has no uploads): four runs, one per partition.
+    months = month_partitions.get_partition_keys()
+    earlier = months[months.index(current) - 1]
+    keys = [f"{month}|{tenant}" for tenant in (acme, globex) for month in (earlier, current)]
+    stop_upload_sensor()
+    instance = dagster_instance()
+    before = {backfill.backfill_id for backfill in instance.get_backfills()}
+    dagster_cli("job", "backfill", "-j", "ingest_job", "--partitions", ",".join(keys), "--noprompt")
+    (backfill,) = [b for b in instance.get_backfills() if b.backfill_id not in before]
+    daemons.start()
+
+    def finished():  # every run of the backfill submitted (the backfill is done) and finished
+        state = dagster_instance().get_backfill(backfill.backfill_id)
+        runs = instance.get_runs(filters=RunsFilter(tags={"dagster/backfill": backfill.backfill_id}))
+        done = state.status.value in BACKFILL_DONE and len(runs) == len(keys)
+        return done and all(run.status in FINISHED for run in runs) and runs
+
+    runs = wait_for(finished, "the backfill's runs to finish", daemons, 300)
+    assert sorted(run.tags["dagster/partition"] for run in runs) == sorted(keys)
+    assert {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
+    # Content hashes matched: nothing was re-chunked, re-embedded or re-indexed.
+    assert {t: ledger.tenant_status(t)["embeddings_computed"] for t in (acme, globex)} == embedded
+    assert {t: pipeline.status(t) for t in (acme, globex)} == statuses
+    for run in runs:
+        for record in instance.all_logs(run.run_id):
+            event = record.dagster_event
+            if event and event.is_step_materialization and event.step_key == "chunk_embeddings":
+                assert event.event_specific_data.materialization.metadata["chunks_embedded"].value == 0

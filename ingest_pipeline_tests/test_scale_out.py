@@ -1,0 +1,42 @@
+"""The same code location, scaled out as far as one machine allows: an external PostgreSQL by DSN, the CyborgDB
+service, the production profile (no fallback anywhere), queued runs launched by the daemon, the multiprocess
+executor."""
+
+from dagster import DagsterEventType, DagsterRunStatus
+
+from ingest_pipeline.environment import embedded_postgres_uri, stop_embedded_postgres
+from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline_tests.conftest import _pipeline
+from ingest_pipeline_tests.daemons import FINISHED, launch_partition_run, run_status, stop_upload_sensor, wait_for
+
+MULTIPROCESS = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
+
+
+def test_a_queued_run_on_external_postgres_and_the_cyborgdb_service_with_the_multiprocess_executor(
+    tmp_path, monkeypatch, cyborgdb_service, docs, daemons
+):
+    server_home = tmp_path / "db-server"  # a PostgreSQL server that is not under INGEST_HOME
+    dsn = embedded_postgres_uri(server_home)
+    try:
+        pipeline = _pipeline(tmp_path, monkeypatch, "service", cyborgdb_service)
+        monkeypatch.setenv("INGEST_PG_DSN", dsn)
+        monkeypatch.setenv("INGEST_PROFILE", "production")
+        acme = pipeline.tenant("acme")
+        pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
+        stop_upload_sensor()
+        daemons.start()
+        run_id = launch_partition_run(acme, MULTIPROCESS)
+        assert wait_for(lambda: run_status(run_id) in FINISHED and run_status(run_id), "the run to finish",
+                        daemons, 240) == DagsterRunStatus.SUCCESS
+
+        # Each step ran in a process of its own, started by the multiprocess executor.
+        records = dagster_instance().all_logs(run_id, of_type=DagsterEventType.STEP_WORKER_STARTED)
+        assert {record.step_key for record in records} >= {"raw_documents", "chunk_embeddings", "cyborgdb_index"}
+        status = pipeline.status(acme)
+        assert status["documents"] == 2
+        assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
+        assert not (pipeline.home / "pgdata").exists() and not (pipeline.home / "cyborgdb").exists()
+        assert pipeline.search(acme, "What does the Apache License say about patents?", 1)[0]["source"] == (
+            "apache-license-2.0.txt")
+    finally:
+        stop_embedded_postgres(server_home)
