@@ -12,7 +12,6 @@ import threading
 import time
 import warnings
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
@@ -27,6 +26,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from ingest_pipeline import cli_reconcile
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
 from ingest_pipeline.instance import dagster_instance, prepare_environment
 from ingest_pipeline.landing import LandingZoneUnavailable
@@ -76,13 +76,14 @@ def _files(paths: list[str]) -> list[tuple[str, Path]]:
 
 def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, list[str]]:
     """Register documents for a tenant: copy into the landing zone and record the upload event."""
-    from ingest_pipeline.defs.partitions import month_key, tenant_partitions
+    from ingest_pipeline.defs.partitions import tenant_partitions
     from ingest_pipeline.landing import LandingZone
+    from ingest_pipeline.uploads import current_month, is_current, record_file
 
     tenant = validate_tenant(tenant)
     settings, ledger = prepare_environment()
     zone = LandingZone(settings.landing_dir)
-    month = month_key(datetime.now(UTC))
+    month = current_month()
     outcome: dict[str, list[str]] = {"uploaded": [], "unchanged": [], "deleted": [], "not_found": []}
     items = [(validate_document_name(p), None) for p in paths] if delete else _files(paths)
     with ledger.connect() as conn:
@@ -101,14 +102,11 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
                 continue
             digest = sha256_file(source)
             landed = zone.path(tenant, name)
-            if (latest is not None and not latest.is_delete and latest.content_sha256 == digest
-                    and landed.exists() and sha256_file(landed) == digest):
+            if is_current(latest, digest) and landed.exists() and sha256_file(landed) == digest:
                 outcome["unchanged"].append(name)
                 continue
             zone.store(tenant, name, source)
-            with conn.transaction():
-                ledger.record_upload(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=digest,
-                                     size_bytes=source.stat().st_size, is_delete=False, partition_month=month)
+            record_file(ledger, conn, tenant, name, landed, digest, month)
             outcome["uploaded"].append(name)
     if outcome["uploaded"] or outcome["deleted"]:
         instance = dagster_instance()
@@ -367,6 +365,20 @@ def _demo() -> int:
     return 1 if summary["failed_runs"] else 0
 
 
+DAGSTER_VARIABLES = ("DAGSTER_HOME", "INGEST_HOME", "INGEST_DAGSTER_PG_URL", "INGEST_DAGSTER_STORAGE_DIR",
+                     "INGEST_DAGSTER_LOGS_DIR")
+
+
+def _env() -> int:
+    """Print the variables the `dagster` CLI needs to reach this installation's instance, as shell exports."""
+    import shlex
+
+    prepare_environment()
+    for name in DAGSTER_VARIABLES:
+        print(f"export {name}={shlex.quote(os.environ[name])}")
+    return 0
+
+
 def _dev(port: int) -> int:
     prepare_environment()
     root = Path(__file__).resolve().parent.parent
@@ -408,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tenant", required=True)
     p.add_argument("--json", action="store_true")
 
+    cli_reconcile.add_parser(commands)
+    commands.add_parser("env", help="print shell exports that point the dagster CLI at this instance")
     commands.add_parser("stop-postgres", help="stop the embedded PostgreSQL server")
     commands.add_parser("demo", help="ingest the bundled sample corpus for two tenants and search it")
     p = commands.add_parser("dev", help="open the Dagster UI on this instance")
@@ -448,6 +462,10 @@ def main(argv: list[str] | None = None) -> int:
             result = rebuild(args.tenant)
             print(json.dumps(result)) if args.json else out.print(result)
             return 0 if result["success"] else 1
+        if args.command == "reconcile":
+            return cli_reconcile.run(args)
+        if args.command == "env":
+            return _env()
         if args.command == "stop-postgres":
             from ingest_pipeline.environment import Settings, stop_embedded_postgres
 

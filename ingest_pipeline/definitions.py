@@ -7,6 +7,7 @@ from dagster import Definitions
 from ingest_pipeline.defs.assets import chunk_embeddings, cyborgdb_index, document_chunks, raw_documents
 from ingest_pipeline.defs.checks import ciphertexts_decrypt, index_matches_ledger, sample_chunks_retrieve_themselves
 from ingest_pipeline.defs.jobs import ingest_job, rebuild_tenant_index
+from ingest_pipeline.defs.reconciliation import reconcile_job
 from ingest_pipeline.defs.resources import (
     CyborgDB,
     EmbeddingModel,
@@ -14,6 +15,8 @@ from ingest_pipeline.defs.resources import (
     PostgresLedger,
     TenantKeyring,
 )
+from ingest_pipeline.defs.schedules import pending_work_schedule, weekly_reconciliation_schedule
+from ingest_pipeline.defs.sensors import upload_sensor
 
 
 def build_resources() -> dict:
@@ -33,7 +36,9 @@ def build_definitions() -> Definitions:
     return Definitions(
         assets=[raw_documents, document_chunks, chunk_embeddings, cyborgdb_index],
         asset_checks=[index_matches_ledger, ciphertexts_decrypt, sample_chunks_retrieve_themselves],
-        jobs=[ingest_job, rebuild_tenant_index],
+        jobs=[ingest_job, rebuild_tenant_index, reconcile_job],
+        sensors=[upload_sensor],
+        schedules=[pending_work_schedule, weekly_reconciliation_schedule],
         resources=build_resources(),
     )
 

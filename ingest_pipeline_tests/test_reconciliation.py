@@ -1,0 +1,233 @@
+"""Reconciliation: drift planted behind the ledger's back (in CyborgDB directly, or in the ledger's rows) is
+found, reported exactly, and repaired from the cold copy without re-embedding; the asset checks pass again."""
+
+import csv
+import json
+import uuid
+from dataclasses import fields
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import numpy as np
+from dagster import AssetKey, Failure, MultiPartitionKey
+
+from ingest_pipeline import cli, cli_reconcile
+from ingest_pipeline.core.crypto import LEGACY_SEAL_FORMAT, VectorEncryptor, derive_tenant_keys
+from ingest_pipeline.definitions import build_definitions, build_resources
+from ingest_pipeline.defs.partitions import month_key
+from ingest_pipeline.indexing import IndexWriter
+from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline.reconciliation import REPORT_COLUMNS, TenantReconciliation
+from ingest_pipeline.vector_index import TenantIndex
+from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
+
+PATENT_QUERY = "What does the Apache License say about patents?"
+
+
+def open_index(tenant: str, generation: int = 1) -> TenantIndex:
+    """The tenant's index opened directly, as an operator with the keys could: behind the ledger's back.
+
+    Use it in one statement: embedded cyborgdb-core locks an index's files for as long as a process holds it
+    open, and the CLI runs in a process of its own.
+    """
+    resources = build_resources()
+    return resources["cyborgdb"].indexes.open(resources["keyring"].tenant_keys(tenant), generation=generation)
+
+
+def orphan_items(count: int) -> list[dict]:
+    vectors = np.random.default_rng(7).standard_normal((count, 384)).astype(np.float32)
+    return [{"id": str(uuid.uuid4()), "vector": vector} for vector in vectors]
+
+
+def set_state(ledger, chunk_ids: list[str], state: str) -> None:
+    with ledger.connect() as conn:
+        conn.execute("UPDATE ingest.chunks SET state = %s WHERE chunk_id = ANY(%s::uuid[])", (state, chunk_ids))
+
+
+def ids_in_state(ledger, tenant: str, *states: str) -> set[str]:
+    return {cid for cid, row in ledger_chunks(ledger, tenant).items() if row["state"] in states}
+
+
+def figures(report: dict, expected: dict) -> dict:
+    return {name: report[name] for name in expected}
+
+
+def assert_checks_pass_with_nothing_left_to_index(tenant: str) -> None:
+    result = materialize_partition(tenant)
+    checks = result.get_asset_check_evaluations()
+    assert len(checks) == 3 and all(check.passed for check in checks), [(c.check_name, c.metadata) for c in checks]
+    index_stage = materialization_metadata(result, "cyborgdb_index")
+    assert (index_stage["chunks_upserted"], index_stage["chunks_removed"]) == (0, 0)
+
+
+def test_the_report_has_a_described_column_for_every_figure():
+    assert [field.name for field in fields(TenantReconciliation)] + ["drift"] == list(REPORT_COLUMNS)
+
+
+def test_rows_sealed_in_the_legacy_format_are_upserted_from_the_cold_copy_too():
+    keys = derive_tenant_keys(bytes(range(1, 33)), "acme")
+    keyring = SimpleNamespace(tenant_keys=lambda tenant, version=None: keys,
+                              encryptor=lambda tenant, version=None: VectorEncryptor(keys))
+    writer = IndexWriter(None, None, keyring, SimpleNamespace(tenant_id="acme", conn=None))
+    encryptor, vector = VectorEncryptor(keys), np.arange(4, dtype=np.float32)
+    mac = encryptor.text_mac("the text")
+    row = {"chunk_id": "c1", "doc_id": "d1", "sequence": 0, "key_version": keys.key_version, "text_mac": mac,
+           "text_ciphertext": b"sealed text", "seal_format": LEGACY_SEAL_FORMAT,
+           "embedding_ciphertext": encryptor.encrypt_vector("c1", vector, mac, LEGACY_SEAL_FORMAT)}
+    assert writer.items([row])[0]["vector"].tolist() == vector.tolist()
+
+
+def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipeline, docs):
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    embeddings_computed = ledger.tenant_status(acme)["embeddings_computed"]
+
+    # A deletion whose run stopped after raw_documents: its chunks are stale and still in the index.
+    pipeline.upload(acme, "debian-users-and-groups.html", delete=True)
+    partition = MultiPartitionKey({"tenant": acme, "month": month_key(datetime.now(UTC))})
+    build_definitions().resolve_job_def("ingest_job").execute_in_process(
+        partition_key=partition, instance=dagster_instance(), asset_selection=[AssetKey("raw_documents")])
+    stale = ids_in_state(ledger, acme, "stale")
+    live = sorted(ids_in_state(ledger, acme, "indexed"))
+    assert stale and len(live) > 3
+
+    vanished, half_done, half_done_and_vanished = live[0], live[1], live[2]
+    open_index(acme).delete([vanished, half_done_and_vanished])  # vectors lost behind the ledger's back
+    open_index(acme).upsert(orphan_items(1))  # a vector the ledger never heard of
+    set_state(ledger, [half_done, half_done_and_vanished], "embedded")  # rows left half-done
+    planted_index = open_index(acme).list_ids()
+    planted_rows = ledger_chunks(ledger, acme)
+
+    found = {"index_existed": True, "ledger_indexed": len(live) - 2, "missing": 1, "orphans": 1,
+             "stale_rows": len(stale), "stale_in_index": len(stale), "unfinished_rows": 2, "pending_rows": 0,
+             "index_vectors_before": len(live) - 2 + 1 + len(stale), "drift": 1 + 1 + 2 + len(stale)}
+    dry_run = cli_reconcile.reconcile(acme, repair=False)
+    assert dry_run["success"] and dry_run["dry_run"]
+    report = dry_run["tenants"][acme]
+    assert figures(report, found) == found
+    assert (report["repaired_missing"], report["removed_orphans"], report["finished_rows"],
+            report["removed_stale_rows"]) == (0, 0, 0, 0)
+    assert report["index_vectors_after"] == report["index_vectors_before"]
+    assert dry_run["totals"]["tenants_with_drift"] == 1 and dry_run["totals"]["drift"] == found["drift"]
+    # A dry run changes nothing, in the index or the ledger.
+    assert open_index(acme).list_ids() == planted_index
+    assert {cid: row["state"] for cid, row in ledger_chunks(ledger, acme).items()} == \
+        {cid: row["state"] for cid, row in planted_rows.items()}
+
+    result = pipeline.run_cli("reconcile", "--tenant", acme, "--json")
+    repaired = json.loads(result.stdout)
+    assert repaired["success"] and not repaired["dry_run"] and list(repaired["tenants"]) == [acme]
+    report = repaired["tenants"][acme]
+    fixed = {"repaired_missing": 1, "removed_orphans": 1, "finished_rows": 2, "removed_stale_rows": len(stale),
+             "orphans_held_back": 0, "index_recreated": False, "index_vectors_after": len(live)}
+    assert figures(report, found | fixed) == found | fixed
+    assert figures(repaired["totals"], {"tenants_reconciled": 1, "repaired_missing": 1, "removed_orphans": 1}) == \
+        {"tenants_reconciled": 1, "repaired_missing": 1, "removed_orphans": 1}
+
+    # The index holds exactly what the ledger marks indexed, and nothing was embedded again.
+    rows = ledger_chunks(ledger, acme)
+    assert {row["state"] for row in rows.values()} == {"indexed"} and set(rows) == set(live)
+    assert open_index(acme).list_ids() == set(live)
+    assert ledger.tenant_status(acme)["embeddings_computed"] == embeddings_computed
+    again = cli_reconcile.reconcile(acme)["tenants"][acme]
+    assert again["drift"] == again["repaired_missing"] == again["removed_orphans"] == again["finished_rows"] == 0
+    assert_checks_pass_with_nothing_left_to_index(acme)
+
+
+def test_a_lost_index_is_recreated_from_the_cold_copy_without_reembedding(pipeline, docs, tmp_path):
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    embeddings_computed = ledger.tenant_status(acme)["embeddings_computed"]
+    indexed = ids_in_state(ledger, acme, "indexed")
+    answer = pipeline.search(acme, PATENT_QUERY, 3)
+    resources = build_resources()
+    assert resources["cyborgdb"].indexes.drop(resources["keyring"].tenant_keys(acme))  # its storage is lost
+
+    report_csv = tmp_path / "reconcile.csv"
+    assert cli.main(["reconcile", "--tenant", acme, "--csv", str(report_csv)]) == 0
+    with report_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["tenant_id"] for row in rows] == [acme]
+    assert list(rows[0]) == list(REPORT_COLUMNS)
+    expected = {"index_existed": "False", "missing": str(len(indexed)), "repaired_missing": str(len(indexed)),
+                "index_recreated": "True", "index_vectors_after": str(len(indexed)), "orphans": "0"}
+    assert figures(rows[0], expected) == expected
+    assert "recreated from the cold copy" in rows[0]["note"]
+
+    assert open_index(acme).list_ids() == indexed
+    assert ledger.tenant_status(acme)["embeddings_computed"] == embeddings_computed
+    assert pipeline.search(acme, PATENT_QUERY, 3) == answer
+    assert_checks_pass_with_nothing_left_to_index(acme)
+
+
+def test_a_rebuild_in_progress_is_reconciled_too_so_its_swap_is_clean(embedded_pipeline, docs, monkeypatch):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    indexed = ids_in_state(ledger, acme, "indexed")
+    assert len(indexed) > 8  # the rebuild below stops after its first batch of 4
+
+    real_upsert = TenantIndex.upsert
+
+    def crash_after_the_first_rebuild_batch(self, items):  # fault injector
+        if self.generation > 1 and self.count() > 0:
+            raise Failure("injected: CyborgDB went away", allow_retries=False)  # no retries: faster, same state
+        return real_upsert(self, items)
+
+    monkeypatch.setattr(TenantIndex, "upsert", crash_after_the_first_rebuild_batch)
+    rebuild_job = build_definitions().resolve_job_def("rebuild_tenant_index")
+    config = {"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": acme, "upsert_batch_size": 4}}}}
+    assert not rebuild_job.execute_in_process(run_config=config, instance=dagster_instance(),
+                                              raise_on_error=False).success
+    monkeypatch.setattr(TenantIndex, "upsert", real_upsert)
+    with ledger.connect() as conn:
+        live, rebuilding, cursor = ledger.index_generations(conn, acme)
+    assert (live, rebuilding) == (1, 2)
+    passed = sorted(cid for cid in indexed if cid <= cursor)
+    assert len(passed) == 4
+
+    # Drift in both generations: a count alone (the rebuild's completeness check) would not see it.
+    open_index(acme, 1).delete([passed[0]])
+    open_index(acme, 2).delete([passed[1]])
+    open_index(acme, 2).upsert(orphan_items(1))
+
+    report = cli_reconcile.reconcile(acme)["tenants"][acme]
+    expected = {"live_generation": 1, "rebuilding_generation": 2, "missing": 1, "orphans": 0, "rebuild_missing": 1,
+                "rebuild_orphans": 1, "repaired_missing": 2, "removed_orphans": 1, "index_vectors_after": len(indexed)}
+    assert figures(report, expected) == expected
+    assert "rebuild to generation 2 in progress" in report["note"]
+    assert open_index(acme, 2).list_ids() == set(passed)
+
+    assert cli.rebuild(acme)["success"]
+    assert open_index(acme, 2).list_ids() == indexed
+    assert cli_reconcile.reconcile(acme)["tenants"][acme]["drift"] == 0
+    assert_checks_pass_with_nothing_left_to_index(acme)
+
+
+def test_orphans_that_are_most_of_an_index_wait_for_confirmation(embedded_pipeline, docs):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    pipeline.ingest()
+    indexed = ids_in_state(pipeline.ledger(), acme, "indexed")
+    orphans = orphan_items(len(indexed) + 1)
+    open_index(acme).upsert(orphans)  # as if the ledger had been restored from a much older backup
+
+    held = cli_reconcile.reconcile(acme)
+    assert held["success"] is False and "allow_mass_delete" in held["error"]
+    report = held["tenants"][acme]
+    assert report["orphans"] == report["orphans_held_back"] == len(orphans) and report["removed_orphans"] == 0
+    assert len(open_index(acme).list_ids()) == len(indexed) + len(orphans)
+
+    confirmed = cli_reconcile.reconcile(acme, allow_mass_delete=True)
+    assert confirmed["success"] and confirmed["tenants"][acme]["removed_orphans"] == len(orphans)
+    assert open_index(acme).list_ids() == indexed
+
+    unknown = cli_reconcile.reconcile("nobody-" + pipeline.suffix)
+    assert unknown["success"] is False and "no ledger row" in unknown["error"] and unknown["tenants"] == {}
