@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test dev lint bench recall stop
+.PHONY: install run test dev lint bench bench-empty recall stop screenshot validate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,8 +28,19 @@ lint: install
 bench: install  ## ingest throughput against the bare model, side by side
 	$(PY) benchmarks/ingest_throughput.py
 
+bench-empty: install  ## a backfill over partitions with no pending work: ms per partition, no model load
+	$(PY) benchmarks/empty_partitions.py
+
+validate: install  ## dagster definitions validate, on this installation's instance
+	eval "$$($(VENV)/bin/ingest-pipeline env)" && $(VENV)/bin/dagster definitions validate -w workspace.yaml
+
 recall: install  ## encrypted-index recall vs exact search, and answer-in-top-k, on the bundled SQuAD sample
 	$(PY) benchmarks/retrieval_quality.py
+
+screenshot: install  ## headless-Chromium screenshots of the asset graph and an asset's page, into docs/screenshots
+	test -x /usr/bin/chromium || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
+	$(PY) benchmarks/screenshots.py
 
 stop: install  ## stop the embedded PostgreSQL server of INGEST_HOME
 	$(VENV)/bin/ingest-pipeline stop-postgres

@@ -139,5 +139,5 @@ class Settings:
         return self.home / "landing"
 
     @property
-    def dagster_home(self) -> Path:
+    def dagster_state_dir(self) -> Path:
         return self.home / "dagster"

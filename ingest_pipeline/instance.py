@@ -18,67 +18,36 @@ if TYPE_CHECKING:
     from ingest_pipeline.environment import Settings
     from ingest_pipeline.ledger import Ledger
 
-DAGSTER_YAML = """\
-# Written by ingest-pipeline; edit the project's instance.py instead.
-storage:
-  postgres:
-    postgres_url:
-      env: INGEST_DAGSTER_PG_URL
-run_coordinator:
-  module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 4
-    # One queued run per tenant at a time: a tenant's index has one writer.
-    tag_concurrency_limits:
-      - key: dagster/partition/tenant
-        value:
-          applyLimitPerUniqueValue: true
-        limit: 1
-# The default launcher, plus a liveness check of each run's worker process for run monitoring.
-run_launcher:
-  module: ingest_pipeline.instance
-  class: LocalRunLauncher
-run_monitoring:
-  # A run whose worker process died with its code server (a crash or kill -9 of dagster dev or the
-  # daemon, a reboot) would otherwise stay STARTED and hold the tenant's only queue slot forever.
-  # The daemon checks every STARTED run's worker and fails a dead one; run_retries then retries it.
-  enabled: true
-  poll_interval_seconds: 15
-  # A run stuck in STARTING (its worker never came up) fails after 2 minutes, and is retried.
-  start_timeout_seconds: 120
-  # The launcher cannot resume a run in a new worker (and Dagster refuses a non-zero value for it):
-  # a dead run is failed and retried from its failed steps instead.
-  max_resume_run_attempts: 0
-run_retries:
-  enabled: true
-  max_retries: 2
-  # Retry only runs whose worker crashed or was killed. A failed step has already been retried by the
-  # assets' RetryPolicy, and a Failure(allow_retries=False) (a wrong master key or model) must not be.
-  retry_on_asset_or_op_failure: false
-telemetry:
-  enabled: false
-"""
+# The project root: dagster.yaml and workspace.yaml live beside the package (an editable install or a clone).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def prepare_environment() -> tuple[Settings, Ledger]:
-    """Start or join Postgres, migrate the ledger, and point DAGSTER_HOME at the shared instance."""
+    """Start or join Postgres, migrate the ledger, and point Dagster at the project's instance configuration.
+
+    DAGSTER_HOME is the project root, whose dagster.yaml is the one instance configuration the CLI, `make dev`
+    and a deployment read; the locations it takes from the environment are set here: Dagster's storage on
+    the ledger's PostgreSQL, its artifacts and compute logs under $INGEST_HOME/dagster.
+    """
     from ingest_pipeline.environment import Settings, postgres_dsn, sqlalchemy_url
     from ingest_pipeline.ledger import Ledger
 
     settings = Settings.from_env()
     os.environ["INGEST_HOME"] = str(settings.home)
     dsn = postgres_dsn(settings.pg_dsn, settings.home)
-    dagster_url = sqlalchemy_url(dsn)
     ledger = Ledger(dsn)
     ledger.migrate()
-    dagster_home = settings.dagster_home
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = Path(dagster_home) / "dagster.yaml"
-    if not config.exists() or config.read_text() != DAGSTER_YAML:
-        config.write_text(DAGSTER_YAML)
-    os.environ["DAGSTER_HOME"] = str(dagster_home)
-    os.environ["INGEST_DAGSTER_PG_URL"] = dagster_url
+    if not (PROJECT_ROOT / "dagster.yaml").is_file():
+        raise FileNotFoundError(f"{PROJECT_ROOT / 'dagster.yaml'} is missing: run from a clone of the project")
+    state = settings.dagster_state_dir
+    for folder in ("storage", "logs"):
+        (state / folder).mkdir(parents=True, exist_ok=True)
+    os.environ.update({
+        "DAGSTER_HOME": str(PROJECT_ROOT),
+        "INGEST_DAGSTER_PG_URL": sqlalchemy_url(dsn),
+        "INGEST_DAGSTER_STORAGE_DIR": str(state / "storage"),
+        "INGEST_DAGSTER_LOGS_DIR": str(state / "logs"),
+    })
     return settings, ledger
 
 

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import pytest
 
+# The bundled model is on disk; nothing may reach for a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
 import ingest_pipeline
 from ingest_pipeline import cli
 from ingest_pipeline.core.crypto import generate_master_key
 from ingest_pipeline.environment import stop_embedded_postgres
+from ingest_pipeline_tests.daemons import Daemons
 
 CORPUS = Path(ingest_pipeline.__file__).parent / "sample_corpus"
 ENV_VARS = ("INGEST_HOME", "INGEST_PG_DSN", "INGEST_CYBORGDB_URL", "INGEST_CYBORGDB_API_KEY", "INGEST_MASTER_KEY",
@@ -141,3 +146,15 @@ def docs(tmp_path) -> Path:
                  "globex/debian-users-and-groups.html"):
         (folder / Path(name).name).write_bytes((CORPUS / name).read_bytes())
     return folder
+
+
+@pytest.fixture
+def daemons(tmp_path):
+    """Real `dagster-daemon run` processes on the test's installation (request the pipeline fixture first)."""
+    log_dir = tmp_path / "daemon-logs"
+    log_dir.mkdir()
+    started = Daemons(log_dir)
+    try:
+        yield started
+    finally:
+        started.stop_all()

@@ -20,7 +20,7 @@ from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.ledger import _LOCK_CLASS, Ledger, TenantBusy
 from ingest_pipeline.search import EmbeddingModelMismatch
 from ingest_pipeline.vector_index import IndexUnavailable, TenantIndex
-from tests.integration.helpers import ledger_chunks, materialize_partition, step_events
+from ingest_pipeline_tests.helpers import ledger_chunks, materialize_partition, step_events
 
 MAGIC_QUERY = "What is the default priority of a magic rule?"
 
@@ -134,7 +134,7 @@ def _fresh_worker(pipeline, settings: dict, tenant: str, month: str) -> dict:
            if k not in ("INGEST_PG_DSN", "INGEST_MASTER_KEY", "INGEST_CYBORGDB_URL", "INGEST_PROFILE")}
     completed = subprocess.run(
         [sys.executable, "-c", _RUN_IN_A_FRESH_WORKER, json.dumps(settings), tenant, month],
-        env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2],
+        env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])

@@ -2,20 +2,22 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 from datetime import datetime
+from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance
 from dagster_postgres import PostgresRunStorage
 
 from ingest_pipeline.definitions import build_definitions
 from ingest_pipeline.defs.partitions import tenant_month_partitions, tenant_partitions
-from ingest_pipeline.instance import dagster_instance
-from tests.integration.conftest import _free_port
+from ingest_pipeline.instance import PROJECT_ROOT, dagster_instance
+from ingest_pipeline_tests.conftest import _free_port
 
 ASSETS = ["raw_documents", "document_chunks", "chunk_embeddings", "cyborgdb_index"]
 
@@ -101,3 +103,17 @@ def test_an_external_postgres_by_dsn_holds_the_ledger_and_the_dagster_instance(t
         assert run.is_success and "host=" + str(server_home) in os.environ["INGEST_DAGSTER_PG_URL"]
     finally:
         stop_embedded_postgres(server_home)
+
+
+def test_dagster_definitions_validate_passes_in_the_environment_ingest_pipeline_env_prints(embedded_pipeline):
+    exports = embedded_pipeline.run_cli("env").stdout
+    env = {**os.environ, **embedded_pipeline.env}
+    for line in exports.splitlines():
+        name, value = line.removeprefix("export ").split("=", 1)
+        env[name] = shlex.split(value)[0]
+    assert env["DAGSTER_HOME"] == str(PROJECT_ROOT) and (PROJECT_ROOT / "dagster.yaml").is_file()
+    result = subprocess.run([str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w",
+                             str(PROJECT_ROOT / "workspace.yaml")], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout

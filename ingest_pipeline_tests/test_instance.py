@@ -10,97 +10,21 @@ the QueuedRunCoordinator), and the daemon launches them in a code server of its 
 - A run that fails fast (Failure(allow_retries=False): a wrong master key) must not be retried.
 """
 
-import contextlib
-import json
 import os
-import signal
-import subprocess
-import sys
+import shutil
 import time
-import uuid
-from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
-from dagster import DagsterEventType, DagsterRunStatus, MultiPartitionKey, RunsFilter
+from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
 from ingest_pipeline.core.crypto import generate_master_key
-from ingest_pipeline.defs.partitions import month_key
-from ingest_pipeline.instance import dagster_instance, prepare_environment
-
-REPO = Path(__file__).resolve().parents[2]
-WORKSPACE = REPO / "workspace.yaml"
-BIN = Path(sys.executable).parent
-FINISHED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-
-
-class Daemons:
-    """`dagster-daemon run` processes, each in its own session so that a crash kills its whole tree."""
-
-    def __init__(self, log_dir: Path):
-        self.log_dir = log_dir
-        self.processes: list[subprocess.Popen] = []
-
-    def start(self, **env_overrides: str) -> subprocess.Popen:
-        with open(self.log_dir / f"daemon-{len(self.processes)}.log", "wb") as log:
-            process = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE)], cwd=REPO,
-                                       env={**os.environ, **env_overrides}, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-        self.processes.append(process)
-        return process
-
-    def crash(self, process: subprocess.Popen) -> None:
-        """SIGKILL the daemon and every process it started: code server, run worker, step processes."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-    def logs(self) -> str:
-        return "\n".join(path.read_text(errors="replace")[-3000:] for path in sorted(self.log_dir.glob("*.log")))
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            self.crash(process)
-
-
-@pytest.fixture
-def daemons(embedded_pipeline, tmp_path):
-    prepare_environment()  # writes dagster.yaml and sets DAGSTER_HOME and INGEST_DAGSTER_PG_URL in os.environ
-    log_dir = tmp_path / "daemon-logs"
-    log_dir.mkdir()
-    started = Daemons(log_dir)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-
-
-def launch_partition_run(tenant: str) -> str:
-    """Submit the ingest job for the tenant's current month as the UI does: a queued run with partition tags."""
-    month = month_key(datetime.now(UTC))
-    tags = {"dagster/partition": str(MultiPartitionKey({"tenant": tenant, "month": month})),
-            "dagster/partition/tenant": tenant, "dagster/partition/month": month}
-    run_id = str(uuid.uuid4())
-    result = subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(WORKSPACE), "-j", "ingest_job",
-                             "--tags", json.dumps(tags), "--run-id", run_id],
-                            cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_id
-
-
-def wait_for(condition, what: str, daemons: Daemons, timeout: float):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{daemons.logs()}")
-        time.sleep(0.5)
-
-
-def run_status(run_id: str) -> DagsterRunStatus:
-    return dagster_instance().get_run_by_id(run_id).status
+from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline_tests.daemons import (
+    FINISHED,
+    launch_partition_run,
+    run_status,
+    stop_upload_sensor,
+    wait_for,
+)
 
 
 def step_started(run_id: str, step_key: str) -> bool:
@@ -131,6 +55,7 @@ def test_a_run_whose_processes_were_killed_is_failed_by_run_monitoring_and_retri
 ):
     acme = embedded_pipeline.tenant("acme")
     embedded_pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    stop_upload_sensor()
     daemon = daemons.start()
     run_id = launch_partition_run(acme)
 
@@ -165,6 +90,7 @@ def test_a_run_that_fails_fast_is_not_retried(embedded_pipeline, docs, daemons):
 
     # The daemon, and so its run workers, hold another master key.
     embedded_pipeline.upload(acme, docs / "pip-dependency-resolution.md")
+    stop_upload_sensor()
     daemons.start(INGEST_MASTER_KEY=generate_master_key())
     run_id = launch_partition_run(acme)
     assert wait_for(lambda: run_status(run_id) in FINISHED and run_status(run_id), "the run to fail",
@@ -180,3 +106,34 @@ def test_a_run_that_fails_fast_is_not_retried(embedded_pipeline, docs, daemons):
              "the run-retry daemon to handle the failure", daemons, 60)
     assert retries_of(run_id) == []
     assert instance.get_run_by_id(run_id).tags.get("dagster/will_retry") == "false"
+
+
+def test_a_file_dropped_into_the_landing_zone_becomes_searchable_while_the_daemon_runs(embedded_pipeline, docs,
+                                                                                       daemons):
+    """What `make dev` gives a user: the daemon (with the upload sensor on by default) turns a file dropped
+    into the landing zone into a run, and the document is searchable without anyone pressing a button."""
+    initech = embedded_pipeline.tenant("initech")
+    daemons.start()
+    started = time.monotonic()
+    target = embedded_pipeline.home / "landing" / initech / "spec.pdf"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(docs / "shared-mime-info-spec.pdf", target)
+
+    def found() -> bool:
+        try:
+            hits = embedded_pipeline.search(initech, "What is the default priority of a magic rule?", 1)
+        except Exception:  # the tenant's index does not exist yet
+            return False
+        return bool(hits) and hits[0]["source"] == "spec.pdf"
+
+    wait_for(found, "the dropped file to be searchable", daemons, 240)
+    elapsed = time.monotonic() - started
+    # Searchable once the index is written; the run then finishes its asset checks.
+    runs = dagster_instance().get_runs(filters=RunsFilter(tags={"dagster/partition/tenant": initech}))
+    assert len(runs) == 1
+    assert wait_for(lambda: run_status(runs[0].run_id) in FINISHED and run_status(runs[0].run_id),
+                    "the run to finish", daemons, 120) == DagsterRunStatus.SUCCESS
+    assert runs[0].tags.get("dagster/sensor_name") == "upload_sensor"
+    status = embedded_pipeline.status(initech)
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
+    print(f"dropped file searchable after {elapsed:.1f} s")

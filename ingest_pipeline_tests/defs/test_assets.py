@@ -4,7 +4,7 @@ import json
 
 from ingest_pipeline.core.ids import chunk_id, document_id
 from ingest_pipeline.definitions import build_resources
-from tests.integration.helpers import ledger_chunks, materialization_metadata, materialize_partition
+from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
 
 MAGIC_QUERY = "What is the default priority of a magic rule?"
 
