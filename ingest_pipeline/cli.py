@@ -28,7 +28,7 @@ from rich.text import Text
 
 from ingest_pipeline import cli_reconcile
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
-from ingest_pipeline.instance import dagster_instance, prepare_environment
+from ingest_pipeline.instance import dagster_instance, monitored_run_tags, prepare_environment
 from ingest_pipeline.landing import LandingZoneUnavailable
 from ingest_pipeline.ledger import sha256_file
 
@@ -94,10 +94,11 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
                 if latest is None or latest.is_delete:
                     outcome["not_found"].append(name)
                     continue
+                # The file goes first: a sensor tick in between must not take it for a new upload.
+                zone.remove(tenant, name)
                 with conn.transaction():
                     ledger.record_upload(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=None,
                                          size_bytes=None, is_delete=True, partition_month=month)
-                zone.remove(tenant, name)
                 outcome["deleted"].append(name)
                 continue
             digest = sha256_file(source)
@@ -106,7 +107,7 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
                 outcome["unchanged"].append(name)
                 continue
             zone.store(tenant, name, source)
-            record_file(ledger, conn, tenant, name, landed, digest, month)
+            record_file(ledger, conn, tenant, name, landed.stat(), digest, month)
             outcome["uploaded"].append(name)
     if outcome["uploaded"] or outcome["deleted"]:
         instance = dagster_instance()
@@ -169,6 +170,22 @@ def _partitions_with_removed_files(ledger, tenant: str | None) -> set[tuple[str,
     return removed
 
 
+def _record_dropped_files(ledger, landing_dir: Path, tenant: str | None) -> None:
+    """Files copied straight into the landing zone become uploads, as the upload sensor records them."""
+    from ingest_pipeline.core.ids import TENANT_PATTERN
+    from ingest_pipeline.landing import LandingZone
+    from ingest_pipeline.uploads import record_dropped_files
+
+    zone = LandingZone(landing_dir)
+    if not zone.root.is_dir():
+        return  # the health check that follows says why nothing can be ingested
+    folders = [tenant] if tenant else sorted(p.name for p in zone.root.iterdir()
+                                             if p.is_dir() and TENANT_PATTERN.fullmatch(p.name))
+    for folder in folders:
+        with contextlib.suppress(LandingZoneUnavailable):
+            record_dropped_files(ledger, zone, folder, limit=1_000_000)
+
+
 def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_delete: bool = False) -> dict:
     """Materialize the asset graph for every (tenant, month) partition with pending work.
 
@@ -181,10 +198,11 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
 
     if tenant:
         validate_tenant(tenant)
-    _, ledger = prepare_environment()
+    settings, ledger = prepare_environment()
     instance = dagster_instance()
     defs, _ = _definitions()
     job = defs.resolve_job_def("ingest_job")
+    _record_dropped_files(ledger, settings.landing_dir, tenant)
     partitions = sorted(set(ledger.pending_partitions(tenant)) | set(_partitions_with_removed_files(ledger, tenant)))
     tenants = sorted({t for t, _ in partitions})
     missing = [t for t in tenants if not instance.has_dynamic_partition(tenant_partitions.name, t)]
@@ -205,7 +223,7 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
             run_config = {**QUIET_LOGGERS, "ops": {"raw_documents": {"config": {"allow_mass_delete": True}}}} \
                 if allow_mass_delete else QUIET_LOGGERS
             result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False,
-                                            run_config=run_config)
+                                            run_config=run_config, tags=monitored_run_tags())
             for event in result.get_asset_materialization_events():
                 for name, value in event.materialization.metadata.items():
                     if isinstance(value.value, int | float) and not isinstance(value.value, bool):
@@ -292,7 +310,8 @@ def rebuild(tenant: str) -> dict:
     defs, _ = _definitions()
     job = defs.resolve_job_def("rebuild_tenant_index")
     config = {"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": tenant}}}, **QUIET_LOGGERS}
-    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False)
+    result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False,
+                                    tags=monitored_run_tags())
     return {"run_id": result.run_id, "success": result.success, **status(tenant)["tenants"][tenant]}
 
 

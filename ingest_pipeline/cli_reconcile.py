@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.instance import dagster_instance, prepare_environment
+from ingest_pipeline.instance import dagster_instance, monitored_run_tags, prepare_environment
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 out = Console()
@@ -58,7 +58,7 @@ def reconcile(tenant: str | None = None, repair: bool = True, allow_mass_delete:
     prepare_environment()
     result = reconcile_job.execute_in_process(
         run_config={"ops": {"reconcile_tenants": {"config": config}}, **QUIET_LOGGERS},
-        instance=dagster_instance(), resources=build_resources(), raise_on_error=False,
+        instance=dagster_instance(), resources=build_resources(), raise_on_error=False, tags=monitored_run_tags(),
     )
     records, error = _report_and_error(result)
     totals = report_totals(pd.DataFrame.from_records(records, columns=list(REPORT_COLUMNS)))

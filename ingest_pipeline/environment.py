@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,13 +81,21 @@ def development_master_key(home: str | Path, has_tenants: Callable[[], bool]) ->
                 f"INGEST_MASTER_KEY is not set and there is no development key at {path}, but the ledger already "
                 "holds tenants: set INGEST_MASTER_KEY to the key their data was written with (no new key generated)"
             )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(generate_master_key() + "\n")
-        log.warning(
-            "INGEST_MASTER_KEY is not set: generated a DEVELOPMENT master key at %s. Anyone who can read "
-            "that file can decrypt this installation's data. Set INGEST_MASTER_KEY in production.", path,
-        )
+        # Written whole under a temporary name, then published with link(): a process that starts at the same
+        # moment either publishes its own key or reads this one, never a half-written file.
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".master.key-")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(generate_master_key() + "\n")
+            os.link(temporary, path)
+            log.warning(
+                "INGEST_MASTER_KEY is not set: generated a DEVELOPMENT master key at %s. Anyone who can read "
+                "that file can decrypt this installation's data. Set INGEST_MASTER_KEY in production.", path,
+            )
+        except FileExistsError:
+            pass  # another process published its key first: use that one
+        finally:
+            os.unlink(temporary)
     if stat.S_IMODE(path.stat().st_mode) & 0o077:
         raise PermissionError(f"{path} is readable by other users; chmod 600 it")
     return parse_master_key(path.read_text())

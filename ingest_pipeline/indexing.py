@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 from ingest_pipeline.core.crypto import VectorEncryptor
 from ingest_pipeline.ledger import Ledger, TenantSession
@@ -79,10 +80,21 @@ class IndexWriter:
             })
         return items
 
-    def _upsert(self, items: list[dict], generations: list[int]) -> None:
+    @contextmanager
+    def _writing(self):
+        """Fence a write, and keep the lock past the end of a call that timed out but may still write."""
         self.session.fence()
-        for generation in generations:
-            self.index(generation, dimension=len(items[0]["vector"])).upsert(items)
+        try:
+            yield
+        except IndexUnavailable as exc:
+            if exc.pending_call is not None:
+                self.session.pending_calls.append(exc.pending_call)
+            raise
+
+    def _upsert(self, items: list[dict], generations: list[int]) -> None:
+        with self._writing():
+            for generation in generations:
+                self.index(generation, dimension=len(items[0]["vector"])).upsert(items)
 
     def upsert_rows(self, rows: list[dict], generations: list[int] | None = None) -> None:
         """Upsert ledger rows (decrypted in memory only) into `generations`, by default every one written to.
@@ -96,22 +108,18 @@ class IndexWriter:
         """Delete vectors by id from `generations`, by default every one written to; an absent id is a no-op."""
         if not ids:
             return
-        self.session.fence()
-        for generation in generations or self._generations():
-            index = self.index(generation)
-            if index is not None:
-                index.delete(ids)
+        with self._writing():
+            for generation in generations or self._generations():
+                index = self.index(generation)
+                if index is not None:
+                    index.delete(ids)
 
     def remove_stale(self, month: str) -> int:
         removed = 0
         generations = self._generations()
         while rows := self.ledger.chunks_in_state(self.conn, self.tenant_id, month, "stale", limit=500):
             ids = [row["chunk_id"] for row in rows]
-            self.session.fence()
-            for generation in generations:
-                index = self.index(generation)
-                if index is not None:
-                    index.delete(ids)  # deleting an id the index lacks is a no-op, so a retry is safe
+            self.delete_ids(ids, generations)  # deleting an id the index lacks is a no-op, so a retry is safe
             with self.conn.transaction():
                 self.ledger.remove_chunks(self.conn, ids)
             removed += len(ids)
@@ -155,12 +163,26 @@ class IndexWriter:
                 cursor = batch[-1]["chunk_id"]
                 self.ledger.advance_rebuild(self.conn, self.tenant_id, cursor)
             written += len(batch)
-        expected = self.ledger.count_embedded(self.conn, self.tenant_id)
+        # Between interrupted attempts an ingest may have changed chunks the cursor had passed and stopped before
+        # indexing them (now 'chunked' or 'embedded'), or left stale rows: bring the new generation up to the
+        # ledger (ingest indexes the 'chunked' ones once embedded), then compare ids.
+        by_state = self.ledger.chunk_ids_by_state(self.conn, self.tenant_id)
+        stale = sorted(by_state["stale"] | by_state["chunked"])
+        for start in range(0, len(stale), 500):
+            self.delete_ids(stale[start:start + 500], [generation])
+        embedded = sorted(by_state["embedded"])
+        for start in range(0, len(embedded), self.batch_size):
+            with self.conn.transaction():
+                rows = self.ledger.chunks_by_id(self.conn, self.tenant_id, embedded[start:start + self.batch_size],
+                                                "embedded")
+                self.upsert_rows(rows, [generation])
         built = self.index(generation)
-        actual = built.count() if built is not None else 0
+        expected = by_state["embedded"] | by_state["indexed"]
+        actual = built.list_ids() if built is not None else set()
         if actual != expected:
             raise IndexUnavailable(
-                f"rebuilt index of tenant {self.tenant_id!r} holds {actual} vectors, the ledger {expected}; not swapped"
+                f"rebuilt index of tenant {self.tenant_id!r} differs from the ledger ({len(expected - actual)} "
+                f"missing, {len(actual - expected)} unknown); not swapped"
             )
         self.session.fence()
         with self.conn.transaction():

@@ -65,6 +65,12 @@ LAUNCH_HOST_TAG = ".ingest/launch_host"
 START_TIME_TOLERANCE_SECONDS = 60.0
 
 
+def monitored_run_tags() -> dict[str, str]:
+    """Tags for a run executed in this process (the CLI's runs), so that run monitoring can tell when this
+    process died under it and fail the run, which otherwise holds its tenant's queue slot."""
+    return {LAUNCH_HOST_TAG: socket.gethostname()}
+
+
 class LocalRunLauncher(DefaultRunLauncher):
     """Dagster's DefaultRunLauncher, able to tell run monitoring whether a run's worker is alive.
 

@@ -7,9 +7,11 @@ tenant's rows hold that tenant's advisory lock, so two runs for one tenant never
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from importlib import resources
 
@@ -46,6 +48,13 @@ class TenantSession:
     def __init__(self, conn: psycopg.Connection, tenant_id: str):
         self.conn = conn
         self.tenant_id = tenant_id
+        # Calls to CyborgDB that timed out but may still write: the lock is kept until they end.
+        self.pending_calls: list[threading.Thread] = []
+
+    def wait_for_pending_calls(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        for call in self.pending_calls:
+            call.join(max(0.0, deadline - time.monotonic()))
 
     def fence(self) -> None:
         try:
@@ -73,6 +82,7 @@ class Upload:
     partition_month: str
     size_bytes: int | None = None
     uploaded_at: datetime | None = None
+    file_mtime_ns: int | None = None  # the landed file's modification time when it was hashed
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -152,9 +162,11 @@ class Ledger:
                     f"tenant {tenant_id!r} is being written by another run for more than {self.lock_wait_s:.0f} s"
                 ) from None
             self._set_timeouts(conn, self.statement_timeout_s)
+            session = TenantSession(conn, tenant_id)
             try:
-                yield TenantSession(conn, tenant_id)
+                yield session
             finally:
+                session.wait_for_pending_calls(self.lock_wait_s)
                 # Closing the connection releases the lock anyway; unlocking first just says so sooner.
                 if not conn.closed and not conn.broken:
                     with suppress(psycopg.Error):
@@ -194,7 +206,7 @@ class Ledger:
         if row is None or row["embedding_model"] != model_id:
             raise EmbeddingModelMismatch(
                 f"tenant {tenant_id!r} was embedded with model {row and row['embedding_model']}, this run uses "
-                f"{model_id}: set INGEST_MODEL_PATH back, or rebuild the tenant with the new model"
+                f"{model_id}: set INGEST_MODEL_PATH back (re-embedding with another model: not supported yet)"
             )
 
     def has_tenants(self) -> bool:
@@ -243,12 +255,6 @@ class Ledger:
             (tenant_id,),
         )
 
-    def count_embedded(self, conn: psycopg.Connection, tenant_id: str) -> int:
-        return conn.execute(
-            "SELECT count(*) AS n FROM ingest.chunks WHERE tenant_id = %s AND state IN ('embedded', 'indexed')",
-            (tenant_id,),
-        ).fetchone()["n"]
-
     # ---- uploads -------------------------------------------------------------------------------
 
     def latest_upload(self, conn: psycopg.Connection, doc_id: str) -> Upload | None:
@@ -260,13 +266,28 @@ class Ledger:
     def record_upload(
         self, conn: psycopg.Connection, *, tenant_id: str, doc_id: str, doc_name: str,
         content_sha256: str | None, size_bytes: int | None, is_delete: bool, partition_month: str,
+        file_mtime_ns: int | None = None,
     ) -> int:
+        """Append an upload event. Events become visible in upload_id order (a trigger assigns the id under a
+        lock held to commit), so a reader that pages by upload_id never skips one."""
         row = conn.execute(
             "INSERT INTO ingest.uploads (tenant_id, doc_id, doc_name, content_sha256, size_bytes, is_delete,"
-            " partition_month) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING upload_id",
-            (tenant_id, doc_id, doc_name, content_sha256, size_bytes, is_delete, partition_month),
+            " partition_month, file_mtime_ns) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING upload_id",
+            (tenant_id, doc_id, doc_name, content_sha256, size_bytes, is_delete, partition_month, file_mtime_ns),
         ).fetchone()
         return row["upload_id"]
+
+    def note_file_seen(self, conn: psycopg.Connection, upload_id: int, file_mtime_ns: int) -> None:
+        """The landed file was found identical to this upload under a new modification time: remember it."""
+        conn.execute("UPDATE ingest.uploads SET file_mtime_ns = %s WHERE upload_id = %s", (file_mtime_ns, upload_id))
+
+    def record_removal(self, conn: psycopg.Connection, upload: Upload) -> Upload:
+        """Record that the file of `upload` left the landing zone: a delete event in the same partition."""
+        upload_id = self.record_upload(
+            conn, tenant_id=upload.tenant_id, doc_id=upload.doc_id, doc_name=upload.doc_name, content_sha256=None,
+            size_bytes=None, is_delete=True, partition_month=upload.partition_month,
+        )
+        return replace(upload, upload_id=upload_id, content_sha256=None, is_delete=True, size_bytes=None)
 
     def partition_uploads(self, conn: psycopg.Connection, tenant_id: str, month: str) -> list[Upload]:
         """The partition's upload events that are still the latest word on their document."""
@@ -368,8 +389,7 @@ class Ledger:
     def documents_to_chunk(self, tenant_id: str, month: str) -> list[dict]:
         with self.connect() as conn:
             return conn.execute(
-                "SELECT d.*, u.content_sha256 AS uploaded_sha256 FROM ingest.documents d"
-                " JOIN ingest.uploads u USING (upload_id)"
+                "SELECT d.* FROM ingest.documents d"
                 " WHERE d.tenant_id = %s AND d.partition_month = %s AND d.status = 'registered'"
                 " ORDER BY d.doc_name",
                 (tenant_id, month),
@@ -593,6 +613,7 @@ def _upload(row: dict) -> Upload:
         upload_id=row["upload_id"], tenant_id=row["tenant_id"], doc_id=str(row["doc_id"]),
         doc_name=row["doc_name"], content_sha256=row["content_sha256"], is_delete=row["is_delete"],
         partition_month=row["partition_month"], size_bytes=row.get("size_bytes"), uploaded_at=row.get("uploaded_at"),
+        file_mtime_ns=row.get("file_mtime_ns"),
     )
 
 

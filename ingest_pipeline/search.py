@@ -47,7 +47,7 @@ def search_tenant(
     if recorded is not None and recorded not in model_ids:
         raise EmbeddingModelMismatch(
             f"the index of tenant {tenant_id!r} was built with model {recorded}, this search would use "
-            f"{model_ids[0]}: set INGEST_MODEL_PATH back, or rebuild the tenant with the new model"
+            f"{model_ids[0]}: set INGEST_MODEL_PATH back (re-embedding with another model: not supported yet)"
         )
     neighbours = index.query(embedder.embed(queries), top_k=top_k)
     wanted = sorted({hit["id"] for hits in neighbours for hit in hits})

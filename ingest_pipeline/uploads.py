@@ -7,9 +7,9 @@ the upload sensor, for files dropped straight into `$INGEST_HOME/landing/<tenant
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
 from ingest_pipeline.landing import LandingZone
@@ -28,11 +28,14 @@ def is_current(upload: Upload | None, digest: str) -> bool:
     return upload is not None and not upload.is_delete and upload.content_sha256 == digest
 
 
-def record_file(ledger: Ledger, conn, tenant_id: str, name: str, path: Path, digest: str, month: str) -> int:
+def record_file(
+    ledger: Ledger, conn, tenant_id: str, name: str, stat: os.stat_result, digest: str, month: str
+) -> int:
+    """Record an upload of the landed file whose `stat` was taken before it was hashed to `digest`."""
     with conn.transaction():
         return ledger.record_upload(
             conn, tenant_id=tenant_id, doc_id=document_id(tenant_id, name), doc_name=name, content_sha256=digest,
-            size_bytes=path.stat().st_size, is_delete=False, partition_month=month,
+            size_bytes=stat.st_size, is_delete=False, partition_month=month, file_mtime_ns=stat.st_mtime_ns,
         )
 
 
@@ -42,14 +45,13 @@ class DroppedFiles:
 
     recorded: list[str] = field(default_factory=list)  # new or changed files, now recorded as uploads
     refused: list[str] = field(default_factory=list)  # file names the pipeline does not accept
-    more: bool = False  # the scan stopped at its limit; the next one goes on
 
 
 def record_dropped_files(ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int) -> DroppedFiles:
     """Record an upload for each file in the tenant's landing folder that the ledger does not know in this form.
 
-    A file is hashed only when it is new, its size differs from its latest upload, or it was modified after
-    that upload was recorded; identical bytes are never recorded twice. Raises LandingZoneUnavailable when
+    A file is hashed only when it is new, or its size or modification time differs from those recorded with
+    its latest upload; identical bytes are never recorded twice. Raises LandingZoneUnavailable when
     the folder cannot be read. Records at most `limit` files per call.
     """
     validate_tenant(tenant_id)
@@ -71,15 +73,16 @@ def record_dropped_files(ledger: Ledger, zone: LandingZone, tenant_id: str, limi
                 continue  # removed while we looked
             upload = latest.get(name)
             if (upload is not None and not upload.is_delete and upload.size_bytes == stat.st_size
-                    and upload.uploaded_at is not None and stat.st_mtime <= upload.uploaded_at.timestamp()):
+                    and upload.file_mtime_ns == stat.st_mtime_ns):
                 continue
             digest = sha256_file(path)
             if is_current(upload, digest):
+                with conn.transaction():  # the same bytes, touched: do not hash them again
+                    ledger.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns)
                 continue
             if len(found.recorded) >= limit:
-                found.more = True
                 break
-            record_file(ledger, conn, tenant_id, name, path, digest, month)
+            record_file(ledger, conn, tenant_id, name, stat, digest, month)
             found.recorded.append(name)
     if found.refused:
         log.warning("tenant %s: %d file(s) in the landing zone have names the pipeline refuses", tenant_id,

@@ -30,7 +30,21 @@ class IndexKeyMismatch(ValueError):
 
 class IndexUnavailable(RuntimeError):
     """A CyborgDB call failed. The message names the operation and the error type, never the data:
-    an SDK error can quote the request, and the request holds plaintext vectors. Retryable."""
+    an SDK error can quote the request, and the request holds plaintext vectors. Retryable.
+
+    `pending_call` is the thread of a call that timed out but may still write: the writer must not give
+    up the tenant's lock before it ends.
+    """
+
+    def __init__(self, message: str, pending_call: threading.Thread | None = None):
+        super().__init__(message)
+        self.pending_call = pending_call
+
+
+class CallTimedOut(TimeoutError):
+    def __init__(self, message: str, worker: threading.Thread):
+        super().__init__(message)
+        self.worker = worker
 
 
 def _within(timeout_s: float | None, call, *args, **kwargs):
@@ -54,7 +68,7 @@ def _within(timeout_s: float | None, call, *args, **kwargs):
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        raise TimeoutError(f"no answer within {timeout_s:g} s")
+        raise CallTimedOut(f"no answer within {timeout_s:g} s", worker)
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
@@ -67,7 +81,8 @@ def _guarded(operation: str, tenant_id: str, call, *args, timeout_s: float | Non
         raise
     except Exception as exc:
         raise IndexUnavailable(
-            f"CyborgDB {operation} for tenant {tenant_id!r} failed ({type(exc).__name__})"
+            f"CyborgDB {operation} for tenant {tenant_id!r} failed ({type(exc).__name__})",
+            pending_call=exc.worker if isinstance(exc, CallTimedOut) else None,
         ) from None
 
 

@@ -8,14 +8,13 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from dagster import DagsterRunStatus, MultiPartitionKey
 
-from ingest_pipeline.defs.partitions import month_key
 from ingest_pipeline.instance import dagster_instance, prepare_environment
+from ingest_pipeline.uploads import current_month
 
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO / "workspace.yaml"
@@ -86,7 +85,7 @@ def run_status(run_id: str) -> DagsterRunStatus:
 
 def launch_partition_run(tenant: str, run_config: dict | None = None) -> str:
     """Submit the ingest job for the tenant's current month as the UI does: a queued run with partition tags."""
-    month = month_key(datetime.now(UTC))
+    month = current_month()
     tags = {"dagster/partition": str(MultiPartitionKey({"tenant": tenant, "month": month})),
             "dagster/partition/tenant": tenant, "dagster/partition/month": month}
     run_id = str(uuid.uuid4())

@@ -1,19 +1,18 @@
 """Helpers shared by the integration tests."""
 
-from datetime import UTC, datetime
 
 from dagster import DagsterEventType, MultiPartitionKey
 
 from ingest_pipeline.definitions import build_definitions
-from ingest_pipeline.defs.partitions import month_key
 from ingest_pipeline.instance import dagster_instance, prepare_environment
+from ingest_pipeline.uploads import current_month
 
 
 def materialize_partition(tenant: str, run_config: dict | None = None):
     """Run the ingest job for the tenant's current-month partition directly, as a backfill would."""
     prepare_environment()
     job = build_definitions().resolve_job_def("ingest_job")
-    key = MultiPartitionKey({"tenant": tenant, "month": month_key(datetime.now(UTC))})
+    key = MultiPartitionKey({"tenant": tenant, "month": current_month()})
     return job.execute_in_process(partition_key=key, instance=dagster_instance(), raise_on_error=False,
                                   run_config=run_config)
 

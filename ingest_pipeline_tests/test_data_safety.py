@@ -17,6 +17,7 @@ from dagster import DagsterEventType
 from ingest_pipeline import cli
 from ingest_pipeline.core.embedding import bundled_model_path
 from ingest_pipeline.definitions import build_resources
+from ingest_pipeline.indexing import IndexWriter
 from ingest_pipeline.ledger import _LOCK_CLASS, Ledger, TenantBusy
 from ingest_pipeline.search import EmbeddingModelMismatch
 from ingest_pipeline.vector_index import IndexUnavailable, TenantIndex
@@ -104,6 +105,18 @@ def test_a_partition_losing_most_of_its_documents_at_once_stops_until_confirmed(
     assert status["documents"] == 1
     assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
     assert {hit["source"] for hit in pipeline.search(acme, MAGIC_QUERY, 5)} == {kept}
+
+    # A removed file put back (or copied in again) is a new upload: ingested again, never "unchanged".
+    shutil.copyfile(docs / "pip-dependency-resolution.md", folder / "pip-dependency-resolution.md")
+    assert pipeline.ingest(acme)["totals"]["documents_new"] == 1
+    assert pipeline.upload(acme, docs / "shared-mime-info-spec.pdf")["uploaded"] == ["shared-mime-info-spec.pdf"]
+    pipeline.ingest()
+    status = pipeline.status(acme)
+    assert status["documents"] == 3 and status["chunks"] == status["indexed"] == status["index_vectors"]
+    assert pipeline.search(acme, MAGIC_QUERY, 1)[0]["source"] == "shared-mime-info-spec.pdf"
+    for name in ("pip-dependency-resolution.md", "shared-mime-info-spec.pdf"):
+        assert pipeline.upload(acme, name, delete=True)["deleted"] == [name]
+    pipeline.ingest()
 
     # An explicit delete needs no confirmation, even of a partition's last document.
     assert pipeline.upload(acme, kept, delete=True)["deleted"] == [kept]
@@ -237,9 +250,34 @@ def test_lock_waits_statements_and_cyborgdb_calls_are_bounded(embedded_pipeline,
     index._timeout_s = 0.5
     index._handle = SimpleNamespace(upsert=lambda *args, **kwargs: time.sleep(3))  # fault injector: a hung call
     started = time.monotonic()
-    with pytest.raises(IndexUnavailable, match="TimeoutError"):
+    with pytest.raises(IndexUnavailable, match="CallTimedOut"):
         index.upsert([{"id": "x", "vector": [0.0] * 384}])
     assert time.monotonic() - started < 2
+
+
+def test_a_cyborgdb_call_that_timed_out_keeps_the_tenant_locked_until_it_ends(embedded_pipeline, docs):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    resources = build_resources()
+    index = resources["cyborgdb"].indexes.open(resources["keyring"].tenant_keys(acme))
+    index._timeout_s = 0.3
+    finished = {}
+    index._handle = SimpleNamespace(  # fault injector: a delete that answers only after 2 s, then has written
+        delete=lambda *args, **kwargs: (time.sleep(2), finished.setdefault("at", time.monotonic())))
+    with ledger.tenant_writer(acme) as session:
+        writer = IndexWriter(ledger, resources["cyborgdb"].indexes, resources["keyring"], session)
+        writer._opened[1] = index
+        with pytest.raises(IndexUnavailable, match="CallTimedOut"):
+            writer.delete_ids(["00000000-0000-0000-0000-000000000000"], [1])
+        gave_up = time.monotonic()
+    released = time.monotonic()
+    assert released - gave_up > 1.0 and "at" in finished and finished["at"] <= released
+    # The next writer gets the lock only after the late call has ended.
+    with Ledger(ledger.dsn).tenant_writer(acme):
+        assert time.monotonic() >= finished["at"]
 
 
 # ---- 4. a rebuild keeps search online and resumes ---------------------------------------------------

@@ -12,6 +12,8 @@ the QueuedRunCoordinator), and the daemon launches them in a code server of its 
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
@@ -137,3 +139,30 @@ def test_a_file_dropped_into_the_landing_zone_becomes_searchable_while_the_daemo
     status = embedded_pipeline.status(initech)
     assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
     print(f"dropped file searchable after {elapsed:.1f} s")
+
+
+def test_a_cli_ingest_killed_mid_run_is_seen_dead_by_run_monitoring(embedded_pipeline, docs):
+    """`ingest-pipeline ingest` runs in its own process; if that process is killed, run monitoring must be
+    able to fail its run, or the run would hold the tenant's queue slot for good."""
+    acme = embedded_pipeline.tenant("acme")
+    embedded_pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    process = subprocess.Popen([sys.executable, "-m", "ingest_pipeline.cli", "ingest", "--json"],
+                               env={**os.environ, **embedded_pipeline.env}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    instance = dagster_instance()
+
+    def started_run():
+        runs = instance.get_runs(filters=RunsFilter(tags={"dagster/partition/tenant": acme}))
+        return runs and step_started(runs[0].run_id, "chunk_embeddings") and runs[0]
+
+    deadline = time.monotonic() + 120
+    while not (run := started_run()):
+        assert time.monotonic() < deadline and process.poll() is None, "the CLI's run did not start"
+        time.sleep(0.3)
+    launcher = instance.run_launcher
+    assert launcher.check_run_worker_health(run).status.value == "RUNNING"
+    process.kill()
+    process.wait(timeout=30)
+    assert run_status(run.run_id) == DagsterRunStatus.STARTED
+    health = launcher.check_run_worker_health(instance.get_run_by_id(run.run_id))
+    assert health.status.value == "FAILED" and f"process {process.pid} is gone" in health.msg

@@ -5,7 +5,6 @@ import csv
 import json
 import uuid
 from dataclasses import fields
-from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,10 +13,10 @@ from dagster import AssetKey, Failure, MultiPartitionKey
 from ingest_pipeline import cli, cli_reconcile
 from ingest_pipeline.core.crypto import LEGACY_SEAL_FORMAT, VectorEncryptor, derive_tenant_keys
 from ingest_pipeline.definitions import build_definitions, build_resources
-from ingest_pipeline.defs.partitions import month_key
 from ingest_pipeline.indexing import IndexWriter
 from ingest_pipeline.instance import dagster_instance
 from ingest_pipeline.reconciliation import REPORT_COLUMNS, TenantReconciliation
+from ingest_pipeline.uploads import current_month
 from ingest_pipeline.vector_index import TenantIndex
 from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
 
@@ -86,7 +85,7 @@ def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipelin
 
     # A deletion whose run stopped after raw_documents: its chunks are stale and still in the index.
     pipeline.upload(acme, "debian-users-and-groups.html", delete=True)
-    partition = MultiPartitionKey({"tenant": acme, "month": month_key(datetime.now(UTC))})
+    partition = MultiPartitionKey({"tenant": acme, "month": current_month()})
     build_definitions().resolve_job_def("ingest_job").execute_in_process(
         partition_key=partition, instance=dagster_instance(), asset_selection=[AssetKey("raw_documents")])
     stale = ids_in_state(ledger, acme, "stale")

@@ -146,10 +146,15 @@ def raw_documents(
             document = documents[upload.doc_id]
             with conn.transaction():
                 if upload.is_delete or upload.doc_name not in present:
+                    removed = not upload.is_delete
+                    if removed:
+                        # The removal becomes the document's latest upload event, so the same file put back
+                        # later is a new upload (never "unchanged"), whoever puts it back.
+                        upload = store.record_removal(conn, upload)
                     if document is not None and document["status"] != "deleted":
                         store.delete_document(conn, upload)
                         counts["deleted"] += 1
-                        counts["removed_from_landing" if not upload.is_delete else "deleted_explicitly"] += 1
+                        counts["removed_from_landing" if removed else "deleted_explicitly"] += 1
                     else:
                         store.tombstone(conn, upload)
                     continue

@@ -18,7 +18,3 @@ tenant_month_partitions = MultiPartitionsDefinition(
     {TENANT_DIMENSION: tenant_partitions, MONTH_DIMENSION: month_partitions}
 )
 
-
-def month_key(moment) -> str:
-    """The month partition key of a datetime, e.g. 2026-11-01."""
-    return moment.strftime("%Y-%m-01")

@@ -116,8 +116,10 @@ def upload_sensor(
     for tenant, documents in by_tenant.items():
         try:
             present = zone.tenant_files(tenant)
-        except LandingZoneUnavailable:
-            continue  # an outage, never a deletion; the note above or the run says so
+        except LandingZoneUnavailable as exc:
+            if zone.root.is_dir():  # a missing landing zone is noted once, above
+                notes.append(str(exc))
+            continue  # an outage, never a deletion
         for doc in documents:
             if doc["doc_name"] not in present:
                 missing.setdefault((tenant, doc["partition_month"]), []).append(doc["doc_name"])

@@ -1,6 +1,7 @@
 """The upload sensor, ticked against the real ledger, landing zone and Dagster instance."""
 
 import shutil
+import threading
 import time
 
 from dagster import DagsterRunStatus, SensorResult, SkipReason, build_sensor_context
@@ -136,3 +137,26 @@ def test_a_burst_of_10000_uploads_across_200_tenants_is_paged_over_small_ticks(e
     assert added == set(tenants)
     assert max(durations) < 30, durations  # the tick timeout is 60 s; these are small ticks
     print(f"burst ticks (s): {[round(d, 2) for d in durations]}")
+
+
+def test_upload_events_become_visible_in_id_order_so_the_cursor_never_skips_one(embedded_pipeline):
+    _, ledger = prepare_environment()
+    tenant = embedded_pipeline.tenant("acme")
+
+    def record(conn, name: str) -> int:
+        return ledger.record_upload(conn, tenant_id=tenant, doc_id=document_id(tenant, name), doc_name=name,
+                                    content_sha256="0" * 64, size_bytes=1, is_delete=False,
+                                    partition_month=current_month())
+
+    later: dict[str, int] = {}
+    with ledger.connect() as slow, ledger.connect() as fast:
+        with slow.transaction():
+            first = record(slow, "slow.md")  # a writer whose transaction stays open
+            racer = threading.Thread(target=lambda: later.setdefault("id", record(fast, "fast.md")))
+            racer.start()
+            racer.join(1.0)
+            assert racer.is_alive(), "a second upload committed while an earlier one was still open"
+            assert ledger.uploads_after(0, 10) == []  # nothing visible yet, so no cursor can pass `first`
+        racer.join(10)
+    assert first < later["id"]
+    assert [u.upload_id for u in ledger.uploads_after(0, 10)] == [first, later["id"]]
