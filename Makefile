@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test dev lint bench bench-empty recall stop screenshot validate
+.PHONY: install run test dev lint bench bench-empty bench-backends recall stop screenshot validate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: install  ## ingest throughput against the bare model, side by side
 
 bench-empty: install  ## a backfill over partitions with no pending work: ms per partition, no model load
 	$(PY) benchmarks/empty_partitions.py
+
+bench-backends: install  ## the int8 ONNX backend against bare PyTorch: chunks/s and answer-in-top-5, side by side
+	$(PY) benchmarks/embedding_backends.py
 
 validate: install  ## dagster definitions validate, on this installation's instance
 	eval "$$($(VENV)/bin/ingest-pipeline env)" && $(VENV)/bin/dagster definitions validate -w workspace.yaml

@@ -112,6 +112,8 @@ class Settings:
     cyborgdb_api_key: str
     master_key: str
     model_path: str
+    embedding_backend: str = "torch"
+    embedding_device: str = "cpu"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +135,9 @@ class Settings:
                     f"{PRODUCTION} requires {'it' if len(missing) == 1 else 'them'} in every process that runs "
                     "steps (code server and run workers alike)"
                 )
+        backend = get("INGEST_EMBEDDING_BACKEND") or "torch"
+        if backend not in ("torch", "onnx-int8"):
+            raise ConfigurationError(f"INGEST_EMBEDDING_BACKEND must be 'torch' or 'onnx-int8', got {backend!r}")
         return cls(
             profile=profile,
             home=ingest_home(get("INGEST_HOME") or None),
@@ -141,6 +146,8 @@ class Settings:
             cyborgdb_api_key=get("INGEST_CYBORGDB_API_KEY"),
             master_key=get("INGEST_MASTER_KEY"),
             model_path=get("INGEST_MODEL_PATH"),
+            embedding_backend=backend,
+            embedding_device=get("INGEST_EMBEDDING_DEVICE") or "cpu",
         )
 
     @property

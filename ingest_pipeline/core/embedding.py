@@ -107,3 +107,120 @@ class Embedder:
             show_progress_bar=False,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+# ---- int8 ONNX backend --------------------------------------------------------------------------------
+
+TORCH, ONNX_INT8 = "torch", "onnx-int8"
+BACKENDS = (TORCH, ONNX_INT8)
+
+
+def backend_model_id(content_fingerprint: str, backend: str) -> str:
+    """The id recorded with a tenant's embeddings: the model's content and, but for PyTorch, the backend that
+    ran it (an int8 model's vectors are close to, not the same as, the PyTorch model's)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"INGEST_EMBEDDING_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    return content_fingerprint if backend == TORCH else f"{backend}:{content_fingerprint}"
+
+
+def _check_mean_pooling(model_path: Path) -> None:
+    config = model_path / "1_Pooling" / "config.json"
+    import json
+
+    pooling = json.loads(config.read_text()) if config.is_file() else {}
+    if not pooling.get("pooling_mode_mean_tokens"):
+        raise ValueError(f"the {ONNX_INT8} backend supports mean-pooling sentence-transformers models; "
+                         f"{model_path} pools otherwise: use INGEST_EMBEDDING_BACKEND={TORCH}")
+
+
+def export_int8_onnx(model_path: str | Path, cache_dir: str | Path) -> Path:
+    """Export the model's transformer to ONNX and quantize its weights to int8, locally (nothing is
+    downloaded), once per model content: later calls return the cached file."""
+    model_path = Path(model_path)
+    _check_mean_pooling(model_path)
+    target = Path(cache_dir) / model_fingerprint(model_path) / "model_int8.onnx"
+    if target.is_file():
+        return target
+    import tempfile
+
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    transformer = load_model(str(model_path), "cpu")[0].auto_model.eval()
+
+    class LastHiddenState(torch.nn.Module):  # named inputs, one output: what the exporter needs
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        example = torch.ones(2, 8, dtype=torch.long)
+        axes = {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                "token_type_ids": {0: "batch", 1: "tokens"}, "last_hidden_state": {0: "batch", 1: "tokens"}}
+        fp32 = Path(work) / "model.onnx"
+        with torch.no_grad():
+            torch.onnx.export(LastHiddenState(transformer), (example, example, torch.zeros_like(example)), str(fp32),
+                              input_names=["input_ids", "attention_mask", "token_type_ids"],
+                              output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
+                              dynamo=False)
+        quantized = Path(work) / target.name
+        quantize_dynamic(str(fp32), str(quantized), weight_type=QuantType.QInt8)
+        os.replace(quantized, target)  # published whole: a concurrent exporter reads one file or the other
+    return target
+
+
+class OnnxInt8Embedder:
+    """The same embeddings as `Embedder`, from an int8-quantized ONNX export run by onnxruntime on the CPU:
+    tokenized by the model's own tokenizer, mean-pooled over real tokens, normalized to unit length."""
+
+    def __init__(self, model_path: str = "", batch_size: int = DEFAULT_BATCH_SIZE, cache_dir: str | Path = ""):
+        import json
+
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        self.model_path = resolve_model_path(model_path)
+        self.batch_size = batch_size
+        onnx_file = export_int8_onnx(self.model_path, cache_dir or self.model_path / ".onnx")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        settings = json.loads((self.model_path / "sentence_bert_config.json").read_text())
+        self._max_tokens = int(settings.get("max_seq_length", 256))
+        self.tokenizer = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
+        self.tokenizer.enable_truncation(self._max_tokens)
+        self.tokenizer.enable_padding()
+        self._dimension = int(json.loads((self.model_path / "config.json").read_text())["hidden_size"])
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    @property
+    def max_tokens(self) -> int:
+        return self._max_tokens
+
+    def _embed_batch(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        hidden = self.session.run(None, {"input_ids": ids, "attention_mask": mask,
+                                         "token_type_ids": np.zeros_like(ids)})[0]
+        pooled = (hidden * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+        return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        # Batches of texts of similar length pad little (as sentence-transformers does); results in input order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start:start + self.batch_size]
+            vectors[batch] = self._embed_batch([texts[i] for i in batch])
+        return vectors

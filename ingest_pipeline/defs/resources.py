@@ -24,7 +24,11 @@ from ingest_pipeline.core.crypto import (
 )
 from ingest_pipeline.core.embedding import (
     DEFAULT_BATCH_SIZE,
+    ONNX_INT8,
+    TORCH,
     Embedder,
+    OnnxInt8Embedder,
+    backend_model_id,
     legacy_model_fingerprint,
     model_fingerprint,
     resolve_model_path,
@@ -101,7 +105,8 @@ class TenantKeyring(SettingsFromEnvironment):
 
 
 class EmbeddingModel(ConfigurableResource):
-    """A sentence-transformers model from local disk (default: the bundled all-MiniLM-L6-v2).
+    """A sentence-transformers model from local disk (default: the bundled all-MiniLM-L6-v2), run by PyTorch or
+    by onnxruntime as an int8 export made locally (INGEST_EMBEDDING_BACKEND=onnx-int8).
 
     Nothing is loaded until a step has work for it: the tokenizer on the first document to chunk,
     the weights on the first chunk to embed.
@@ -109,25 +114,34 @@ class EmbeddingModel(ConfigurableResource):
 
     model_path: str | None = Field(default=None, description="Model folder; unset reads INGEST_MODEL_PATH.")
     batch_size: int = Field(default=DEFAULT_BATCH_SIZE, description="Chunks per encode batch.")
-    device: str = "cpu"
+    backend: str | None = Field(default=None, description="torch or onnx-int8; unset reads INGEST_EMBEDDING_BACKEND.")
+    device: str | None = Field(default=None, description="PyTorch device; unset reads INGEST_EMBEDDING_DEVICE (cpu).")
 
     @cached_property
     def resolved_path(self) -> str:
         return str(resolve_model_path(self.model_path or Settings.from_env().model_path))
 
     @cached_property
-    def embedder(self) -> Embedder:
-        return Embedder(self.resolved_path, self.batch_size, self.device)
+    def resolved_backend(self) -> str:
+        return self.backend or Settings.from_env().embedding_backend
+
+    @cached_property
+    def embedder(self) -> Embedder | OnnxInt8Embedder:
+        settings = Settings.from_env()
+        if self.resolved_backend == ONNX_INT8:
+            return OnnxInt8Embedder(self.resolved_path, self.batch_size, cache_dir=settings.home / "models")
+        return Embedder(self.resolved_path, self.batch_size, self.device or settings.embedding_device)
 
     @cached_property
     def model_id(self) -> str:
-        """The model's fingerprint, recorded with a tenant's embeddings so models are never mixed."""
-        return model_fingerprint(self.resolved_path)
+        """The model's fingerprint (and backend), recorded with a tenant's embeddings so they are never mixed."""
+        return backend_model_id(model_fingerprint(self.resolved_path), self.resolved_backend)
 
     @cached_property
     def legacy_model_id(self) -> str:
-        """This model's fingerprint as earlier releases computed it (recognised once, then upgraded)."""
-        return legacy_model_fingerprint(self.resolved_path)
+        """This model's fingerprint as earlier releases computed it (recognised once, then upgraded); they
+        ran PyTorch only."""
+        return legacy_model_fingerprint(self.resolved_path) if self.resolved_backend == TORCH else ""
 
     @cached_property
     def chunker(self) -> Chunker:

@@ -1,4 +1,4 @@
-"""The model fingerprint identifies a model by the content of its weights, not their sizes."""
+"""Embeddings: the model fingerprint (content, not sizes) and the int8 ONNX backend against PyTorch."""
 
 import os
 
@@ -32,3 +32,33 @@ def test_fingerprint_is_stable_ignores_documentation_and_sees_a_rewritten_weight
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert model_fingerprint(model) != before
+
+
+def test_the_int8_onnx_export_embeds_like_the_pytorch_model_and_is_made_once(tmp_path):
+    import numpy as np
+
+    from ingest_pipeline.core.embedding import (
+        ONNX_INT8,
+        TORCH,
+        Embedder,
+        OnnxInt8Embedder,
+        backend_model_id,
+        bundled_model_path,
+    )
+
+    texts = ["The default priority of a magic rule is 50.", "Zebra crossings in Lisbon are painted white.",
+             "xz streams start with six magic bytes.", "A short one.", "Licensed under the Apache License " * 20]
+    int8 = OnnxInt8Embedder(str(bundled_model_path()), batch_size=2, cache_dir=tmp_path)
+    exported = next(tmp_path.rglob("model_int8.onnx"))
+    vectors, reference = int8.embed(texts), Embedder(str(bundled_model_path())).embed(texts)
+    assert vectors.shape == reference.shape == (5, 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+    cosines = (vectors * reference).sum(axis=1)
+    assert cosines.min() > 0.85 and cosines.mean() > 0.93, cosines
+    # The nearest neighbours agree: each text is closest to its own PyTorch vector.
+    assert list((vectors @ reference.T).argmax(axis=1)) == list(range(5))
+    modified = exported.stat().st_mtime_ns
+    OnnxInt8Embedder(str(bundled_model_path()), cache_dir=tmp_path)
+    assert exported.stat().st_mtime_ns == modified  # exported once per model content
+    fingerprint = model_fingerprint(bundled_model_path())
+    assert backend_model_id(fingerprint, TORCH) == fingerprint != backend_model_id(fingerprint, ONNX_INT8)
