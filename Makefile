@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test dev lint bench bench-empty bench-backends recall stop screenshot validate
+.PHONY: install run test reliability dev lint bench bench-large bench-empty bench-backends recall stop screenshot validate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,8 +16,11 @@ install: $(STAMP)
 run: install  ## ingest the bundled sample corpus for two tenants and show search results
 	$(VENV)/bin/ingest-pipeline demo
 
-test: install  ## the whole test suite, against real Postgres, CyborgDB (embedded and service) and the model
-	$(PY) -m pytest -q
+test: install  ## the test suite, against real Postgres, CyborgDB (embedded and service) and the model
+	$(PY) -m pytest -q --ignore=ingest_pipeline_tests/reliability
+
+reliability: install  ## the fault matrix, races, disk full and hostile input: a summary table and reliability-report.json
+	$(PY) -m pytest -q ingest_pipeline_tests/reliability
 
 dev: install  ## the Dagster UI on the same instance and state
 	$(VENV)/bin/ingest-pipeline dev
@@ -25,8 +28,11 @@ dev: install  ## the Dagster UI on the same instance and state
 lint: install
 	$(VENV)/bin/ruff check .
 
-bench: install  ## ingest throughput against the bare model, side by side
-	$(PY) benchmarks/ingest_throughput.py
+bench: install  ## end to end vs. the bare model at 500/2,000/8,000 chunks, re-runs, search latency, upserts, recall at 100k: a table and bench-report.json
+	$(PY) benchmarks/bench.py
+
+bench-large: install  ## the same at 20,000 chunks and recall on 200,000 vectors (longer)
+	$(PY) benchmarks/bench.py --sizes 2000,8000,20000 --vectors 200000
 
 bench-empty: install  ## a backfill over partitions with no pending work: ms per partition, no model load
 	$(PY) benchmarks/empty_partitions.py

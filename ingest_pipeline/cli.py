@@ -26,10 +26,11 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ingest_pipeline import cli_reconcile
+from ingest_pipeline import cli_keys, cli_reconcile
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
 from ingest_pipeline.instance import dagster_instance, monitored_run_tags, prepare_environment
-from ingest_pipeline.landing import LandingZoneUnavailable
+from ingest_pipeline.keystore import TenantErased, UnknownTenant
+from ingest_pipeline.landing import LandingZoneUnavailable, RefusedFile
 from ingest_pipeline.ledger import sha256_file
 
 out = Console()
@@ -48,19 +49,29 @@ def _definitions():
 # ---- upload -------------------------------------------------------------------------------------
 
 
-def _files(paths: list[str]) -> list[tuple[str, Path]]:
-    """(document name, file) pairs: a file keeps its name, a folder's files their relative paths.
+def _files(paths: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
+    """(document name, file) pairs, and the names refused: a file keeps its name, a folder's files their
+    relative paths.
 
-    Two files that would get one name are refused, so one upload never silently replaces another.
+    Two files that would get one name are refused, so one upload never silently replaces another. In a
+    folder, symbolic links and special files are skipped and reported; one named explicitly is refused
+    before anything is uploaded. Links are never followed, so an upload never reaches outside what was named.
     """
-    found = []
+    found, refused = [], []
     for raw in paths:
         path = Path(raw)
+        if path.is_symlink():
+            raise RefusedFile(f"{raw} is a symbolic link: links are never uploaded (upload the file it points to)",
+                              code="symlink")
         if path.is_dir():
             # Every visible file is uploaded, so one in an unsupported format is quarantined with its reason.
-            for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            for file in sorted(path.rglob("*")):
                 name = file.relative_to(path).as_posix()
-                if not any(part.startswith(".") for part in Path(name).parts):
+                if any(part.startswith(".") for part in Path(name).parts) or file.is_dir():
+                    continue
+                if file.is_symlink() or not file.is_file():
+                    refused.append(f"{name} ({'symlink' if file.is_symlink() else 'special-file'})")
+                else:
                     found.append((name, file))
         elif path.is_file():
             found.append((path.name, path))
@@ -71,7 +82,7 @@ def _files(paths: list[str]) -> list[tuple[str, Path]]:
     clashes = sorted(name for name, count in names.items() if count > 1)
     if clashes:
         raise ValueError(f"several files would be uploaded as {', '.join(clashes)}: upload them separately")
-    return found
+    return found, refused
 
 
 def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, list[str]]:
@@ -85,7 +96,7 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
     zone = LandingZone(settings.landing_dir)
     month = current_month()
     outcome: dict[str, list[str]] = {"uploaded": [], "unchanged": [], "deleted": [], "not_found": []}
-    items = [(validate_document_name(p), None) for p in paths] if delete else _files(paths)
+    items, outcome["refused"] = ([(validate_document_name(p), None) for p in paths], []) if delete else _files(paths)
     with ledger.connect() as conn:
         for name, source in items:
             doc_id = document_id(tenant, name)
@@ -246,8 +257,8 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
         "embedding_chunks_per_second": round(totals["chunks_embedded"] / totals["embedding_seconds"], 1)
         if totals["embedding_seconds"] else None,
         "seconds": round(time.perf_counter() - started, 2),
-        "quarantined": {t: [{"document": q["doc_name"], "reason": q["reason"]} for q in ledger.quarantined(t)]
-                        for t in tenants},
+        "quarantined": {t: [{"document": q["doc_name"], "code": q["reason_code"], "reason": q["reason"]}
+                            for q in ledger.quarantined(t)] for t in tenants},
     }
 
 
@@ -259,7 +270,13 @@ def _run_error(result) -> str | None:
     Messages are already free of document content and secrets."""
     for event in result.all_events:
         if event.is_step_failure:
-            return event.step_failure_data.error.message.strip()
+            error = event.step_failure_data.error
+            message = error.message.strip()
+            # "Exceeded max_retries of 3" says nothing of why: the last attempt's error is its cause.
+            while error.cause is not None and "max_retries" in message:
+                error = error.cause
+                message = f"{message}: {error.message.strip()}"
+            return message
         if event.event_type_value == "RESOURCE_INIT_FAILURE":
             error = event.event_specific_data.error
             while error.cause is not None:
@@ -276,10 +293,15 @@ def search(tenant: str, queries: list[str], top_k: int = 5) -> list[list[dict]]:
     prepare_environment()
     _, resources = _definitions()
     keyring, model, ledger = resources["keyring"], resources["embedding_model"], resources["ledger"].ledger
-    index = open_live_index(ledger, resources["cyborgdb"].indexes, keyring.tenant_keys(tenant))
+    try:
+        keys = keyring.keyset(tenant)  # TenantErased for an erased tenant: an error, not an empty answer
+    except UnknownTenant:
+        return [[] for _ in queries]
+    index = open_live_index(ledger, resources["cyborgdb"].indexes, keys.keys())
     answers = search_tenant(
         tenant_id=tenant, queries=queries, top_k=top_k, embedder=model.embedder, index=index, ledger=ledger,
-        encryptor_for=lambda version: keyring.encryptor(tenant, version),
+        # A row moved to a newer key version since the keys were read (a rotation) reads them again.
+        encryptor_for=lambda v: (keys if v in keys.data_keys else keyring.keyset(tenant)).encryptor(v),
         model_ids=(model.model_id, model.legacy_model_id),
     )
     return [[hit.as_dict() for hit in hits] for hits in answers]
@@ -295,7 +317,10 @@ def status(tenant: str | None = None) -> dict:
     report = {}
     for tenant_id in tenants:
         counts = ledger.tenant_status(tenant_id)
-        index = open_live_index(ledger, indexes, keyring.tenant_keys(tenant_id))
+        try:
+            index = open_live_index(ledger, indexes, keyring.tenant_keys(tenant_id))
+        except UnknownTenant:  # uploaded, never ingested
+            index = None
         report[tenant_id] = {
             "documents": counts["documents"], "chunks": counts["chunks"], "indexed": counts["indexed"],
             "quarantined": counts["quarantined"], "index_vectors": index.count() if index else 0,
@@ -353,7 +378,8 @@ def _print_ingest(summary: dict) -> None:
     )
     for tenant, items in summary["quarantined"].items():
         for item in items:
-            out.print(f"[yellow]quarantined[/yellow] {tenant}/{item['document']}: {item['reason']}")
+            code = f" [{item['code']}]" if item.get("code") else ""
+            out.print(f"[yellow]quarantined[/yellow]{code} {tenant}/{item['document']}: {item['reason']}")
     for run in summary["runs"]:
         for check in run["checks_failed"]:
             out.print(f"[red]check failed[/red] {run['tenant']} {run['month']}: {check}")
@@ -440,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
 
     cli_reconcile.add_parser(commands)
+    cli_keys.add_parsers(commands)
     commands.add_parser("env", help="print shell exports that point the dagster CLI at this instance")
     commands.add_parser("stop-postgres", help="stop the embedded PostgreSQL server")
     commands.add_parser("demo", help="ingest the bundled sample corpus for two tenants and search it")
@@ -456,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                 for outcome, names in result.items():
                     for name in names:
                         out.print(f"{outcome:>10}  {args.tenant}/{name}")
-            return 1 if result["not_found"] else 0
+            return 1 if result["not_found"] or result["refused"] else 0
         if args.command == "ingest":
             summary = ingest(args.tenant, show_progress=not args.json, allow_mass_delete=args.allow_mass_delete)
             print(json.dumps(summary, default=str)) if args.json else _print_ingest(summary)
@@ -483,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result["success"] else 1
         if args.command == "reconcile":
             return cli_reconcile.run(args)
+        if args.command in {"rotate-key", "rotate-master-key", "erase-tenant"}:
+            return cli_keys.run(args)
         if args.command == "env":
             return _env()
         if args.command == "stop-postgres":
@@ -497,8 +526,11 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidName, FileNotFoundError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         return 2
-    except LandingZoneUnavailable as exc:
+    except (LandingZoneUnavailable, TenantErased) as exc:
         err.print(f"[red]error:[/red] {exc}")
+        return 1
+    except OSError as exc:  # a full or read-only disk: the file and the reason, no traceback
+        err.print(f"[red]error:[/red] {exc.filename or ''}: {exc.strerror or type(exc).__name__}")
         return 1
     return 0
 

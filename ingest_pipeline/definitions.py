@@ -5,8 +5,9 @@ from __future__ import annotations
 from dagster import Definitions
 
 from ingest_pipeline.defs.assets import chunk_embeddings, cyborgdb_index, document_chunks, raw_documents
-from ingest_pipeline.defs.checks import ciphertexts_decrypt, index_matches_ledger, sample_chunks_retrieve_themselves
+from ingest_pipeline.defs.checks import ciphertexts_decrypt, index_matches_ledger, sample_recall_at_10
 from ingest_pipeline.defs.jobs import ingest_job, rebuild_tenant_index
+from ingest_pipeline.defs.keys import reencrypt_job
 from ingest_pipeline.defs.reconciliation import reconcile_job
 from ingest_pipeline.defs.resources import (
     CyborgDB,
@@ -35,8 +36,8 @@ def build_resources() -> dict:
 def build_definitions() -> Definitions:
     return Definitions(
         assets=[raw_documents, document_chunks, chunk_embeddings, cyborgdb_index],
-        asset_checks=[index_matches_ledger, ciphertexts_decrypt, sample_chunks_retrieve_themselves],
-        jobs=[ingest_job, rebuild_tenant_index, reconcile_job],
+        asset_checks=[index_matches_ledger, ciphertexts_decrypt, sample_recall_at_10],
+        jobs=[ingest_job, rebuild_tenant_index, reconcile_job, reencrypt_job],
         sensors=[upload_sensor],
         schedules=[pending_work_schedule, weekly_reconciliation_schedule],
         resources=build_resources(),

@@ -114,6 +114,7 @@ class Settings:
     model_path: str
     embedding_backend: str = "torch"
     embedding_device: str = "cpu"
+    keys_dsn: str = ""  # the key vault; unset: database <ledger database>_keys on the ledger's server
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -148,6 +149,7 @@ class Settings:
             model_path=get("INGEST_MODEL_PATH"),
             embedding_backend=backend,
             embedding_device=get("INGEST_EMBEDDING_DEVICE") or "cpu",
+            keys_dsn=get("INGEST_KEYS_DSN"),
         )
 
     @property

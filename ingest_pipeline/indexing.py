@@ -6,6 +6,7 @@ import logging
 from contextlib import contextmanager
 
 from ingest_pipeline.core.crypto import VectorEncryptor
+from ingest_pipeline.faults import fault_point
 from ingest_pipeline.ledger import Ledger, TenantSession
 from ingest_pipeline.vector_index import CyborgIndexes, IndexUnavailable, TenantIndex
 
@@ -36,18 +37,17 @@ class IndexWriter:
         self.session = session
         self.tenant_id = session.tenant_id
         self.batch_size = batch_size
-        self._keys = keyring.tenant_keys(self.tenant_id)
+        if session.keys is None:
+            session.keys = keyring.keyset(self.tenant_id, session.conn)
+        self._keys = session.keys.keys()
         self._opened: dict[int, TenantIndex | None] = {}
-        self._encryptors: dict[int, VectorEncryptor] = {}
 
     @property
     def conn(self):
         return self.session.conn
 
     def _encryptor(self, key_version: int) -> VectorEncryptor:
-        if key_version not in self._encryptors:
-            self._encryptors[key_version] = self.keyring.encryptor(self.tenant_id, key_version)
-        return self._encryptors[key_version]
+        return self.session.keys.encryptor(key_version)
 
     def _generations(self) -> list[int]:
         live, rebuilding, _ = self.ledger.index_generations(self.conn, self.tenant_id)
@@ -136,8 +136,10 @@ class IndexWriter:
                 if not rows:
                     break
                 # Upsert inside the transaction: if CyborgDB refuses, the batch stays 'embedded'.
+                fault_point("index:before-upsert")  # test-only seams (ingest_pipeline.faults); no-ops otherwise
                 self._upsert(self.items(rows), generations)
                 self.ledger.mark_indexed(self.conn, [row["chunk_id"] for row in rows])
+                fault_point("index:after-upsert")  # in CyborgDB, not yet committed in Postgres
             upserted += len(rows)
             batches += 1
         return upserted, batches
@@ -193,6 +195,16 @@ class IndexWriter:
         except IndexUnavailable as exc:  # the swap is done; a leftover old index is harmless
             log.warning("could not drop the replaced index of tenant %s: %s", self.tenant_id, exc)
         return written, generation
+
+    def train_if_due(self, threshold: int, vectors: int) -> bool:
+        """Train the live embedded index once it holds `threshold` vectors and is not trained yet (the service
+        trains by itself). True when it trained now."""
+        index = self.index()
+        if index is None or index.trains_itself or vectors < threshold or index.is_trained():
+            return False
+        self.session.fence()
+        index.train()
+        return True
 
     def count(self) -> int:
         index = self.index()

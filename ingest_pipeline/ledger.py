@@ -50,6 +50,8 @@ class TenantSession:
         self.tenant_id = tenant_id
         # Calls to CyborgDB that timed out but may still write: the lock is kept until they end.
         self.pending_calls: list[threading.Thread] = []
+        # The tenant's keys (a keystore.TenantKeySet), opened on this connection under the lock.
+        self.keys = None
 
     def wait_for_pending_calls(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -173,18 +175,6 @@ class Ledger:
                         conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
 
     # ---- tenants -------------------------------------------------------------------------------
-
-    def verify_tenant_key(self, conn: psycopg.Connection, tenant_id: str, key_check: bytes) -> None:
-        """Record the tenant's key check on first use; afterwards refuse any other master key."""
-        row = conn.execute(
-            "INSERT INTO ingest.tenants (tenant_id, key_check) VALUES (%s, %s)"
-            " ON CONFLICT (tenant_id) DO UPDATE SET tenant_id = EXCLUDED.tenant_id RETURNING key_check",
-            (tenant_id, key_check),
-        ).fetchone()
-        if bytes(row["key_check"]) != key_check:
-            raise TenantKeyMismatch(
-                f"tenant {tenant_id!r} was written under another master key: check INGEST_MASTER_KEY"
-            )
 
     def verify_embedding_model(
         self, conn: psycopg.Connection, tenant_id: str, model_id: str, legacy_model_id: str | None = None
@@ -396,14 +386,18 @@ class Ledger:
             ).fetchall()
 
     def quarantine_document(
-        self, conn: psycopg.Connection, document: dict, content_sha256: str, reason: str
+        self, conn: psycopg.Connection, document: dict, content_sha256: str, reason: str,
+        reason_code: str = "unreadable",
     ) -> None:
+        """Quarantine these bytes of the document, with the human reason and its machine code (a ReasonCode);
+        its chunks are marked stale, so they leave the index."""
         conn.execute(
-            "INSERT INTO ingest.quarantine (tenant_id, doc_id, content_sha256, doc_name, upload_id, reason)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (doc_id, content_sha256)"
-            " DO UPDATE SET reason = EXCLUDED.reason, quarantined_at = now()",
+            "INSERT INTO ingest.quarantine"
+            " (tenant_id, doc_id, content_sha256, doc_name, upload_id, reason, reason_code)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (doc_id, content_sha256)"
+            " DO UPDATE SET reason = EXCLUDED.reason, reason_code = EXCLUDED.reason_code, quarantined_at = now()",
             (document["tenant_id"], document["doc_id"], content_sha256, document["doc_name"],
-             document["upload_id"], reason),
+             document["upload_id"], reason, str(reason_code)),
         )
         conn.execute(
             "UPDATE ingest.documents SET status = 'quarantined', content_sha256 = %s, chunk_count = 0,"
@@ -474,6 +468,18 @@ class Ledger:
         if for_update:
             sql += " FOR UPDATE OF c"
         return conn.execute(sql, (tenant_id, month, state)).fetchall()
+
+    def chunks_to_embed(
+        self, conn: psycopg.Connection, tenant_id: str, month: str, after: str | None, limit: int
+    ) -> list[dict]:
+        """The partition's chunks still without an embedding, in chunk-id order after `after` (a page)."""
+        return conn.execute(
+            "SELECT c.chunk_id::text AS chunk_id, c.text_mac, c.text_ciphertext, c.key_version, c.seal_format"
+            " FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
+            " WHERE d.tenant_id = %s AND d.partition_month = %s AND c.state = 'chunked'"
+            " AND (%s::uuid IS NULL OR c.chunk_id > %s::uuid) ORDER BY c.chunk_id LIMIT %s",
+            (tenant_id, month, after, after, limit),
+        ).fetchall()
 
     def store_embeddings(self, conn: psycopg.Connection, tenant_id: str, rows: list[tuple]) -> int:
         """rows: (embedding_ciphertext, chunk_id, text_mac). Only chunks still holding that text change."""
@@ -599,9 +605,11 @@ class Ledger:
         return {**docs, **chunks, "embeddings_computed": int(embedded_total)}
 
     def quarantined(self, tenant_id: str) -> list[dict]:
+        """The tenant's quarantined documents: doc_name, reason, reason_code (NULL if quarantined before codes
+        were kept) and quarantined_at."""
         with self.connect() as conn:
             return conn.execute(
-                "SELECT q.doc_name, q.reason, q.quarantined_at FROM ingest.quarantine q"
+                "SELECT q.doc_name, q.reason, q.reason_code, q.quarantined_at FROM ingest.quarantine q"
                 " JOIN ingest.documents d ON d.doc_id = q.doc_id AND d.content_sha256 = q.content_sha256"
                 " WHERE q.tenant_id = %s AND d.status = 'quarantined' ORDER BY q.doc_name",
                 (tenant_id,),

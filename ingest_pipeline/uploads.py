@@ -6,14 +6,19 @@ the upload sensor, for files dropped straight into `$INGEST_HOME/landing/<tenant
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import logging
 import os
+import stat as stat_module
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+from ingest_pipeline.core.extraction import ReasonCode
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
 from ingest_pipeline.landing import LandingZone
-from ingest_pipeline.ledger import Ledger, Upload, sha256_file
+from ingest_pipeline.ledger import Ledger, Upload
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,36 @@ class DroppedFiles:
     """What a scan of one tenant's landing folder found."""
 
     recorded: list[str] = field(default_factory=list)  # new or changed files, now recorded as uploads
-    refused: list[str] = field(default_factory=list)  # file names the pipeline does not accept
+    # Files the pipeline does not accept, by name as found, with why: bad-name (control characters, '..',
+    # or a name that does not map back to the file), symlink (never followed) or special-file (FIFO, device).
+    refused: dict[str, ReasonCode] = field(default_factory=dict)
+
+
+class _NotRegular(Exception):
+    def __init__(self, code: ReasonCode):
+        self.code = code
+
+
+def _hash_regular_file(path: Path) -> tuple[os.stat_result, str]:
+    """The file's stat and SHA-256, read through one descriptor opened without following a symbolic link.
+
+    Raises _NotRegular for a link or a FIFO, socket or device (which could hang a reader), and
+    FileNotFoundError for a file removed meanwhile.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _NotRegular(ReasonCode.SYMLINK) from None
+        raise
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat_module.S_ISREG(info.st_mode):
+            raise _NotRegular(ReasonCode.SPECIAL_FILE)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return info, digest.hexdigest()
 
 
 def record_dropped_files(ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int) -> DroppedFiles:
@@ -53,29 +87,42 @@ def record_dropped_files(ledger: Ledger, zone: LandingZone, tenant_id: str, limi
     A file is hashed only when it is new, or its size or modification time differs from those recorded with
     its latest upload; identical bytes are never recorded twice. Raises LandingZoneUnavailable when
     the folder cannot be read. Records at most `limit` files per call.
+
+    Symbolic links (never followed, wherever they point), FIFOs, sockets and devices, and names the
+    pipeline refuses (control characters, '..', a backslash that would make another name) are not
+    recorded: they are listed in `refused` with their code and logged by name, never read.
     """
     validate_tenant(tenant_id)
     found = DroppedFiles()
-    present = zone.tenant_files(tenant_id)
+    scan = zone.scan(tenant_id)
+    found.refused.update(scan.refused)
     month = current_month()
     with ledger.connect() as conn:
         latest = ledger.latest_uploads(conn, tenant_id)
-        for raw_name in sorted(present):
+        for raw_name in sorted(scan.files):
             try:
                 name = validate_document_name(raw_name)
             except InvalidName:
-                found.refused.append(raw_name)
+                name = None
+            if name != raw_name:  # refused, or normalised to a name that is not this file's
+                found.refused[raw_name] = ReasonCode.BAD_NAME
                 continue
             path = zone.path(tenant_id, name)
             try:
-                stat = path.stat()
+                stat = path.lstat()
             except FileNotFoundError:
                 continue  # removed while we looked
             upload = latest.get(name)
             if (upload is not None and not upload.is_delete and upload.size_bytes == stat.st_size
-                    and upload.file_mtime_ns == stat.st_mtime_ns):
+                    and upload.file_mtime_ns == stat.st_mtime_ns and stat_module.S_ISREG(stat.st_mode)):
                 continue
-            digest = sha256_file(path)
+            try:
+                stat, digest = _hash_regular_file(path)
+            except FileNotFoundError:
+                continue
+            except _NotRegular as refusal:  # replaced by a link or a FIFO since the folder was listed
+                found.refused[raw_name] = refusal.code
+                continue
             if is_current(upload, digest):
                 with conn.transaction():  # the same bytes, touched: do not hash them again
                     ledger.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns)
@@ -85,6 +132,7 @@ def record_dropped_files(ledger: Ledger, zone: LandingZone, tenant_id: str, limi
             record_file(ledger, conn, tenant_id, name, stat, digest, month)
             found.recorded.append(name)
     if found.refused:
-        log.warning("tenant %s: %d file(s) in the landing zone have names the pipeline refuses", tenant_id,
-                    len(found.refused))
+        listed = ", ".join(f"{name!r} ({code})" for name, code in sorted(found.refused.items())[:20])
+        log.warning("tenant %s: %d file(s) in the landing zone are refused and not read: %s%s", tenant_id,
+                    len(found.refused), listed, ", ..." if len(found.refused) > 20 else "")
     return found

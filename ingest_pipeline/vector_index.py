@@ -6,11 +6,22 @@ so the search path has no way to reach another tenant's vectors.
 
 from __future__ import annotations
 
+import errno
+import logging
+import math
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from ingest_pipeline.core.crypto import TenantKeys
 from ingest_pipeline.core.ids import index_name
@@ -18,14 +29,33 @@ from ingest_pipeline.core.ids import index_name
 METRIC = "cosine"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_CALL_TIMEOUT_S = 60.0
+# A query of a trained (IVF) embedded index probes this share of its clusters: the library's default probes too few
+# for recall@10 >= 0.95 against exact search (measured by `make bench`; the check sample_recall_at_10 watches it).
+PROBED_SHARE = 0.25
+# A call that fails transiently (5xx, 429, a refused or dropped connection, a timeout) is retried with
+# exponential backoff and jitter for at most this long, and at most RETRY_ATTEMPTS times, before the step fails
+# (and its own RetryPolicy takes over).
+DEFAULT_RETRY_BUDGET_S = 60.0
+RETRY_ATTEMPTS = 8
+
+log = logging.getLogger(__name__)
 
 
-class IndexDimensionMismatch(ValueError):
+class PermanentIndexError(ValueError):
+    """A CyborgDB error that retrying cannot fix: the step fails at once, without retries. The message names
+    the tenant and never quotes data."""
+
+
+class IndexDimensionMismatch(PermanentIndexError):
     """The index was built for vectors of another size (a different embedding model)."""
 
 
-class IndexKeyMismatch(ValueError):
+class IndexKeyMismatch(PermanentIndexError):
     """The index exists but does not open with this tenant's index key (a different master key)."""
+
+
+class IndexAuthenticationFailed(PermanentIndexError):
+    """cyborgdb-service refused the client's credentials (HTTP 401 or 403): a wrong or revoked API key."""
 
 
 class IndexUnavailable(RuntimeError):
@@ -74,16 +104,130 @@ def _within(timeout_s: float | None, call, *args, **kwargs):
     return outcome.get("value")
 
 
-def _guarded(operation: str, tenant_id: str, call, *args, timeout_s: float | None = None, **kwargs):
+def _status(exc: BaseException) -> str:
+    """The error's type and HTTP status, and "no space left on device" when it says so; never its message."""
+    code = getattr(exc, "status_code", None)
+    status = f"{type(exc).__name__}, HTTP {code}" if code else type(exc).__name__
+    if "no space left on device" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC:
+        status += ": no space left on device"
+    return status
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same call can succeed.
+
+    cyborgdb (the REST SDK) maps every failure onto its own exception taxonomy and fixes `retryable` per type:
+    ServiceError (any 5xx), RateLimitError (429) and TransportError (no HTTP response: refused, reset, DNS, TLS,
+    timeout) are retryable; AuthenticationError (401/403), ValidationError (400/422), NotFoundError (404) and
+    ConflictError (409) are not. A call that gave no answer within the timeout, and Python's own connection and
+    timeout errors, are transient too. Anything else (an embedded cyborgdb-core error) is not retried within
+    the call; the step's RetryPolicy decides.
+    """
+    if isinstance(exc, CallTimedOut | ConnectionError | TimeoutError):
+        return True
     try:
-        return _within(timeout_s, call, *args, **kwargs)
-    except (IndexDimensionMismatch, IndexKeyMismatch):
+        from cyborgdb.exceptions import CyborgDBError
+    except ImportError:  # the SDK is only needed for the service backend
+        return False
+    return isinstance(exc, CyborgDBError) and bool(exc.retryable)
+
+
+def _permanent(operation: str, tenant_id: str, exc: BaseException) -> PermanentIndexError | None:
+    """The permanent error `exc` stands for, or None. Only types and status codes are named, never messages."""
+    if isinstance(exc, PermanentIndexError):
+        return exc
+    try:
+        from cyborgdb.exceptions import AuthenticationError
+    except ImportError:
+        return None
+    if isinstance(exc, AuthenticationError):
+        return IndexAuthenticationFailed(
+            f"cyborgdb-service refused the credentials of tenant {tenant_id!r} on {operation} ({_status(exc)}): "
+            "check INGEST_CYBORGDB_API_KEY; not retried"
+        )
+    return None
+
+
+def _retrying(operation: str, tenant_id: str, timeout_s: float | None, budget_s: float, call, *args,
+              classify=None, **kwargs):
+    """`call` bounded by `timeout_s`, retried while it fails transiently, for at most `budget_s` in all.
+
+    A call that timed out is given `timeout_s` more to end before it is retried, so that two attempts never
+    write at once; if it has not ended by then, the call fails with IndexUnavailable carrying that call (the
+    writer keeps the tenant's lock until it ends). Permanent errors are raised at once.
+    `classify(exc)` may turn an error into a permanent one first (a wrong index key, say).
+    """
+
+    def attempt():
+        try:
+            return _within(timeout_s, call, *args, **kwargs)
+        except CallTimedOut as exc:
+            exc.worker.join(timeout_s)  # a retry must never overlap the call that timed out
+            if exc.worker.is_alive():
+                raise _GaveUp(exc.worker) from None
+            raise
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception()
+        log.warning("CyborgDB %s for tenant %r failed (%s); retry %d in %.1f s", operation, tenant_id,
+                    _status(exc), state.attempt_number, state.next_action.sleep if state.next_action else 0.0)
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        stop=stop_after_delay(budget_s) | stop_after_attempt(RETRY_ATTEMPTS),
+        wait=wait_exponential_jitter(multiplier=0.5, max=8.0, jitter=0.5),
+        before_sleep=before_sleep, reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except _GaveUp as gave_up:
+        raise IndexUnavailable(
+            f"CyborgDB {operation} for tenant {tenant_id!r} failed (CallTimedOut, still running)",
+            pending_call=gave_up.worker,
+        ) from None
+    except PermanentIndexError:
         raise
     except Exception as exc:
+        permanent = (classify(exc) if classify else None) or _permanent(operation, tenant_id, exc)
+        if permanent is not None:
+            raise permanent from None
         raise IndexUnavailable(
-            f"CyborgDB {operation} for tenant {tenant_id!r} failed ({type(exc).__name__})",
+            f"CyborgDB {operation} for tenant {tenant_id!r} failed ({_status(exc)})",
             pending_call=exc.worker if isinstance(exc, CallTimedOut) else None,
         ) from None
+
+
+class _GaveUp(Exception):
+    def __init__(self, worker: threading.Thread):
+        super().__init__("a call that timed out is still running")
+        self.worker = worker
+
+
+def _guarded(operation: str, tenant_id: str, call, *args, timeout_s: float | None = None,
+             budget_s: float = DEFAULT_RETRY_BUDGET_S, **kwargs):
+    """A CyborgDB call, retried while it fails transiently; every failure becomes IndexUnavailable (retryable
+    by the step) or a PermanentIndexError (not retryable), with a message that names the tenant, never the data.
+    """
+    return _retrying(operation, tenant_id, timeout_s, budget_s, call, *args, **kwargs)
+
+
+def _with_socket_timeouts(client, timeout_s: float | None) -> None:
+    """Give every request of a cyborgdb SDK client connect and read timeouts within `timeout_s`.
+
+    The SDK sends requests without a timeout: a stalled connection would keep its thread forever. With these,
+    a stalled request ends by itself (as a retryable TransportError) shortly before `_within` gives up on it,
+    even though urllib3 replays it once.
+    """
+    if not timeout_s:
+        return
+    rest = client.api_client.rest_client
+    request = rest.request
+    default = (min(5.0, timeout_s / 6), timeout_s / 3)
+
+    def request_with_timeout(*args, _request_timeout=None, **kwargs):
+        return request(*args, _request_timeout=_request_timeout or default, **kwargs)
+
+    rest.request = request_with_timeout
 
 
 class TenantIndex:
@@ -91,7 +235,7 @@ class TenantIndex:
 
     def __init__(
         self, tenant_id: str, handle, index_key: bytes, embedded: bool, generation: int = 1,
-        timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
+        timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
     ):
         self.tenant_id = tenant_id
         self.generation = generation
@@ -99,6 +243,7 @@ class TenantIndex:
         self._key = index_key
         self._embedded = embedded
         self._timeout_s = timeout_s
+        self._retry_budget_s = retry_budget_s
 
     def _kw(self) -> dict:
         return {"index_key": self._key} if self._embedded else {}
@@ -112,7 +257,7 @@ class TenantIndex:
 
     def _call(self, operation: str, method: str, *args, **kwargs):
         return _guarded(operation, self.tenant_id, getattr(self._handle, method), *args, timeout_s=self._timeout_s,
-                        **kwargs, **self._kw())
+                        budget_s=self._retry_budget_s, **kwargs, **self._kw())
 
     def upsert(self, items: list[dict]) -> None:
         if items:
@@ -128,8 +273,10 @@ class TenantIndex:
         empty = [[] for _ in range(len(vectors))]
         if self._embedded and self.count() == 0:  # an empty embedded index cannot be queried
             return empty
+        probes = self._probes()
         try:
-            results = self._call("query", "query", vectors, top_k=top_k, include=["distance"])
+            results = self._call("query", "query", vectors, top_k=top_k, include=["distance"],
+                                 **({"n_probes": probes} if probes else {}))
         except IndexUnavailable:
             if self.count() == 0:
                 return empty
@@ -137,6 +284,16 @@ class TenantIndex:
         if results and isinstance(results[0], dict):
             results = [results]
         return [list(r) for r in results]
+
+    def _probes(self) -> int | None:
+        """Clusters a query of a trained embedded index probes: PROBED_SHARE of them (None: the library's
+        default, or an untrained index, which is searched exhaustively)."""
+        if not self._embedded:
+            return None
+        lists = int(getattr(self._handle, "n_lists", 0) or 0)
+        if lists <= 1 or not self._handle.is_trained():
+            return None
+        return max(1, math.ceil(lists * PROBED_SHARE))
 
     def list_ids(self) -> set[str]:
         return set(self._call("list_ids", "list_ids"))
@@ -148,6 +305,21 @@ class TenantIndex:
 
     def drop(self) -> None:
         self._call("delete_index", "delete_index")
+
+    @property
+    def trains_itself(self) -> bool:
+        """cyborgdb-service trains an index by itself past a threshold; the embedded library never does."""
+        return not self._embedded
+
+    def is_trained(self) -> bool:
+        return bool(_guarded("is_trained", self.tenant_id, self._handle.is_trained, timeout_s=self._timeout_s,
+                             budget_s=self._retry_budget_s))
+
+    def train(self) -> None:
+        """Cluster the index (IVF) so queries probe a few lists instead of scanning every vector. It takes
+        minutes on a large index, so it is not bounded by the per-call timeout."""
+        _guarded("train", self.tenant_id, self._handle.train, timeout_s=None, budget_s=self._retry_budget_s,
+                 **self._kw())
 
 
 def check_service_url(url: str) -> None:
@@ -168,14 +340,19 @@ class CyborgIndexes:
 
     def __init__(
         self, *, storage_dir: str | Path | None = None, url: str = "", api_key: str = "",
-        timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S,
+        timeout_s: float | None = DEFAULT_CALL_TIMEOUT_S, retry_budget_s: float = DEFAULT_RETRY_BUDGET_S,
     ):
         self._timeout_s = timeout_s
+        self._retry_budget_s = retry_budget_s
         if url:
             import cyborgdb
 
             check_service_url(url)
+            # The SDK logs every error with the service's response body, and a rejected request's body (422)
+            # quotes the request: vectors and contents. Our own messages name the operation, tenant and status.
+            logging.getLogger("cyborgdb.exceptions").setLevel(logging.CRITICAL)
             self._client = cyborgdb.Client(base_url=url, api_key=api_key or None)
+            _with_socket_timeouts(self._client, timeout_s)
             self._embedded = False
         else:
             import cyborgdb_core
@@ -189,7 +366,8 @@ class CyborgIndexes:
         return "cyborgdb-core (embedded)" if self._embedded else "cyborgdb-service"
 
     def _names(self, tenant_id: str) -> set[str]:
-        return set(_guarded("list_indexes", tenant_id, self._client.list_indexes, timeout_s=self._timeout_s))
+        return set(_guarded("list_indexes", tenant_id, self._client.list_indexes, timeout_s=self._timeout_s,
+                            budget_s=self._retry_budget_s))
 
     def exists(self, tenant_id: str, generation: int = 1) -> bool:
         return index_name(tenant_id, generation) in self._names(tenant_id)
@@ -203,33 +381,34 @@ class CyborgIndexes:
             handle = self._load(name, keys)
         elif create:
             try:
-                handle = _within(self._timeout_s, self._client.create_index, name, keys.index_key,
-                                 dimension=dimension, metric=METRIC)
-            except Exception:
+                handle = _guarded("create_index", keys.tenant_id, self._client.create_index, name, keys.index_key,
+                                  timeout_s=self._timeout_s, budget_s=self._retry_budget_s, dimension=dimension,
+                                  metric=METRIC)
+            except IndexUnavailable:
                 # Another writer may have created it between the listing and the create.
                 if name not in self._names(keys.tenant_id):
-                    raise IndexUnavailable(f"CyborgDB create_index for tenant {keys.tenant_id!r} failed") from None
+                    raise
                 handle = self._load(name, keys)
         else:
             return None
-        index = TenantIndex(keys.tenant_id, handle, keys.index_key, self._embedded, generation, self._timeout_s)
+        index = TenantIndex(keys.tenant_id, handle, keys.index_key, self._embedded, generation, self._timeout_s,
+                            self._retry_budget_s)
         if dimension:
             index.check_dimension(dimension)
         return index
 
     def _load(self, name: str, keys: TenantKeys):
-        try:
-            return _within(self._timeout_s, self._client.load_index, name, keys.index_key)
-        except Exception as exc:
-            message = str(exc).lower()
-            # cyborgdb-core: "Failed to unwrap DEK ..."; cyborgdb-service: "Wrong encryption key for index".
+        def wrong_key(exc: BaseException) -> IndexKeyMismatch | None:
+            message = str(exc).lower()  # read here, never repeated
+            # cyborgdb-core: "Failed to unwrap DEK ..."; cyborgdb-service: HTTP 401 "Wrong encryption key for index".
             if "unwrap" in message or "wrong encryption key" in message:
-                raise IndexKeyMismatch(
-                    f"the index of tenant {keys.tenant_id!r} does not open with this master key"
-                ) from None
-            raise IndexUnavailable(
-                f"CyborgDB load_index for tenant {keys.tenant_id!r} failed ({type(exc).__name__})"
-            ) from None
+                return IndexKeyMismatch(
+                    f"the index of tenant {keys.tenant_id!r} does not open with this master key; not retried"
+                )
+            return None
+
+        return _retrying("load_index", keys.tenant_id, self._timeout_s, self._retry_budget_s, self._client.load_index,
+                         name, keys.index_key, classify=wrong_key)
 
     def drop(self, keys: TenantKeys, generation: int = 1) -> bool:
         index = self.open(keys, generation=generation)

@@ -109,6 +109,10 @@ class Pipeline:
         return result
 
 
+# Every installation this session created (home, environment with its master key), for the final leak scan.
+INSTALLATIONS: list[Pipeline] = []
+
+
 def _pipeline(tmp_path, monkeypatch, backend: str, service: dict | None) -> Pipeline:
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
@@ -117,7 +121,9 @@ def _pipeline(tmp_path, monkeypatch, backend: str, service: dict | None) -> Pipe
         env |= {"INGEST_CYBORGDB_URL": service["url"], "INGEST_CYBORGDB_API_KEY": service["api_key"]}
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    return Pipeline(home=tmp_path / "home", backend=backend, env=env)
+    installation = Pipeline(home=tmp_path / "home", backend=backend, env=env)
+    INSTALLATIONS.append(installation)
+    return installation
 
 
 @pytest.fixture(params=["embedded", "service"])

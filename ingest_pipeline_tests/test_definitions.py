@@ -33,7 +33,7 @@ def test_definitions_describe_a_four_stage_partitioned_graph():
         assert node.group_name == "ingestion" and node.owners
         assert node.partitions_def.partition_dimension_names == ["month", "tenant"]
     checks = {key.name for key in graph.asset_check_keys}
-    assert checks == {"index_matches_ledger", "ciphertexts_decrypt", "sample_chunks_retrieve_themselves"}
+    assert checks == {"index_matches_ledger", "ciphertexts_decrypt", "sample_recall_at_10"}
 
 
 def test_partition_count_stays_within_dagster_guidance_for_1000_tenants_over_3_years():

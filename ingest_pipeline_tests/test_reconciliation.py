@@ -15,6 +15,7 @@ from ingest_pipeline.core.crypto import LEGACY_SEAL_FORMAT, VectorEncryptor, der
 from ingest_pipeline.definitions import build_definitions, build_resources
 from ingest_pipeline.indexing import IndexWriter
 from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline.keystore import TenantKeySet
 from ingest_pipeline.reconciliation import REPORT_COLUMNS, TenantReconciliation
 from ingest_pipeline.uploads import current_month
 from ingest_pipeline.vector_index import TenantIndex
@@ -65,9 +66,8 @@ def test_the_report_has_a_described_column_for_every_figure():
 
 def test_rows_sealed_in_the_legacy_format_are_upserted_from_the_cold_copy_too():
     keys = derive_tenant_keys(bytes(range(1, 33)), "acme")
-    keyring = SimpleNamespace(tenant_keys=lambda tenant, version=None: keys,
-                              encryptor=lambda tenant, version=None: VectorEncryptor(keys))
-    writer = IndexWriter(None, None, keyring, SimpleNamespace(tenant_id="acme", conn=None))
+    keyset = TenantKeySet("acme", keys.key_version, keys.mac_key + keys.index_key, {keys.key_version: keys.data_key})
+    writer = IndexWriter(None, None, None, SimpleNamespace(tenant_id="acme", conn=None, keys=keyset))
     encryptor, vector = VectorEncryptor(keys), np.arange(4, dtype=np.float32)
     mac = encryptor.text_mac("the text")
     row = {"chunk_id": "c1", "doc_id": "d1", "sequence": 0, "key_version": keys.key_version, "text_mac": mac,

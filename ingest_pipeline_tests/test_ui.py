@@ -24,7 +24,7 @@ from ingest_pipeline.instance import PROJECT_ROOT, prepare_environment
 from ingest_pipeline_tests.conftest import CORPUS, _free_port, _pipeline
 
 ASSETS = ["raw_documents", "document_chunks", "chunk_embeddings", "cyborgdb_index"]
-CHECKS = {"index_matches_ledger", "ciphertexts_decrypt", "sample_chunks_retrieve_themselves"}
+CHECKS = {"index_matches_ledger", "ciphertexts_decrypt", "sample_recall_at_10"}
 SCHEDULES = {"pending_work_schedule": "0 2 * * *", "weekly_reconciliation_schedule": "0 3 * * 0"}
 # The documents of the `docs` fixture: txt, md, pdf and html.
 DOCUMENTS = ["acme/apache-license-2.0.txt", "globex/pip-dependency-resolution.md", "acme/shared-mime-info-spec.pdf",

@@ -1,7 +1,11 @@
-"""Key derivation and authenticated encryption of chunk text and embeddings.
+"""Tenant keys, their envelope under the master key, and authenticated encryption of chunk text and embeddings.
 
-The master key never encrypts data itself: per-tenant data, MAC and index keys are derived from it
-with HKDF-SHA256, so a tenant's keys are useless for any other tenant. Each record is sealed with
+The master key never encrypts data itself. Each tenant has random keys (envelope encryption): a data
+key per key version (AES-256-GCM), and a MAC key and a CyborgDB index key, all stored in Postgres
+wrapped (AES-256-GCM) under a key-encryption key derived from the master key. Data keys can thus be
+rotated, the master key changed by re-wrapping alone, and a tenant erased by destroying its wrapped
+keys. Tenants created before envelope encryption had keys derived from the master key with
+HKDF-SHA256 (`derive_tenant_keys`); they are wrapped as they are on first use. Each record is sealed with
 AES-256-GCM under a fresh 96-bit nonce, and the associated data binds tenant, chunk id, key version,
 field and the content version (the HMAC of the chunk's text), so a ciphertext copied to another
 row, tenant or column, or an older ciphertext of the same chunk put back, fails to decrypt. Text is
@@ -62,6 +66,70 @@ def _derive(master_key: bytes, purpose: str, tenant_id: str, key_version: int) -
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info).derive(master_key)
 
 
+class KeyUnwrapError(ValueError):
+    """A wrapped key that does not open under this master key (another master key, or tampered)."""
+
+
+# The MAC and index keys are stored as one secret under this version; data keys use versions 1, 2, ...
+TENANT_SECRET_VERSION = 0
+
+
+def _kek(master_key: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None,
+                info=b"ingest-pipeline/key-encryption-key").derive(master_key)
+
+
+def master_key_id(master_key: bytes) -> str:
+    """A short public name of a master key (which key wrapped a row), revealing nothing of it."""
+    return hmac.new(_kek(master_key), b"ingest-pipeline/master-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def _wrap_aad(tenant_id: str, key_version: int) -> bytes:
+    return f"ingest-pipeline/wrapped-key|{tenant_id}|{key_version}".encode()
+
+
+def wrap_key(master_key: bytes, tenant_id: str, key_version: int, key: bytes) -> bytes:
+    """Seal a tenant key under the master key, bound to its tenant and version (nonce || ciphertext || tag)."""
+    nonce = os.urandom(NONCE_BYTES)
+    return nonce + AESGCM(_kek(master_key)).encrypt(nonce, key, _wrap_aad(tenant_id, key_version))
+
+
+def unwrap_key(master_key: bytes, tenant_id: str, key_version: int, wrapped: bytes) -> bytes:
+    wrapped = bytes(wrapped)
+    try:
+        return AESGCM(_kek(master_key)).decrypt(wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:],
+                                                _wrap_aad(tenant_id, key_version))
+    except InvalidTag:
+        raise KeyUnwrapError(
+            f"key version {key_version} of tenant {tenant_id!r} does not unwrap under this master key"
+        ) from None
+
+
+def new_data_key() -> bytes:
+    return os.urandom(KEY_BYTES)
+
+
+def new_tenant_secret() -> bytes:
+    """A new tenant's MAC key and index key, stored (wrapped) as one secret."""
+    return os.urandom(2 * KEY_BYTES)
+
+
+def legacy_tenant_secret(master_key: bytes, tenant_id: str) -> bytes:
+    """The MAC and index keys a tenant created before envelope encryption had (derived from the master key)."""
+    keys = derive_tenant_keys(master_key, tenant_id)
+    return keys.mac_key + keys.index_key
+
+
+def legacy_data_key(master_key: bytes, tenant_id: str, key_version: int) -> bytes:
+    return derive_tenant_keys(master_key, tenant_id, key_version).data_key
+
+
+def tenant_keys_from(tenant_id: str, key_version: int, data_key: bytes, tenant_secret: bytes) -> TenantKeys:
+    """A tenant's keys at one data-key version, from its (unwrapped) data key and tenant secret."""
+    return TenantKeys(tenant_id=tenant_id, key_version=key_version, data_key=data_key,
+                      mac_key=tenant_secret[:KEY_BYTES], index_key=tenant_secret[KEY_BYTES:])
+
+
 @dataclass(frozen=True, repr=False)
 class TenantKeys:
     """The keys of one tenant at one key version. repr() never shows key bytes."""
@@ -82,7 +150,8 @@ class TenantKeys:
 
 
 def derive_tenant_keys(master_key: bytes, tenant_id: str, key_version: int = CURRENT_KEY_VERSION) -> TenantKeys:
-    """Derive a tenant's data key (AES-GCM), MAC key (change detection) and CyborgDB index key."""
+    """The keys of a tenant created before envelope encryption: data key (AES-GCM), MAC key (change
+    detection) and CyborgDB index key, derived from the master key. Kept to migrate such tenants."""
     return TenantKeys(
         tenant_id=tenant_id,
         key_version=key_version,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -71,9 +72,17 @@ def _content_fingerprint(model_path: str, stamp: tuple) -> str:
     return digest.hexdigest()[:24]
 
 
-@lru_cache(maxsize=4)
+_LOADING = threading.Lock()
+
+
 def load_model(model_path: str, device: str = "cpu"):
-    """Load a model once per process; later calls return the same object."""
+    """Load a model once per process; later calls (from any thread) return the same object."""
+    with _LOADING:
+        return _load_model(model_path, device)
+
+
+@lru_cache(maxsize=4)
+def _load_model(model_path: str, device: str = "cpu"):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer

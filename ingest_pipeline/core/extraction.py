@@ -1,16 +1,25 @@
-"""Text extraction from uploaded bytes (.txt, .md, .html, .pdf) with clear, content-free refusals."""
+"""Text extraction from uploaded bytes (.txt, .md, .html, .pdf) with clear, content-free refusals.
+
+Every refusal is an `UnreadableDocument` with a stable machine `code` (a `ReasonCode`) and a human reason;
+both name the document at most, never quote its bytes.
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
+import os
 import re
+import stat
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from enum import StrEnum
+from pathlib import Path, PurePosixPath
 
 from bs4 import BeautifulSoup
 from charset_normalizer import from_bytes
 from pypdf import PdfReader
-from pypdf.errors import PdfReadError
+from pypdf.errors import LimitReachedError, PdfReadError
 
 DEFAULT_MAX_DOCUMENT_BYTES = 50 * 1024 * 1024
 CHARSET_DETECTION_MIN_BYTES = 2048
@@ -18,15 +27,49 @@ TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
 PDF_SUFFIXES = {".pdf"}
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES
+# Decoded text whose sample has more than this share of control characters (other than tab, newlines, form
+# feed and escape) is binary data that happened to decode.
+BINARY_CONTROL_SHARE = 0.01
+_BINARY_SAMPLE_CHARS = 65_536
+_CONTROL_CHARACTERS = re.compile(r"[\x01-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+
+
+class ReasonCode(StrEnum):
+    """Why a document was quarantined or refused: stable codes for machines, next to the human reason."""
+
+    EMPTY = "empty"  # no bytes, or only whitespace
+    INVALID_ENCODING = "invalid-encoding"  # not UTF-8, and no other encoding fits with confidence
+    BINARY = "binary"  # NUL bytes or control characters: not text, whatever the extension says
+    ENCRYPTED_PDF = "encrypted-pdf"  # a PDF that needs a user password
+    CORRUPT_PDF = "corrupt-pdf"  # a PDF the parser cannot read
+    DECOMPRESSION_LIMIT = "decompression-limit"  # a PDF stream inflates beyond the parser's limit (a bomb?)
+    UNSUPPORTED_FORMAT = "unsupported-format"  # an extension the pipeline does not read
+    TOO_LARGE = "too-large"  # more bytes than the configured maximum; refused before it is read
+    NO_TEXT = "no-text"  # parsed, but no text in it (a scanned PDF, markup only)
+    TIME_LIMIT = "time-limit"  # extraction and chunking took longer than the time bound
+    MEMORY_LIMIT = "memory-limit"  # extraction and chunking needed more memory than the bound
+    TOO_DEEPLY_NESTED = "too-deeply-nested"  # markup nested deeper than the parser can follow
+    CRASHED = "crashed"  # the extraction process died (a parser crash, or memory exhausted natively)
+    PARSER_ERROR = "parser-error"  # an unexpected parser exception (its type is kept, never its message)
+    BAD_NAME = "bad-name"  # a file name with control characters, '..', or separators that do not round-trip
+    SYMLINK = "symlink"  # a symbolic link: never followed, wherever it points
+    SPECIAL_FILE = "special-file"  # a FIFO, socket or device node: not a regular file
+    UNREADABLE = "unreadable"  # any other refusal
 
 
 class UnreadableDocument(ValueError):
-    """A document that cannot be turned into text. The message names the reason, never the content."""
+    """A document that cannot be turned into text. The message names the reason, never the content.
 
-    def __init__(self, document_name: str, reason: str):
+    `code` is a stable `ReasonCode`; `content_sha256` is the hash of the bytes refused, when they were read.
+    """
+
+    def __init__(self, document_name: str, reason: str, code: ReasonCode | str = ReasonCode.UNREADABLE,
+                 content_sha256: str | None = None):
         super().__init__(f"{document_name}: {reason}")
         self.document_name = document_name
         self.reason = reason
+        self.code = ReasonCode(code)
+        self.content_sha256 = content_sha256
 
 
 @dataclass(frozen=True)
@@ -38,47 +81,123 @@ class ExtractedText:
 def extract_text(
     document_name: str, data: bytes, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
 ) -> ExtractedText:
-    """Extract plain text from a document's bytes, choosing the parser by file extension."""
+    """Extract plain text from a document's bytes, choosing the parser by file extension.
+
+    Raises UnreadableDocument (with its `code`) for anything that is not readable text. Run it under
+    `ingest_pipeline.core.sandbox` when the bytes come from outside: parsers can be made to take unbounded
+    time or memory, which only a separate process can bound.
+    """
     suffix = PurePosixPath(document_name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise UnreadableDocument(
             document_name, f"unsupported format {suffix or '(no extension)'!r}; "
-            f"accepted: {', '.join(sorted(SUPPORTED_SUFFIXES))}"
+            f"accepted: {', '.join(sorted(SUPPORTED_SUFFIXES))}", ReasonCode.UNSUPPORTED_FORMAT,
         )
     if len(data) > max_bytes:
-        raise UnreadableDocument(document_name, f"too large: {len(data)} bytes, the limit is {max_bytes}")
+        raise UnreadableDocument(document_name, f"too large: {len(data)} bytes, the limit is {max_bytes}",
+                                 ReasonCode.TOO_LARGE)
     if not data.strip():
-        raise UnreadableDocument(document_name, "empty document")
+        raise UnreadableDocument(document_name, "empty document", ReasonCode.EMPTY)
 
-    if suffix in PDF_SUFFIXES:
-        text, fmt = _pdf_text(document_name, data), "pdf"
-    elif suffix in HTML_SUFFIXES:
-        text, fmt = _html_text(_decode(document_name, data)), "html"
-    else:
-        text = _decode(document_name, data)
-        fmt = "markdown" if suffix in {".md", ".markdown"} else "text"
+    try:
+        if suffix in PDF_SUFFIXES:
+            text, fmt = _pdf_text(document_name, data), "pdf"
+        elif suffix in HTML_SUFFIXES:
+            text, fmt = _html_text(_decode(document_name, data)), "html"
+        else:
+            text = _decode(document_name, data)
+            fmt = "markdown" if suffix in {".md", ".markdown"} else "text"
+    except RecursionError:
+        raise UnreadableDocument(document_name, "nested too deeply for the parser", ReasonCode.TOO_DEEPLY_NESTED) \
+            from None
+    except MemoryError:
+        raise UnreadableDocument(document_name, "extraction ran out of memory", ReasonCode.MEMORY_LIMIT) from None
 
     text = _normalise_whitespace(text)
     if not text:
-        raise UnreadableDocument(document_name, "no extractable text")
+        raise UnreadableDocument(document_name, "no extractable text", ReasonCode.NO_TEXT)
     return ExtractedText(text=text, format=fmt)
 
 
+def read_document(folder: str | Path, document_name: str, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+                  ) -> tuple[bytes, str]:
+    """The bytes of `folder/document_name` and their SHA-256, never following a symbolic link.
+
+    Every component of the name is opened relative to the one before with O_NOFOLLOW, so neither the file
+    nor a folder on its way may be a link out of `folder`. A symlink, a FIFO, socket or device, and a file
+    larger than `max_bytes` are refused (UnreadableDocument with code symlink, special-file or too-large)
+    before a byte is read. A missing file raises FileNotFoundError.
+    """
+    parts = PurePosixPath(document_name).parts
+    if not parts or any(part in ("", ".", "..") for part in parts) or PurePosixPath(document_name).is_absolute():
+        raise UnreadableDocument(document_name, "not a relative document name", ReasonCode.BAD_NAME)
+    descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for position, part in enumerate(parts):
+            last = position == len(parts) - 1
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            try:
+                opened = os.open(part, flags, dir_fd=descriptor)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK) and _is_symlink(part, descriptor):
+                    raise UnreadableDocument(document_name, "a symbolic link; links are never followed",
+                                             ReasonCode.SYMLINK) from None
+                raise
+            os.close(descriptor)
+            descriptor = opened
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableDocument(document_name, "not a regular file (a FIFO, socket or device)",
+                                     ReasonCode.SPECIAL_FILE)
+        if info.st_size > max_bytes:
+            raise UnreadableDocument(document_name, f"too large: {info.st_size} bytes, the limit is {max_bytes}",
+                                     ReasonCode.TOO_LARGE)
+        with os.fdopen(descriptor, "rb", closefd=False) as handle:
+            data = handle.read(max_bytes + 1)  # a file that grew past the limit since fstat is refused too
+    finally:
+        os.close(descriptor)
+    if len(data) > max_bytes:
+        raise UnreadableDocument(document_name, f"too large: more than {max_bytes} bytes", ReasonCode.TOO_LARGE)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _is_symlink(name: str, dir_fd: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode)
+    except OSError:
+        return False
+
+
 def _decode(document_name: str, data: bytes) -> str:
-    if b"\x00" in data[:8192]:
-        raise UnreadableDocument(document_name, "not text: binary content (NUL bytes)")
+    if b"\x00" in data:
+        raise UnreadableDocument(document_name, "not text: binary content (NUL bytes)", ReasonCode.BINARY)
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        pass
-    # Encoding detection needs evidence: short texts are read as Windows-1252, the commonest legacy encoding.
-    best = from_bytes(data).best() if len(data) >= CHARSET_DETECTION_MIN_BYTES else None
-    if best is not None:
-        return str(best)
-    try:
-        return data.decode("cp1252")
-    except UnicodeDecodeError:
-        raise UnreadableDocument(document_name, "not text: no character encoding fits the bytes") from None
+        text = _decode_legacy(document_name, data)
+    sample = text[:_BINARY_SAMPLE_CHARS]
+    if len(_CONTROL_CHARACTERS.findall(sample)) > BINARY_CONTROL_SHARE * len(sample):
+        raise UnreadableDocument(document_name, "not text: binary content (control characters)", ReasonCode.BINARY)
+    return text
+
+
+def _decode_legacy(document_name: str, data: bytes) -> str:
+    """Bytes that are not UTF-8: a legacy encoding that charset_normalizer finds with confidence, or a refusal.
+
+    Detection needs evidence: a short text is first tried as Windows-1252 alone (the commonest legacy
+    encoding), and accepted only if it reads as text (the detector's chaos measure stays low).
+    """
+    best = None
+    if len(data) < CHARSET_DETECTION_MIN_BYTES:
+        best = from_bytes(data, cp_isolation=["cp1252"]).best()
+    if best is None:
+        best = from_bytes(data).best()
+    if best is None:
+        raise UnreadableDocument(
+            document_name, "not text: not UTF-8, and no other character encoding fits the bytes with confidence",
+            ReasonCode.INVALID_ENCODING,
+        )
+    return str(best)
 
 
 def _html_text(markup: str) -> str:
@@ -90,7 +209,7 @@ def _html_text(markup: str) -> str:
 
 def _pdf_text(document_name: str, data: bytes) -> str:
     if not data.startswith(b"%PDF-"):
-        raise UnreadableDocument(document_name, "corrupt PDF: no PDF header")
+        raise UnreadableDocument(document_name, "corrupt PDF: no PDF header", ReasonCode.CORRUPT_PDF)
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
@@ -100,15 +219,22 @@ def _pdf_text(document_name: str, data: bytes) -> str:
             except Exception:
                 opened = 0
             if not opened:
-                raise UnreadableDocument(document_name, "encrypted PDF (password required)")
+                raise UnreadableDocument(document_name, "encrypted PDF (password required)",
+                                         ReasonCode.ENCRYPTED_PDF)
         pages = [page.extract_text() or "" for page in reader.pages]
-    except UnreadableDocument:
+    except (UnreadableDocument, RecursionError, MemoryError):
         raise
+    except LimitReachedError:
+        raise UnreadableDocument(
+            document_name, "PDF stream inflates beyond the parser's limit (a decompression bomb?)",
+            ReasonCode.DECOMPRESSION_LIMIT,
+        ) from None
     except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
         # The parser's message can quote document bytes, so only its type is kept.
-        raise UnreadableDocument(document_name, f"corrupt PDF ({type(exc).__name__})") from None
+        raise UnreadableDocument(document_name, f"corrupt PDF ({type(exc).__name__})", ReasonCode.CORRUPT_PDF) \
+            from None
     if not any(page.strip() for page in pages):
-        raise UnreadableDocument(document_name, "no extractable text in PDF (scanned images?)")
+        raise UnreadableDocument(document_name, "no extractable text in PDF (scanned images?)", ReasonCode.NO_TEXT)
     return "\n\n".join(pages)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from pathlib import PurePosixPath
 
@@ -24,8 +25,33 @@ def validate_tenant(tenant_id: str) -> str:
     return tenant_id
 
 
+# Characters no document name may hold: control characters (C0, C1, DEL), line and paragraph separators,
+# lone surrogates (a file name whose bytes are not UTF-8), private-use characters, and the invisible format
+# characters that reorder or hide text (bidirectional overrides and marks, BOM); zero-width (non-)joiners are
+# kept for the scripts and emoji that need them.
+_REFUSED_CATEGORIES = {"Cc", "Cs", "Co", "Zl", "Zp"}
+_ALLOWED_FORMAT_CHARACTERS = {"\u200c", "\u200d"}
+
+
+def _refused_character(name: str) -> str | None:
+    for character in name:
+        category = unicodedata.category(character)
+        if category in _REFUSED_CATEGORIES or (category == "Cf" and character not in _ALLOWED_FORMAT_CHARACTERS):
+            return character
+    return None
+
+
 def validate_document_name(name: str) -> str:
-    """Return a normalised relative document name, refusing absolute paths and '..' components."""
+    """Return a normalised relative document name, refusing absolute paths, '..' components, hidden files
+    and names with control, separator, surrogate or invisible formatting characters."""
+    if not isinstance(name, str):
+        raise InvalidName(f"invalid document name {name!r}: not a string")
+    refused = _refused_character(name)
+    if refused is not None:
+        raise InvalidName(
+            f"invalid document name {name[:80]!r}: it holds the character U+{ord(refused):04X} "
+            "(control, separator or invisible formatting characters are not accepted)"
+        )
     path = PurePosixPath(name.replace("\\", "/"))
     if not name or path.is_absolute() or any(part in ("", ".", "..") for part in path.parts):
         raise InvalidName(f"invalid document name {name!r}: it must be a relative path without '..'")

@@ -6,7 +6,7 @@ materialization finds the work already done and changes nothing.
 """
 
 
-import hashlib
+import resource
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,9 +26,10 @@ from dagster import (
 )
 from pydantic import Field
 
-from ingest_pipeline.core.crypto import DecryptionError, MasterKeyError, VectorEncryptor
-from ingest_pipeline.core.extraction import UnreadableDocument, extract_text
+from ingest_pipeline.core.crypto import DecryptionError, MasterKeyError
+from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
 from ingest_pipeline.core.ids import chunk_id, validate_tenant
+from ingest_pipeline.core.sandbox import ChunkingSpec
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_month_partitions
 from ingest_pipeline.defs.resources import (
     CyborgDB,
@@ -37,11 +38,14 @@ from ingest_pipeline.defs.resources import (
     PostgresLedger,
     TenantKeyring,
 )
+from ingest_pipeline.embedding_stage import embed_pending
 from ingest_pipeline.environment import ConfigurationError
+from ingest_pipeline.faults import fault_point
 from ingest_pipeline.indexing import IndexWriter
+from ingest_pipeline.keystore import TenantErased
 from ingest_pipeline.landing import LandingZoneUnavailable
 from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, TenantSession, sha256_file
-from ingest_pipeline.vector_index import IndexDimensionMismatch, IndexKeyMismatch
+from ingest_pipeline.vector_index import PermanentIndexError
 
 GROUP = "ingestion"
 OWNERS = ["team:data-platform"]
@@ -63,20 +67,23 @@ def fail_fast(message: str) -> Failure:
     return Failure(description=message, allow_retries=False)
 
 
+def _own_peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (ru_maxrss is in KiB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 @contextmanager
 def tenant_session(store: Ledger, keyring: TenantKeyring, tenant: str) -> Iterator[TenantSession]:
-    """Be the tenant's one writer (a connection holding its lock), after proving the master key is the tenant's.
+    """Be the tenant's one writer (a connection holding its lock), with the tenant's keys opened on it.
 
-    A wrong, unreadable or missing master key fails the run before anything is written, without retries.
+    A new tenant gets random keys here. A wrong, unreadable or missing master key, or a tenant being
+    erased, fails the run before anything is written, without retries. `session.keys` are read under
+    the lock, so a key rotation or retirement by another process is always seen.
     """
-    try:
-        key_check = keyring.tenant_keys(tenant).key_check
-    except (MasterKeyError, PermissionError, ConfigurationError) as exc:
-        raise fail_fast(str(exc)) from None
     with store.tenant_writer(tenant) as session:
         try:
-            store.verify_tenant_key(session.conn, tenant, key_check)
-        except TenantKeyMismatch as exc:
+            session.keys = keyring.open_tenant(session.conn, tenant)
+        except (MasterKeyError, PermissionError, ConfigurationError, TenantKeyMismatch, TenantErased) as exc:
             raise fail_fast(str(exc)) from None
         yield session
 
@@ -196,49 +203,56 @@ def document_chunks(
     so none exceeds the model's window. Chunk ids are uuid5(NAMESPACE_DNS, "{doc_id}_{sequence}");
     text is sealed with the tenant's AES-256-GCM data key. A chunk whose text is unchanged keeps its
     embedding; chunks beyond a shortened document's end are marked stale. A document that cannot be
-    read is quarantined with its reason, and the rest of the partition carries on.
+    read is quarantined with its reason and reason code, and the rest of the partition carries on.
+
+    Each file is read (never through a symbolic link), extracted and chunked in a worker process bounded in
+    memory and time (LandingZoneResource.extraction_memory_mb, extraction_timeout_s): a PDF bomb, a
+    50 MB line or markup nested 100,000 deep is quarantined as memory-limit or time-limit, never takes the
+    step down. The metadata lists the quarantined documents with their codes, a count per code, and the
+    peak memory of the workers and of the step's own process.
     """
     tenant, month = tenant_and_month(context)
     store = ledger.ledger
-    encryptor = keyring.encryptor(tenant)
     counts: Counter[str] = Counter()
     max_tokens = 0
-    quarantined: list[str] = []
+    quarantined: list[dict[str, str]] = []
     started = time.perf_counter()
-    with tenant_session(store, keyring, tenant) as session:
+    step_rss_at_start = _own_peak_rss_mb()
+    # The worker, and the tokenizer in it, start at the first document there is to chunk, not before.
+    sandbox = landing.sandbox(ChunkingSpec.for_model(embedding_model.resolved_path))
+    with tenant_session(store, keyring, tenant) as session, sandbox:
         conn = session.conn
-        for document in store.documents_to_chunk(tenant, month):
+        encryptor = session.keys.encryptor()
+        folder = landing.zone.tenant_folder(tenant)
+        documents = store.documents_to_chunk(tenant, month)
+        if documents:
+            # The next stage will need the model: load it meanwhile (the workers chunk in their own processes).
+            embedding_model.preload()
+        for document in documents:
             name = document["doc_name"]
-            path = landing.zone.path(tenant, name)
+            content_sha256 = document["content_sha256"]
             try:
-                size = path.stat().st_size
-                # An oversized file is refused before it is read into memory.
-                data = path.read_bytes() if size <= landing.max_document_bytes else None
+                extracted = sandbox.run(folder, name)
+                content_sha256 = extracted.content_sha256
+                chunks = extracted.chunks
+                if not chunks:
+                    raise UnreadableDocument(name, "no text left after chunking", ReasonCode.NO_TEXT)
             except FileNotFoundError:
                 context.log.warning(f"{name}: removed from the landing zone since registration; skipped")
                 counts["missing"] += 1
                 continue
-            content_sha256 = document["content_sha256"] if data is None else hashlib.sha256(data).hexdigest()
-            try:
-                if data is None:
-                    limit = landing.max_document_bytes
-                    raise UnreadableDocument(name, f"too large: {size} bytes, the limit is {limit}")
-                extracted = extract_text(name, data, landing.max_document_bytes)
-                # The tokenizer is loaded on the first document there is to chunk, not before.
-                chunks = embedding_model.chunker.split(extracted.text, extracted.format)
-                if not chunks:
-                    raise UnreadableDocument(name, "no text left after chunking")
             except UnreadableDocument as exc:
-                reason = exc.reason
-            except Exception as exc:  # a parser bug must not stop the other documents
-                reason = f"unreadable ({type(exc).__name__})"
+                reason, code = exc.reason, exc.code
+                content_sha256 = exc.content_sha256 or content_sha256
+            except Exception as exc:  # a bug must not stop the other documents; its message may quote them
+                reason, code = f"unreadable ({type(exc).__name__})", ReasonCode.PARSER_ERROR
             else:
-                reason = None
+                reason = code = None
             if reason is not None:
                 with conn.transaction():
-                    store.quarantine_document(conn, document, content_sha256, reason)
-                context.log.warning(f"quarantined {name}: {reason}")
-                quarantined.append(name)
+                    store.quarantine_document(conn, document, content_sha256, reason, code)
+                context.log.warning(f"quarantined {name} [{code}]: {reason}")
+                quarantined.append({"document": name, "code": str(code)})
                 continue
             doc_id = str(document["doc_id"])
             rows = []
@@ -257,10 +271,19 @@ def document_chunks(
             "documents_chunked": counts["documents"],
             "documents_quarantined": len(quarantined),
             "quarantined_documents": MetadataValue.json(quarantined),
+            "quarantined_by_code": MetadataValue.json(dict(sorted(Counter(q["code"] for q in quarantined).items()))),
             "documents_missing": counts["missing"],
             "chunks": counts["chunks"],
             "tokens": counts["tokens"],
             "max_tokens_per_chunk": max_tokens,
+            # Peak resident memory: of the extraction workers, and of the step's own process (its high-water
+            # mark over the process's life, and how much this step raised it).
+            "extraction_peak_rss_mb": round(sandbox.peak_rss_bytes / 2**20, 1),
+            "extraction_workers_started": sandbox.workers_started,
+            "step_peak_rss_mb": _own_peak_rss_mb(),
+            "step_peak_rss_growth_mb": round(_own_peak_rss_mb() - step_rss_at_start, 1),
+            "extraction_memory_limit_mb": sandbox.limits.memory_bytes // 2**20,
+            "extraction_timeout_s": sandbox.limits.timeout_s,
             "duration_s": round(time.perf_counter() - started, 3),
         }
     )
@@ -275,19 +298,16 @@ def chunk_embeddings(
 ) -> MaterializeResult:
     """Embeddings of new or changed chunks, sealed with AES-256-GCM into the Postgres cold copy.
 
-    Chunks are embedded in batches (32 by default) by a model loaded once per process. Each fetch of
-    32 batches is sorted by text length, so batches pad little, and committed 8 batches at a time, so
-    a retry resumes where the failure struck and never embeds a chunk twice. Unchanged chunks are not
-    embedded again.
+    Chunks are embedded in batches (32 by default) by a model loaded once per process, in a bounded
+    pipeline (`embedding_stage.py`): while the model encodes a group of 256 chunks, one thread fetches and
+    decrypts the next (sorted by length, so batches pad little) and another seals and commits the last,
+    so the model never waits for Postgres or encryption. Each group commits on its own, so a retry
+    resumes where the failure struck and never embeds a chunk twice. Unchanged chunks are not embedded
+    again.
     """
     tenant, month = tenant_and_month(context)
     store = ledger.ledger
     batch_size = embedding_model.batch_size
-    encryptors: dict[int, VectorEncryptor] = {}
-    fetch, commit_every = batch_size * 32, batch_size * 8
-    embedded = batches = 0
-    embed_seconds = 0.0
-    seen: set[str] = set()
     started = time.perf_counter()
     with tenant_session(store, keyring, tenant) as session:
         conn = session.conn
@@ -300,51 +320,42 @@ def chunk_embeddings(
         except EmbeddingModelMismatch as exc:
             raise fail_fast(str(exc)) from None
         embedder = embedding_model.embedder
-        while rows := store.chunks_in_state(conn, tenant, month, "chunked", limit=fetch):
-            if seen.intersection(row["chunk_id"] for row in rows):
-                raise RuntimeError(f"chunks of tenant {tenant} did not leave the 'chunked' state; retrying")
-            seen.update(row["chunk_id"] for row in rows)
-            texts = {}
-            for row in rows:
-                encryptor = encryptors.setdefault(row["key_version"], keyring.encryptor(tenant, row["key_version"]))
-                try:
-                    texts[row["chunk_id"]] = encryptor.decrypt_text(
-                        row["chunk_id"], row["text_ciphertext"], row["text_mac"], row["seal_format"])
-                except DecryptionError as exc:
-                    raise fail_fast(f"{exc} (is INGEST_MASTER_KEY the key the data was written with?)") from None
-            rows.sort(key=lambda row: len(texts[row["chunk_id"]]))
-            for start in range(0, len(rows), commit_every):
-                group = rows[start:start + commit_every]
-                tick = time.perf_counter()
-                vectors = embedder.embed([texts[row["chunk_id"]] for row in group])
-                embed_seconds += time.perf_counter() - tick
-                sealed = [
-                    (encryptors[row["key_version"]].encrypt_vector(
-                        row["chunk_id"], vector, row["text_mac"], row["seal_format"]),
-                     row["chunk_id"], row["text_mac"])
-                    for row, vector in zip(group, vectors, strict=True)
-                ]
-                with conn.transaction():
-                    store.store_embeddings(conn, tenant, sealed)
-                batches += -(-len(group) // embedder.batch_size)
-            embedded += len(rows)
-            context.log.info(f"tenant {tenant} month {month}: {embedded} chunks embedded")
-    rate = embedded / embed_seconds if embed_seconds else 0.0
+        reported = [0]
+
+        def progress(embedded: int) -> None:
+            if embedded - reported[0] >= 1024:
+                reported[0] = embedded
+                context.log.info(f"tenant {tenant} month {month}: {embedded} chunks embedded")
+
+        try:
+            stats = embed_pending(store, session, embedder, month, fetch=batch_size * 32,
+                                  commit_every=batch_size * 8, on_progress=progress)
+        except DecryptionError as exc:
+            raise fail_fast(f"{exc} (is INGEST_MASTER_KEY the key the data was written with?)") from None
+    rate = stats.embedded / stats.embed_seconds if stats.embed_seconds else 0.0
+    duration = time.perf_counter() - started
     return MaterializeResult(
         metadata={
-            "chunks_embedded": embedded,
-            "batches": batches,
+            "chunks_embedded": stats.embedded,
+            "batches": stats.batches,
             "batch_size": embedder.batch_size,
-            "embedding_seconds": round(embed_seconds, 3),
+            "embedding_seconds": round(stats.embed_seconds, 3),
             "chunks_per_second": round(rate, 1),
+            "model_busy_share": round(stats.embed_seconds / duration, 3) if duration else 0.0,
+            "model_waited_for_input_s": round(stats.model_waited_seconds, 3),
+            "model_waited_for_writer_s": round(stats.writer_backlog_seconds, 3),
             "dimension": embedder.dimension,
-            "duration_s": round(time.perf_counter() - started, 3),
+            "duration_s": round(duration, 3),
         }
     )
 
 
 class IndexConfig(Config):
     upsert_batch_size: int = 32
+    train_at_vectors: int = Field(
+        default=50_000, description="Train an embedded index (IVF clustering) once it holds this many vectors; "
+        "cyborgdb-service trains its indexes by itself.",
+    )
 
 
 @asset(deps=[chunk_embeddings], kinds={"cyborgdb", "postgres"}, **STAGE)
@@ -361,7 +372,10 @@ def cyborgdb_index(
     then embedded chunks are upserted in batches as {id, vector, metadata, contents}; each batch is
     marked indexed in the same transaction that locked its rows, so a failed upsert rolls the batch
     back and the step retries. CyborgDB encrypts vectors with the tenant's own index key; contents
-    are the chunk's AES-GCM ciphertext. One writer per tenant index at a time.
+    are the chunk's AES-GCM ciphertext. One writer per tenant index at a time. An embedded index is
+    trained (IVF clustering, so queries probe a few clusters) the first time it reaches
+    `train_at_vectors` vectors, typically at the end of a large backfill; the check
+    `sample_recall_at_10` shows it still finds what exact search finds.
     """
     tenant, month = tenant_and_month(context)
     store = ledger.ledger
@@ -371,15 +385,20 @@ def cyborgdb_index(
         try:
             removed = writer.remove_stale(month)
             upserted, batches = writer.upsert_embedded(month)
-        except (DecryptionError, IndexDimensionMismatch, IndexKeyMismatch) as exc:
+            index_vectors = writer.count()
+            trained_now = writer.train_if_due(config.train_at_vectors, index_vectors)
+        except (DecryptionError, PermanentIndexError) as exc:
+            # A wrong index key, a dimension mismatch or refused credentials: retrying cannot help, and the
+            # batch that met it stays 'embedded' in Postgres (its transaction rolled back).
             raise fail_fast(str(exc)) from None
-        index_vectors = writer.count()
+    fault_point("index:after-commit")  # test-only seam: all committed, before Dagster records success
     return MaterializeResult(
         metadata={
             "chunks_upserted": upserted,
             "chunks_removed": removed,
             "upsert_batches": batches,
             "index_vectors": index_vectors,
+            "index_trained_now": trained_now,
             "backend": cyborgdb.indexes.backend,
             "duration_s": round(time.perf_counter() - started, 3),
         }

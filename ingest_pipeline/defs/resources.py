@@ -9,19 +9,17 @@ A deployment may also pin a field with `EnvVar("...")`.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from functools import cached_property
 
+import psycopg
 from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field
 
 from ingest_pipeline.core.chunking import Chunker
-from ingest_pipeline.core.crypto import (
-    CURRENT_KEY_VERSION,
-    TenantKeys,
-    VectorEncryptor,
-    derive_tenant_keys,
-    parse_master_key,
-)
+from ingest_pipeline.core.crypto import TenantKeys, VectorEncryptor, parse_master_key
 from ingest_pipeline.core.embedding import (
     DEFAULT_BATCH_SIZE,
     ONNX_INT8,
@@ -33,7 +31,15 @@ from ingest_pipeline.core.embedding import (
     model_fingerprint,
     resolve_model_path,
 )
-from ingest_pipeline.environment import Settings, development_master_key, postgres_dsn
+from ingest_pipeline.core.sandbox import (
+    DEFAULT_MEMORY_BYTES,
+    DEFAULT_TIMEOUT_S,
+    ChunkingSpec,
+    ExtractionSandbox,
+    SandboxLimits,
+)
+from ingest_pipeline.environment import ConfigurationError, Settings, development_master_key, postgres_dsn
+from ingest_pipeline.keystore import KeyStore, KeyVault, TenantKeySet
 from ingest_pipeline.landing import LandingZone
 from ingest_pipeline.ledger import Ledger
 from ingest_pipeline.vector_index import DEFAULT_CALL_TIMEOUT_S, CyborgIndexes
@@ -81,13 +87,18 @@ class CyborgDB(SettingsFromEnvironment):
 
 
 class TenantKeyring(SettingsFromEnvironment):
-    """Derives each tenant's data, MAC and index keys from the master key (INGEST_MASTER_KEY)."""
+    """Tenants' random keys, wrapped under the master key (INGEST_MASTER_KEY) in the key vault
+    (INGEST_KEYS_DSN; by default the database `<ledger database>_keys` beside the ledger).
+
+    Keys are read on every call (never cached across calls), so a rotation or an erasure by another
+    process takes effect at once.
+    """
 
     ledger: PostgresLedger
     master_key: str | None = Field(
         default=None, description="Base64 32-byte master key; set it only with EnvVar. Unset reads INGEST_MASTER_KEY."
     )
-    key_version: int = CURRENT_KEY_VERSION
+    keys_dsn: str | None = Field(default=None, description="Key vault DSN; unset reads INGEST_KEYS_DSN.")
 
     @cached_property
     def _master(self) -> bytes:
@@ -97,11 +108,29 @@ class TenantKeyring(SettingsFromEnvironment):
             return parse_master_key(encoded)
         return development_master_key(settings.home, has_tenants=lambda: self.ledger.ledger.has_tenants())
 
+    @cached_property
+    def store(self) -> KeyStore:
+        dsn = self.keys_dsn or Settings.from_env().keys_dsn
+        vault = KeyVault(dsn) if dsn else KeyVault.beside(self.ledger.ledger.dsn)
+        vault.migrate()
+        return KeyStore(self._master, vault)
+
+    def open_tenant(self, conn: psycopg.Connection, tenant_id: str) -> TenantKeySet:
+        """The tenant's keys, created at random for a new tenant: call it on the tenant's locked session."""
+        return self.store.open(conn, tenant_id, create=True)
+
+    def keyset(self, tenant_id: str, conn: psycopg.Connection | None = None) -> TenantKeySet:
+        """An existing tenant's keys (UnknownTenant, TenantErased or TenantKeyMismatch otherwise)."""
+        if conn is not None:
+            return self.store.open(conn, tenant_id)
+        with self.ledger.ledger.connect() as own:
+            return self.store.open(own, tenant_id)
+
     def tenant_keys(self, tenant_id: str, key_version: int | None = None) -> TenantKeys:
-        return derive_tenant_keys(self._master, tenant_id, key_version or self.key_version)
+        return self.keyset(tenant_id).keys(key_version)
 
     def encryptor(self, tenant_id: str, key_version: int | None = None) -> VectorEncryptor:
-        return VectorEncryptor(self.tenant_keys(tenant_id, key_version))
+        return self.keyset(tenant_id).encryptor(key_version)
 
 
 class EmbeddingModel(ConfigurableResource):
@@ -132,6 +161,16 @@ class EmbeddingModel(ConfigurableResource):
             return OnnxInt8Embedder(self.resolved_path, self.batch_size, cache_dir=settings.home / "models")
         return Embedder(self.resolved_path, self.batch_size, self.device or settings.embedding_device)
 
+    def preload(self) -> None:
+        """Load the model on a background thread, so a step that chunks first does not wait for it later.
+        A load that fails here fails again, with its error, where the model is used."""
+
+        def load() -> None:
+            with contextlib.suppress(Exception):
+                _ = self.embedder
+
+        threading.Thread(target=load, name="embedding-model-preload", daemon=True).start()
+
     @cached_property
     def model_id(self) -> str:
         """The model's fingerprint (and backend), recorded with a tenant's embeddings so they are never mixed."""
@@ -150,10 +189,51 @@ class EmbeddingModel(ConfigurableResource):
 
 
 class LandingZoneResource(SettingsFromEnvironment):
-    """Where uploads land: INGEST_HOME/landing/<tenant>/<document name>."""
+    """Where uploads land: INGEST_HOME/landing/<tenant>/<document name>, and the bounds on reading them.
+
+    Each document is read, extracted and chunked in a worker process (core/sandbox.py) whose address space
+    is capped at `extraction_memory_mb` and whose time is capped at `extraction_timeout_s` (wall clock, and
+    as much CPU): a document that needs more is quarantined as memory-limit or time-limit, and the step
+    carries on with a fresh worker.
+    """
 
     max_document_bytes: int = Field(default=50 * 1024 * 1024, description="Larger documents are quarantined.")
+    extraction_memory_mb: int | None = Field(
+        default=None, description="Memory (RLIMIT_AS, MiB) for one document's extraction and chunking; unset "
+        f"reads INGEST_EXTRACTION_MEMORY_MB at run time, else {DEFAULT_MEMORY_BYTES // 2**20}.",
+    )
+    extraction_timeout_s: float | None = Field(
+        default=None, description="Seconds (wall clock, and as many CPU seconds) for one document's extraction "
+        f"and chunking; unset reads INGEST_EXTRACTION_TIMEOUT_S at run time, else {DEFAULT_TIMEOUT_S:g}.",
+    )
 
     @cached_property
     def zone(self) -> LandingZone:
         return LandingZone(Settings.from_env().landing_dir)
+
+    def sandbox_limits(self) -> SandboxLimits:
+        """The extraction bounds: these fields, else the environment, else the defaults."""
+        memory_mb = self.extraction_memory_mb or _positive_from_env("INGEST_EXTRACTION_MEMORY_MB", int)
+        timeout_s = self.extraction_timeout_s or _positive_from_env("INGEST_EXTRACTION_TIMEOUT_S", float)
+        return SandboxLimits(
+            memory_bytes=int(memory_mb * 2**20) if memory_mb else DEFAULT_MEMORY_BYTES,
+            timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
+            max_document_bytes=self.max_document_bytes,
+        )
+
+    def sandbox(self, chunking: ChunkingSpec | None = None) -> ExtractionSandbox:
+        """A sandbox that reads, extracts and (with `chunking`) chunks documents within sandbox_limits()."""
+        return ExtractionSandbox(self.sandbox_limits(), chunking)
+
+
+def _positive_from_env(name: str, kind: type[int] | type[float]) -> int | float | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number, got {raw!r}")
+    return value

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 
 import pytest
 from pypdf import PdfReader, PdfWriter
@@ -10,8 +12,10 @@ from pypdf import PdfReader, PdfWriter
 from ingest_pipeline.core.extraction import (
     SUPPORTED_SUFFIXES,
     ExtractedText,
+    ReasonCode,
     UnreadableDocument,
     extract_text,
+    read_document,
 )
 
 PDF_TEXT = "Quarterly revenue grew by twelve percent"
@@ -282,3 +286,118 @@ def test_pdf_with_no_text():
 
 def test_unreadable_document_is_a_value_error():
     assert issubclass(UnreadableDocument, ValueError)
+
+
+# --- reason codes ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "code"),
+    [
+        pytest.param("empty.txt", b"", ReasonCode.EMPTY, id="empty"),
+        pytest.param("blank.md", b" \n\t ", ReasonCode.EMPTY, id="whitespace"),
+        pytest.param("data.txt", b"CONFIDENTIAL\x00\x01binary", ReasonCode.BINARY, id="nul-bytes"),
+        pytest.param("late.txt", b"CONFIDENTIAL text " * 1000 + b"\x00", ReasonCode.BINARY, id="nul-after-8k"),
+        pytest.param("ctl.txt", b"CONFIDENTIAL\x01\x02\x03\x04\x05\x06\x07\x08" * 50, ReasonCode.BINARY,
+                     id="control-characters"),
+        pytest.param("slides.docx", b"PK\x03\x04 CONFIDENTIAL", ReasonCode.UNSUPPORTED_FORMAT, id="unsupported"),
+        pytest.param("fake.pdf", b"CONFIDENTIAL not a pdf", ReasonCode.CORRUPT_PDF, id="no-pdf-header"),
+        pytest.param("broken.pdf", b"%PDF-1.7\nCONFIDENTIAL garbage", ReasonCode.CORRUPT_PDF, id="corrupt-pdf"),
+        pytest.param("x.html", b"<script>var CONFIDENTIAL = 1;</script>", ReasonCode.NO_TEXT, id="no-text"),
+    ],
+)
+def test_every_refusal_has_a_stable_code(name, data, code):
+    error = assert_refused(name, data, "", secret="CONFIDENTIAL")
+    assert error.code == code
+    assert error.code.value == str(code)
+
+
+def test_codes_of_pdf_refusals():
+    assert assert_refused("locked.pdf", encrypted_pdf("pw"), "encrypted").code == ReasonCode.ENCRYPTED_PDF
+    assert assert_refused("scan.pdf", blank_pdf(), "no extractable").code == ReasonCode.NO_TEXT
+    assert assert_refused("big.txt", b"x" * 100, "too large", max_bytes=10).code == ReasonCode.TOO_LARGE
+
+
+def test_pdf_decompression_bomb_is_refused_by_the_parser_limit():
+    from ingest_pipeline_tests.core.test_sandbox import bomb_pdf
+
+    error = assert_refused("bomb.pdf", bomb_pdf(1024 * 2**20), "decompression bomb")
+    assert error.code == ReasonCode.DECOMPRESSION_LIMIT
+
+
+# --- invalid and legacy encodings --------------------------------------------------------------------
+
+
+def _random_bytes(size: int, seed: int) -> bytes:
+    import random
+
+    generator = random.Random(seed)
+    return bytes(generator.randrange(1, 256) for _ in range(size))  # no NUL: not caught as binary by that
+
+
+@pytest.mark.parametrize("size", [24, 300, 5000, 50_000])
+def test_random_bytes_are_invalid_encoding(size):
+    error = assert_refused("noise.txt", _random_bytes(size, size), "no other character encoding fits")
+    assert error.code == ReasonCode.INVALID_ENCODING
+
+
+def test_truncated_multibyte_sequences_in_binary_data_are_invalid_encoding():
+    data = (b"\xe6\x97\xa5\xe6\x97" + _random_bytes(40, 1)) * 200  # cut UTF-8 sequences among noise
+    assert assert_refused("cut.md", data, "not UTF-8").code == ReasonCode.INVALID_ENCODING
+
+
+@pytest.mark.parametrize(
+    ("text", "encoding"),
+    [
+        ("Годовой отчёт представляет финансовые результаты компании за прошлый год. " * 40, "cp1251"),
+        ("日本語のテキストです。これは文字コードのテストです。" * 100, "shift_jis"),
+        ("Le rapport annuel présente les résultats financiers de l'entreprise. " * 40, "cp1252"),
+    ],
+)
+def test_legacy_encodings_detected_with_confidence_are_accepted(text, encoding):
+    data = text.encode(encoding)
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    assert extract_text("legacy.txt", data).text == text.strip()
+
+
+# --- parsers under stress ----------------------------------------------------------------------------
+
+
+def test_deeply_nested_html_is_extracted_or_refused_as_too_deeply_nested():
+    depth = 100_000
+    markup = b"<div>" * depth + b"deep text" + b"</div>" * depth
+    try:
+        result = extract_text("deep.html", markup)
+    except UnreadableDocument as error:
+        assert error.code == ReasonCode.TOO_DEEPLY_NESTED
+    else:
+        assert result.text == "deep text"
+
+
+# --- read_document -----------------------------------------------------------------------------------
+
+
+def test_read_document_reads_a_regular_file_and_hashes_it(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_bytes(b"hello")
+    data, digest = read_document(tmp_path, "sub/a.txt")
+    assert data == b"hello" and digest == hashlib.sha256(b"hello").hexdigest()
+
+
+def test_read_document_refuses_links_special_files_and_large_files(tmp_path):
+    (tmp_path / "outside.txt").write_text("CONFIDENTIAL outside")
+    (tmp_path / "zone").mkdir()
+    (tmp_path / "zone" / "link.txt").symlink_to(tmp_path / "outside.txt")
+    (tmp_path / "zone" / "dir").symlink_to(tmp_path, target_is_directory=True)
+    os.mkfifo(tmp_path / "zone" / "pipe.txt")
+    (tmp_path / "zone" / "big.txt").write_bytes(b"x" * 100)
+    for name, code in [("link.txt", ReasonCode.SYMLINK), ("dir/outside.txt", ReasonCode.SYMLINK),
+                       ("pipe.txt", ReasonCode.SPECIAL_FILE), ("big.txt", ReasonCode.TOO_LARGE),
+                       ("../outside.txt", ReasonCode.BAD_NAME)]:
+        with pytest.raises(UnreadableDocument) as info:
+            read_document(tmp_path / "zone", name, max_bytes=50)
+        assert info.value.code == code, name
+        assert "CONFIDENTIAL" not in str(info.value)
+    with pytest.raises(FileNotFoundError):
+        read_document(tmp_path / "zone", "gone.txt")

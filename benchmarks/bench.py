@@ -1,0 +1,441 @@
+"""`make bench`: ingestion against the bare model, side by side, and the figures around it, in one run.
+
+1. Throughput: for each size (500, 2,000 and 8,000 chunks by default), a fresh installation ingests copies of the
+   bundled sample corpus with `ingest-pipeline ingest` (a cold CLI process, as a user runs it: imports, model load
+   and all four stages). The very same chunk texts are then embedded by the bare model
+   (`SentenceTransformer.encode`, same batch size) in this process, after a warm-up. Ratio = end-to-end chunks/s
+   divided by bare chunks/s. Peak memory: the CLI process's high-water mark, and the extraction workers' peak.
+2. On the 2,000-chunk installation: an unchanged re-run, a backfill of the tenant's last three months, and one
+   changed document: seconds and embedding calls (from the ledger's embedding log).
+3. Search latency: p50 / p99 of `search` in a warm process, and the CLI cold (a new process per query).
+4. CyborgDB upserts, vectors/s, embedded and service, batches of 32 / 128 / 512.
+5. Recall@10 of the encrypted index against exact cosine search, on an index of --vectors vectors (default 100,000:
+   real embeddings of the corpus, each repeated with small Gaussian perturbations), before and after training.
+
+Prints a table and writes bench-report.json. `make bench-large` runs bigger sizes.
+
+    .venv/bin/python benchmarks/bench.py [--sizes 500,2000,8000] [--vectors 100000] [--json-out bench-report.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from retrieval_quality import load_qa  # noqa: E402
+from scratch import scratch_installation  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "ingest_pipeline" / "sample_corpus"
+TENANT = "bench"
+CLI = [sys.executable, "-m", "ingest_pipeline.cli"]
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+# ---- the machine ------------------------------------------------------------------------------------
+
+
+def machine() -> dict:
+    import torch
+
+    from ingest_pipeline.environment import Settings
+
+    model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as meminfo:
+        memory_gib = int(meminfo.readline().split()[1]) / 2**20
+    settings = Settings.from_env()
+    return {"cores": os.cpu_count(), "cpu": model, "memory_gib": round(memory_gib, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "embedding_backend": settings.embedding_backend, "device": settings.embedding_device}
+
+
+# ---- processes ---------------------------------------------------------------------------------------
+
+
+def _vm_hwm_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_cli(*args: str, env: dict | None = None) -> tuple[float, str, float]:
+    """Run the CLI in a new process: (seconds, stdout, peak resident memory in MB, sampled every 50 ms)."""
+    started = time.perf_counter()
+    process = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **(env or {})})
+    peak = 0.0
+    output: dict[str, str] = {}
+
+    def drain() -> None:
+        output["stdout"], output["stderr"] = process.communicate()
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    while reader.is_alive():
+        peak = max(peak, _vm_hwm_mb(process.pid))
+        reader.join(0.05)
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:2])} failed: {output['stderr'][-2000:]}")
+    return seconds, output["stdout"], peak
+
+
+def embedding_calls(ledger) -> int:
+    with ledger.connect() as conn:
+        return int(conn.execute("SELECT coalesce(sum(chunk_count), 0) AS n FROM ingest.embedding_log"
+                                " WHERE tenant_id = %s", (TENANT,)).fetchone()["n"])
+
+
+# ---- 1. throughput -----------------------------------------------------------------------------------
+
+
+def corpus_documents() -> list[tuple[Path, int]]:
+    """The sample corpus's documents with the number of chunks each makes."""
+    from ingest_pipeline.core.chunking import Chunker
+    from ingest_pipeline.core.embedding import bundled_model_path
+    from ingest_pipeline.core.extraction import extract_text
+
+    chunker = Chunker(bundled_model_path() / "tokenizer.json")
+    documents = []
+    for path in sorted(CORPUS.glob("*/*.*")):
+        if path.name != "SOURCES.md":
+            extracted = extract_text(path.name, path.read_bytes())
+            documents.append((path, len(chunker.split(extracted.text, extracted.format))))
+    return documents
+
+
+def stage_corpus(folder: Path, documents: list[tuple[Path, int]], chunks: int) -> int:
+    """Copies of the corpus's documents, under distinct names, until they make at least `chunks` chunks."""
+    made, copy = 0, 0
+    while made < chunks:
+        for path, count in documents:
+            if made >= chunks:
+                break
+            target = folder / f"copy{copy:03d}-{path.name}"
+            shutil.copyfile(path, target)
+            made += count
+        copy += 1
+    return made
+
+
+def throughput(size: int, documents, embedder, workdir: Path) -> dict:
+    from ingest_pipeline.definitions import build_resources
+    from ingest_pipeline.instance import prepare_environment
+
+    staging = workdir / f"corpus-{size}"
+    staging.mkdir()
+    stage_corpus(staging, documents, size)
+    run_cli("upload", "--tenant", TENANT, str(staging), "--json")
+    seconds, stdout, peak_mb = run_cli("ingest", "--tenant", TENANT, "--json")
+    summary = json.loads(stdout)
+    chunks = summary["totals"]["chunks_embedded"]
+
+    prepare_environment()
+    resources = build_resources()
+    ledger, keys = resources["ledger"].ledger, resources["keyring"].keyset(TENANT)
+    with ledger.connect() as conn:
+        rows = ledger.tenant_chunks_with_embeddings(conn, TENANT)
+    texts = [keys.encryptor(r["key_version"]).decrypt_text(r["chunk_id"], r["text_ciphertext"], r["text_mac"],
+                                                           r["seal_format"]) for r in rows]
+    tick = time.perf_counter()
+    embedder.embed(texts)
+    bare_seconds = time.perf_counter() - tick
+    end_to_end, bare = chunks / seconds, len(texts) / bare_seconds
+    return {
+        "chunks": chunks, "documents": len({r["doc_id"] for r in rows}),
+        "end_to_end_s": round(seconds, 1), "end_to_end_chunks_per_s": round(end_to_end, 1),
+        "embedding_step_chunks_per_s": summary["embedding_chunks_per_second"],
+        "bare_model_s": round(bare_seconds, 1), "bare_model_chunks_per_s": round(bare, 1),
+        "ratio": round(end_to_end / bare, 3), "cli_peak_rss_mb": round(peak_mb),
+        "ms_per_chunk_end_to_end": round(1000 * seconds / chunks, 1),
+    }
+
+
+def int8_end_to_end(staging: Path, bare_torch_rate: float) -> dict:
+    """The same corpus ingested with INGEST_EMBEDDING_BACKEND=onnx-int8, against the bare PyTorch model's rate on
+    the same texts. The export is made before the timed run (a one-time cost, measured by bench-backends)."""
+    from ingest_pipeline.core.embedding import bundled_model_path, export_int8_onnx
+
+    home = Path(os.environ["INGEST_HOME"])
+    export_int8_onnx(bundled_model_path(), home / "models")
+    env = {"INGEST_EMBEDDING_BACKEND": "onnx-int8"}
+    run_cli("upload", "--tenant", TENANT, str(staging), "--json", env=env)
+    seconds, stdout, peak_mb = run_cli("ingest", "--tenant", TENANT, "--json", env=env)
+    chunks = json.loads(stdout)["totals"]["chunks_embedded"]
+    rate = chunks / seconds
+    return {"chunks": chunks, "end_to_end_s": round(seconds, 1), "end_to_end_chunks_per_s": round(rate, 1),
+            "bare_torch_chunks_per_s": round(bare_torch_rate, 1),
+            "int8_end_to_end_vs_bare_torch": round(rate / bare_torch_rate, 3), "cli_peak_rss_mb": round(peak_mb)}
+
+
+# ---- 2. re-runs --------------------------------------------------------------------------------------
+
+
+def reruns(staging: Path, first_run_s: float) -> dict:
+    from dagster import MultiPartitionKey
+
+    from ingest_pipeline.definitions import build_definitions, build_resources
+    from ingest_pipeline.instance import dagster_instance, prepare_environment
+    from ingest_pipeline.uploads import current_month
+
+    prepare_environment()
+    ledger = build_resources()["ledger"].ledger
+    before = embedding_calls(ledger)
+    rerun_s, _, _ = run_cli("ingest", "--tenant", TENANT, "--json")
+    after_rerun = embedding_calls(ledger)
+
+    # A backfill of the tenant's last three months (what each of a backfill's runs does), in this process.
+    job = build_definitions().resolve_job_def("ingest_job")
+    this_month = current_month()
+    year, month = int(this_month[:4]), int(this_month[5:7])
+    months = [f"{year - (month - k <= 0)}-{(month - k - 1) % 12 + 1:02d}-01" for k in range(3)]
+    tick = time.perf_counter()
+    for key in months:
+        result = job.execute_in_process(partition_key=MultiPartitionKey({"tenant": TENANT, "month": key}),
+                                        instance=dagster_instance(), raise_on_error=False, run_config=QUIET)
+        if not result.success:
+            raise RuntimeError(f"backfill run for {key} failed")
+    backfill_s = time.perf_counter() - tick
+    after_backfill = embedding_calls(ledger)
+
+    # One document changes (a paragraph appended): only its changed chunks are embedded again.
+    changed = next(path for path in sorted(staging.iterdir()) if path.suffix == ".md")
+    with ledger.connect() as conn:
+        doc_chunks = conn.execute("SELECT chunk_count FROM ingest.documents WHERE tenant_id = %s AND doc_name = %s",
+                                  (TENANT, changed.name)).fetchone()["chunk_count"]
+    changed.write_text(changed.read_text() + "\n\nAn appended paragraph: the benchmark changed this document.\n")
+    run_cli("upload", "--tenant", TENANT, str(changed), "--json")
+    changed_s, _, _ = run_cli("ingest", "--tenant", TENANT, "--json")
+    changed_calls = embedding_calls(ledger) - after_backfill
+    return {
+        "unchanged_rerun_s": round(rerun_s, 1), "unchanged_rerun_embedding_calls": after_rerun - before,
+        "unchanged_rerun_share_of_first_run": round(rerun_s / first_run_s, 3),
+        "backfill_3_months_s": round(backfill_s, 1), "backfill_embedding_calls": after_backfill - after_rerun,
+        "changed_document_chunks": doc_chunks, "changed_document_embedding_calls": changed_calls,
+        "changed_document_s": round(changed_s, 1),
+    }
+
+
+# ---- 3. search latency -------------------------------------------------------------------------------
+
+
+def search_latency(queries: list[str]) -> dict:
+    from ingest_pipeline import cli
+
+    cli.search(TENANT, [queries[0]], 5)  # warm: model, index and connections
+    warm = []
+    for query in queries:
+        tick = time.perf_counter()
+        cli.search(TENANT, [query], 5)
+        warm.append(1000 * (time.perf_counter() - tick))
+    cold = [1000 * run_cli("search", "--tenant", TENANT, "--json", query)[0] for query in queries[:5]]
+    return {"warm_p50_ms": round(statistics.median(warm), 1),
+            "warm_p99_ms": round(float(np.percentile(warm, 99)), 1), "warm_queries": len(warm),
+            "cli_cold_p50_ms": round(statistics.median(cold)), "cli_cold_max_ms": round(max(cold)),
+            "cli_cold_queries": len(cold)}
+
+
+# ---- 4. upserts --------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_service(storage: Path) -> tuple[subprocess.Popen, str, str]:
+    """A cyborgdb-service on loopback with a root key, as in the tests."""
+    port, root_key = _free_port(), secrets.token_hex(24)
+    env = {**os.environ, "CYBORGDB_DB_TYPE": "disk", "CYBORGDB_DISK_PATH": str(storage),
+           "CYBORGDB_SERVICE_ROOT_KEY": root_key, "CYBORGDB_SERVICE_LOG_LEVEL": "WARNING", "PORT": str(port)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "cyborgdb_service.app:app", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as response:
+                if json.load(response).get("status") == "healthy":
+                    return process, url, root_key
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("cyborgdb-service did not start")
+
+
+def random_keys(tenant: str):
+    from ingest_pipeline.core.crypto import new_data_key, new_tenant_secret, tenant_keys_from
+
+    return tenant_keys_from(tenant, 1, new_data_key(), new_tenant_secret())
+
+
+def upsert_rates(indexes, label: str, vectors: np.ndarray, batch_sizes=(32, 128, 512)) -> dict:
+    figures = {}
+    for batch in batch_sizes:
+        index = indexes.open(random_keys(f"upsert-{label}-{batch}"), dimension=vectors.shape[1], create=True)
+        items = [{"id": f"v{i}", "vector": vector, "metadata": {"doc_id": "d", "chunk_sequence": i},
+                  "contents": os.urandom(300)} for i, vector in enumerate(vectors)]
+        tick = time.perf_counter()
+        for start in range(0, len(items), batch):
+            index.upsert(items[start:start + batch])
+        figures[f"{label}_batch_{batch}_vectors_per_s"] = round(len(items) / (time.perf_counter() - tick))
+        index.drop()
+    return figures
+
+
+# ---- 5. recall at scale ------------------------------------------------------------------------------
+
+
+def scaled_vectors(base: np.ndarray, count: int, seed: int = 7) -> np.ndarray:
+    """`count` unit vectors around the real embeddings in `base` (each repeated with Gaussian noise)."""
+    rng = np.random.default_rng(seed)
+    picks = base[rng.integers(0, len(base), count)]
+    noisy = picks + rng.normal(0, 0.03, picks.shape).astype(np.float32)
+    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+
+
+def recall_at_scale(indexes, base: np.ndarray, count: int, queries: np.ndarray, top_k: int = 10) -> dict:
+    from ingest_pipeline.vector_index import TenantIndex
+
+    vectors = scaled_vectors(base, count)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :top_k]
+    index: TenantIndex = indexes.open(random_keys("recall-scale"), dimension=vectors.shape[1], create=True)
+    tick = time.perf_counter()
+    for start in range(0, count, 512):
+        index.upsert([{"id": str(start + i), "vector": v} for i, v in enumerate(vectors[start:start + 512])])
+    upsert_s = time.perf_counter() - tick
+
+    def recall() -> tuple[float, float]:
+        tick = time.perf_counter()
+        found = index.query(queries, top_k=top_k)
+        seconds = time.perf_counter() - tick
+        hits = [len({int(hit["id"]) for hit in got} & set(want.tolist())) / top_k for got, want in zip(found, exact,
+                                                                                                      strict=True)]
+        return float(np.mean(hits)), 1000 * seconds / len(queries)
+
+    before, before_ms = recall()
+    tick = time.perf_counter()
+    index.train()
+    train_s = time.perf_counter() - tick
+    after, after_ms = recall()
+    figures = {"vectors": count, "queries": len(queries), "upsert_s": round(upsert_s, 1),
+               "recall_at_10_untrained": round(before, 4), "query_ms_untrained": round(before_ms, 1),
+               "train_s": round(train_s, 1), "recall_at_10_trained": round(after, 4),
+               "query_ms_trained": round(after_ms, 1)}
+    index.drop()
+    return figures
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+
+
+def table(report: dict) -> str:
+    """The figures as Markdown tables (pasted into the README as they are)."""
+    columns = ["chunks", "end_to_end_s", "end_to_end_chunks_per_s", "bare_model_chunks_per_s", "ratio",
+               "ms_per_chunk_end_to_end", "cli_peak_rss_mb"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in report["throughput"]]
+    for section, figures in report.items():
+        if isinstance(figures, dict):
+            lines += ["", f"| {section} | |", "|---|---|"]
+            lines += [f"| {name} | {value} |" for name, value in figures.items()]
+    lines.append(f"\nbench seconds: {report['seconds']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="500,2000,8000", help="chunk counts to ingest, comma-separated")
+    parser.add_argument("--vectors", type=int, default=100_000, help="index size for recall at scale")
+    parser.add_argument("--json-out", default=str(ROOT / "bench-report.json"))
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                        help="also ingest the 2,000-chunk corpus with the int8 ONNX backend")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sizes = [int(size) for size in args.sizes.split(",")]
+    rerun_size = min(sizes, key=lambda size: abs(size - 2000))  # re-runs and search on the 2,000-chunk tenant
+    started = time.perf_counter()
+
+    from ingest_pipeline.core.embedding import DEFAULT_BATCH_SIZE, Embedder
+
+    embedder = Embedder(batch_size=DEFAULT_BATCH_SIZE)
+    embedder.embed(["warm-up"] * 64)
+    documents = corpus_documents()
+    report: dict = {"machine": machine(), "throughput": []}
+    _, questions = load_qa()
+    queries = [q["question"] for q in questions][:100]
+    corpus_vectors = None
+    with tempfile.TemporaryDirectory(prefix="ingest-bench-") as workdir:
+        for size in sizes:
+            with scratch_installation("ingest-bench-home-"):
+                figures = throughput(size, documents, embedder, Path(workdir))
+                report["throughput"].append({"target_chunks": size, **figures})
+                print(f"{size} chunks: {figures}", file=sys.stderr)
+                if size == rerun_size:
+                    report["reruns"] = reruns(Path(workdir) / f"corpus-{size}", figures["end_to_end_s"])
+                    report["search_latency"] = search_latency(queries)
+            if size == rerun_size and args.int8:
+                with scratch_installation("ingest-bench-int8-"):
+                    report["int8_backend"] = int8_end_to_end(Path(workdir) / f"corpus-{size}",
+                                                             figures["bare_model_chunks_per_s"])
+                if size == max(sizes):
+                    from ingest_pipeline.definitions import build_resources
+
+                    resources = build_resources()
+                    keys, ledger = resources["keyring"].keyset(TENANT), resources["ledger"].ledger
+                    with ledger.connect() as conn:
+                        rows = ledger.tenant_chunks_with_embeddings(conn, TENANT)
+                    corpus_vectors = np.stack([keys.encryptor(r["key_version"]).decrypt_vector(
+                        r["chunk_id"], r["embedding_ciphertext"], r["text_mac"], r["seal_format"]) for r in rows])
+
+        from ingest_pipeline.vector_index import CyborgIndexes
+
+        vectors = scaled_vectors(corpus_vectors, 2048, seed=11)
+        embedded = CyborgIndexes(storage_dir=Path(workdir) / "cyborgdb-bench")
+        upserts = upsert_rates(embedded, "embedded", vectors)
+        process, url, root_key = start_service(Path(workdir) / "service")
+        try:
+            upserts |= upsert_rates(CyborgIndexes(url=url, api_key=root_key), "service", vectors)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+        report["cyborgdb_upserts"] = upserts
+        query_vectors = embedder.embed(queries)
+        report["recall_at_scale"] = recall_at_scale(embedded, corpus_vectors, args.vectors, query_vectors)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    print(table(report))
+    Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwritten: {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""`ingest-pipeline rotate-key`, `rotate-master-key` and `erase-tenant`: the tenant keys' life cycle.
+
+`rotate-key` writes new data under a new data key at once, then runs `reencrypt_job` on the shared
+Dagster instance (the run is in the UI; a run that stops is resumed by running it, or the command,
+again). `rotate-master-key` re-wraps every tenant's keys under a new master key without touching a
+row. `erase-tenant` crypto-shreds a tenant (see erasure.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from rich.console import Console
+
+from ingest_pipeline.core.crypto import master_key_id, parse_master_key
+from ingest_pipeline.core.ids import validate_tenant
+from ingest_pipeline.erasure import TENANT_JOB_TAG
+from ingest_pipeline.instance import dagster_instance, monitored_run_tags, prepare_environment
+
+NEW_MASTER_KEY_ENV = "INGEST_NEW_MASTER_KEY"
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+out = Console()
+
+
+def _resources() -> dict:
+    from ingest_pipeline.definitions import build_resources
+
+    prepare_environment()
+    return build_resources()
+
+
+def key_versions(ledger, tenant: str) -> list[int]:
+    with ledger.connect() as conn:
+        rows = conn.execute(
+            "SELECT key_version FROM ingest.tenant_keys WHERE tenant_id = %s AND key_version > 0 ORDER BY 1",
+            (tenant,),
+        ).fetchall()
+    return [row["key_version"] for row in rows]
+
+
+def rotate_key(tenant: str, rotate: bool = True, batch_size: int | None = None) -> dict:
+    """Rotate the tenant's data key (unless `rotate` is False: then only finish moving rows) and move
+    every row to it through `reencrypt_job`."""
+    from ingest_pipeline.defs.keys import reencrypt_job
+    from ingest_pipeline.reencryption import rows_to_move
+
+    tenant = validate_tenant(tenant)
+    resources = _resources()
+    ledger = resources["ledger"].ledger
+    before = key_versions(ledger, tenant)
+    config = {"tenant": tenant, "rotate_first": rotate, **({"batch_size": batch_size} if batch_size else {})}
+    result = reencrypt_job.execute_in_process(
+        run_config={"ops": {"reencrypt_tenant_rows": {"config": config}}, **QUIET_LOGGERS},
+        instance=dagster_instance(), resources=resources, raise_on_error=False,
+        tags={**monitored_run_tags(), TENANT_JOB_TAG: tenant},
+    )
+    error = None
+    for event in result.all_events:
+        if event.is_step_failure:
+            described = event.step_failure_data.user_failure_data
+            error = described.description if described else event.step_failure_data.error.message.strip()
+    with ledger.connect() as conn:
+        active = conn.execute("SELECT data_key_version FROM ingest.tenants WHERE tenant_id = %s",
+                              (tenant,)).fetchone()
+        left = rows_to_move(conn, tenant) if active else 0
+    return {"tenant": tenant, "run_id": result.run_id, "success": result.success, "error": error,
+            "versions_before": before, "versions_after": key_versions(ledger, tenant),
+            "active_version": active["data_key_version"] if active else None, "rows_left": left}
+
+
+def rotate_master_key() -> dict:
+    """Re-wrap every tenant's keys from INGEST_MASTER_KEY to INGEST_NEW_MASTER_KEY, in one transaction."""
+    encoded = os.environ.get(NEW_MASTER_KEY_ENV, "")
+    if not encoded:
+        raise ValueError(f"set {NEW_MASTER_KEY_ENV} to the new master key (base64, 32 bytes; "
+                         "`python -c 'import base64,os; print(base64.b64encode(os.urandom(32)).decode())'`)")
+    new_master = parse_master_key(encoded)
+    resources = _resources()
+    store = resources["keyring"].store
+    with resources["ledger"].ledger.connect() as conn:
+        rewrapped = store.rewrap_all(conn, new_master)
+    return {"keys_rewrapped": rewrapped, "old_master_key_id": store.master_key_id,
+            "new_master_key_id": master_key_id(new_master)}
+
+
+def erase(tenant: str) -> dict:
+    from ingest_pipeline.defs.partitions import tenant_partitions
+    from ingest_pipeline.environment import Settings
+    from ingest_pipeline.erasure import erase_tenant
+
+    tenant = validate_tenant(tenant)
+    resources = _resources()
+    report = erase_tenant(
+        resources["ledger"].ledger, resources["keyring"].store, resources["cyborgdb"].indexes,
+        Settings.from_env().landing_dir, dagster_instance(), tenant, tenant_partitions.name,
+    )
+    return report.as_dict()
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("rotate-key", help="write a tenant's new data under a new data key and move its "
+                                 "rows to it (resumable), then retire the old key")
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--resume", action="store_true", help="do not rotate again: finish moving rows only")
+    parser.add_argument("--batch-size", type=int, help="rows per transaction (default 500)")
+    parser.add_argument("--json", action="store_true")
+
+    parser = commands.add_parser("rotate-master-key", help=f"re-wrap every tenant's keys under {NEW_MASTER_KEY_ENV}"
+                                 " (no row is re-encrypted); then set INGEST_MASTER_KEY to it")
+    parser.add_argument("--json", action="store_true")
+
+    parser = commands.add_parser("erase-tenant", help="crypto-shred a tenant: destroy its keys, then its rows, "
+                                 "index, landing files and Dagster history")
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    parser.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "rotate-key":
+        result = rotate_key(args.tenant, rotate=not args.resume, batch_size=args.batch_size)
+        if args.json:
+            print(json.dumps(result))
+        elif result["success"]:
+            out.print(f"tenant {result['tenant']}: data key version {result['active_version']} is active; key "
+                      f"versions {result['versions_before']} -> {result['versions_after']}; run {result['run_id']}")
+        else:
+            out.print(f"[red]rotate-key failed[/red]: {result['error']} ({result['rows_left']} rows left under "
+                      f"older keys; run `ingest-pipeline rotate-key --tenant {result['tenant']} --resume`)")
+        return 0 if result["success"] else 1
+    if args.command == "rotate-master-key":
+        result = rotate_master_key()
+        if args.json:
+            print(json.dumps(result))
+        else:
+            out.print(f"{result['keys_rewrapped']} keys re-wrapped from master key {result['old_master_key_id']} to "
+                      f"{result['new_master_key_id']}: set INGEST_MASTER_KEY to the new key now")
+        return 0
+    if args.command == "erase-tenant":
+        if not args.yes:
+            out.print(f"erasing tenant {args.tenant} destroys its keys and data for good: add --yes to confirm")
+            return 2
+        result = erase(args.tenant)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            out.print(f"tenant {result['tenant_id']} erased: {result['keys_destroyed']} keys destroyed, "
+                      f"{sum(result['rows_deleted'].values())} rows, {len(result['indexes_dropped'])} index(es), "
+                      f"{result['landing_files_deleted']} landing files, {result['dagster_runs_deleted']} runs")
+        return 0
+    raise ValueError(f"unknown command {args.command}")

@@ -1,0 +1,336 @@
+"""Extraction (and chunking) in a child process under memory, CPU and wall-clock limits.
+
+A hostile upload can make a parser take unbounded memory (a PDF whose streams inflate to gigabytes) or time
+(a 50 MB line for the splitter, markup nested 100,000 deep). Only a separate process can be bounded and
+stopped safely, so `ExtractionSandbox` reads, extracts and chunks each document in a worker process started
+with the standard library's 'spawn' context:
+
+- its address space is capped with RLIMIT_AS (`memory_bytes`): an allocation past it fails in the worker
+  (MemoryError), never in the step;
+- each document gets `cpu_seconds` of CPU (RLIMIT_CPU, raised per document from what the worker has used)
+  and `timeout_s` of wall-clock time, after which the worker is killed;
+- a document refused for memory or time, or a worker that died, is answered with an `UnreadableDocument`
+  (code memory-limit, time-limit or crashed) and the next document gets a fresh worker. A healthy worker is
+  reused, so the per-document cost is one round trip over a pipe.
+
+The worker is given the file's folder and name, never its bytes, and opens it itself without following
+symbolic links (`read_document`). It returns the content hash, the format and the chunks (or the text), and
+its peak resident memory. Pure Python and the standard library; knows nothing of Dagster.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import resource
+import signal
+import sys
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingest_pipeline.core.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, Chunk
+from ingest_pipeline.core.embedding import resolve_model_path
+from ingest_pipeline.core.extraction import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
+    ReasonCode,
+    UnreadableDocument,
+    extract_text,
+    read_document,
+)
+
+DEFAULT_MEMORY_BYTES = 1024 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 60.0
+_SHUTDOWN_WAIT_S = 5.0
+_STARTUP_WAIT_S = 120.0
+# A worker that answered with one of these is replaced before the next document.
+_REPLACE_AFTER = {ReasonCode.MEMORY_LIMIT, ReasonCode.PARSER_ERROR, ReasonCode.TOO_DEEPLY_NESTED}
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """The bounds on one document's extraction and chunking.
+
+    memory_bytes: the worker's address-space limit (RLIMIT_AS), default 1 GiB.
+    timeout_s: wall-clock time per document, default 60 s; the worker is killed when it runs out.
+    cpu_seconds: CPU time per document (RLIMIT_CPU); defaults to timeout_s rounded up.
+    max_document_bytes: larger files are refused as too-large before they are read.
+    """
+
+    memory_bytes: int = DEFAULT_MEMORY_BYTES
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    cpu_seconds: int | None = None
+    max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+
+    @property
+    def cpu_budget(self) -> int:
+        return self.cpu_seconds if self.cpu_seconds is not None else max(1, math.ceil(self.timeout_s))
+
+
+@dataclass(frozen=True)
+class ChunkingSpec:
+    """How the worker chunks extracted text: `Chunker(tokenizer_file, max_tokens, overlap_tokens)`."""
+
+    tokenizer_file: str
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    overlap_tokens: int = DEFAULT_OVERLAP_TOKENS
+
+    @classmethod
+    def for_model(cls, model_path: str | Path) -> ChunkingSpec:
+        """Chunking with the tokenizer of the embedding model at `model_path`, as `EmbeddingModel.chunker` does."""
+        return cls(str(resolve_model_path(str(model_path)) / "tokenizer.json"))
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What the worker made of one document: its content hash and format, and its chunks (when a ChunkingSpec
+    was given) or its text (when not)."""
+
+    content_sha256: str
+    format: str
+    chunks: list[Chunk] | None = None
+    text: str | None = None
+    peak_rss_bytes: int = 0
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: multiprocessing.connection.Connection
+
+
+@dataclass
+class ExtractionSandbox:
+    """Extracts (and chunks) documents one at a time in a resource-limited worker process. Use as a context
+    manager, or call close(): the worker is started at the first document and stopped at the end.
+
+    `run` returns a SandboxResult, or raises UnreadableDocument (with its code) or FileNotFoundError.
+    `peak_rss_bytes` is the highest peak resident memory of any worker so far; `workers_started` counts
+    the workers (one, plus one after each document that hit a limit or crashed its worker).
+    """
+
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+    chunking: ChunkingSpec | None = None
+    peak_rss_bytes: int = 0
+    workers_started: int = 0
+    _worker: _Worker | None = None
+
+    def __enter__(self) -> ExtractionSandbox:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def run(self, folder: str | Path, document_name: str) -> SandboxResult:
+        """Read `folder/document_name` (never following a link), extract its text and chunk it, within the limits."""
+        worker = self._ensure_worker()
+        worker.conn.send((str(folder), document_name, self.limits.max_document_bytes, self.limits.cpu_budget,
+                          self.chunking))
+        if not worker.conn.poll(self.limits.timeout_s):
+            self._note_peak(_peak_rss_of(worker.process.pid))
+            self._stop(kill=True)
+            raise UnreadableDocument(
+                document_name, f"extraction took longer than {self.limits.timeout_s:g} s (the time limit); stopped",
+                ReasonCode.TIME_LIMIT,
+            )
+        try:
+            kind, payload, peak = worker.conn.recv()
+        except (EOFError, OSError):
+            exitcode = self._stop(kill=True)
+            if exitcode == -signal.SIGXCPU:
+                raise UnreadableDocument(
+                    document_name, f"extraction used more than {self.limits.cpu_budget} s of CPU (the time limit); "
+                    "stopped", ReasonCode.TIME_LIMIT) from None
+            raise UnreadableDocument(
+                document_name, f"the extraction process died ({_describe_exit(exitcode)}); the memory limit is "
+                f"{self.limits.memory_bytes // 2**20} MiB", ReasonCode.CRASHED) from None
+        self._note_peak(peak)
+        if kind == "ok":
+            return SandboxResult(peak_rss_bytes=peak, **payload)
+        if kind == "missing":
+            raise FileNotFoundError(document_name)
+        code, reason, content_sha256 = payload
+        if code in _REPLACE_AFTER:
+            self._stop(kill=False)
+        if code == ReasonCode.MEMORY_LIMIT:
+            reason = f"{reason} (the limit is {self.limits.memory_bytes // 2**20} MiB)"
+        raise UnreadableDocument(document_name, reason, code, content_sha256)
+
+    def close(self) -> None:
+        """Stop the worker, if one is running."""
+        self._stop(kill=False)
+
+    def _note_peak(self, peak: int) -> None:
+        self.peak_rss_bytes = max(self.peak_rss_bytes, peak)
+
+    def _ensure_worker(self) -> _Worker:
+        if self._worker is not None and self._worker.process.is_alive():
+            return self._worker
+        self._stop(kill=True)
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe(duplex=True)
+        process = context.Process(
+            target=_serve, args=(theirs, self.limits.memory_bytes), name="ingest-extraction",
+            # A daemonic process may not have children; otherwise the worker must not outlive its parent.
+            daemon=not multiprocessing.current_process().daemon,
+        )
+        with _main_module_hidden():
+            process.start()
+        theirs.close()
+        self._worker = _Worker(process, ours)
+        self.workers_started += 1
+        # Starting a worker (an interpreter and its imports) is not the document's time: wait until it is ready.
+        try:
+            ready = ours.poll(_STARTUP_WAIT_S) and ours.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            exitcode = self._stop(kill=True)
+            raise RuntimeError(f"the extraction worker did not start ({_describe_exit(exitcode)}); is the memory "
+                               f"limit ({self.limits.memory_bytes // 2**20} MiB) too small to start Python?")
+        return self._worker
+
+    def _stop(self, kill: bool) -> int | None:
+        """Stop the worker (politely, or with SIGKILL) and return its exit code."""
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return None
+        if not kill:
+            try:
+                worker.conn.send(None)
+            except OSError:
+                kill = True
+            else:
+                worker.process.join(_SHUTDOWN_WAIT_S)
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join()
+        worker.conn.close()
+        exitcode = worker.process.exitcode
+        worker.process.close()
+        return exitcode
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _peak_rss_of(pid: int | str | None) -> int:
+    """A live process's peak resident memory (VmHWM, Linux), or 0 where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _own_peak_rss() -> int:
+    """The worker's own peak resident memory. VmHWM first: getrusage's ru_maxrss survives exec on Linux, so in
+    a spawned worker it would report the parent's memory at the fork."""
+    return _peak_rss_of("self") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Hide the parent's __main__ while a worker is spawned: spawn would import it again in the worker, which
+    re-runs a script without a `__main__` guard (an ingest inside the worker) and fails outright for
+    `python -c` or stdin. The worker needs nothing from it."""
+    main = sys.modules.get("__main__")
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        if main is not None:
+            sys.modules["__main__"] = main
+
+
+# ---- the worker ----------------------------------------------------------------------------------
+
+
+def _serve(conn, memory_bytes: int) -> None:
+    """The worker's loop: limits first, then one document per request until told to stop (None) or orphaned."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread: the address-space limit holds per process
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a worker killed by a limit leaves no core dump
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    chunkers: dict = {}
+    conn.send("ready")
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        folder, document_name, max_bytes, cpu_seconds, chunking = request
+        _limit_cpu(cpu_seconds)
+        try:
+            payload = ("ok", _process(folder, document_name, max_bytes, chunking, chunkers))
+        except UnreadableDocument as exc:
+            payload = ("refused", (exc.code, exc.reason, exc.content_sha256))
+        except FileNotFoundError:
+            payload = ("missing", None)
+        except MemoryError:
+            payload = ("refused", (ReasonCode.MEMORY_LIMIT, "extraction ran out of memory", None))
+        except RecursionError:
+            payload = ("refused", (ReasonCode.TOO_DEEPLY_NESTED, "nested too deeply for the parser", None))
+        except Exception as exc:  # a parser bug: its type is kept, never its message (it may quote the bytes)
+            payload = ("refused", (ReasonCode.PARSER_ERROR, f"unreadable ({type(exc).__name__})", None))
+        try:
+            conn.send((*payload, _own_peak_rss()))
+        except MemoryError:
+            conn.send(("refused", (ReasonCode.MEMORY_LIMIT, "the extracted text does not fit in memory", None),
+                       _own_peak_rss()))
+
+
+def _limit_cpu(seconds: int) -> None:
+    """Allow `seconds` more CPU from now: RLIMIT_CPU counts the worker's whole life, so it moves per document."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime) + seconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _process(folder: str, document_name: str, max_bytes: int, chunking: ChunkingSpec | None,
+             chunkers: dict) -> dict:
+    data, content_sha256 = read_document(folder, document_name, max_bytes)
+    try:
+        extracted = extract_text(document_name, data, max_bytes)
+        del data
+        if chunking is None:
+            return {"content_sha256": content_sha256, "format": extracted.format, "text": extracted.text}
+        chunker = chunkers.get(chunking)
+        if chunker is None:
+            from ingest_pipeline.core.chunking import Chunker  # the tokenizer loads at the first document
+
+            chunker = chunkers[chunking] = Chunker(chunking.tokenizer_file, chunking.max_tokens,
+                                                   chunking.overlap_tokens)
+        chunks = chunker.split(extracted.text, extracted.format)
+        return {"content_sha256": content_sha256, "format": extracted.format, "chunks": chunks}
+    except UnreadableDocument as exc:
+        exc.content_sha256 = content_sha256
+        raise
+    except MemoryError:
+        raise UnreadableDocument(document_name, "extraction ran out of memory", ReasonCode.MEMORY_LIMIT,
+                                 content_sha256) from None
+    except RecursionError:
+        raise UnreadableDocument(document_name, "nested too deeply for the parser", ReasonCode.TOO_DEEPLY_NESTED,
+                                 content_sha256) from None
+    except Exception as exc:
+        raise UnreadableDocument(document_name, f"unreadable ({type(exc).__name__})", ReasonCode.PARSER_ERROR,
+                                 content_sha256) from None

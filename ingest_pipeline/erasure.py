@@ -1,0 +1,137 @@
+"""Erasing a tenant (crypto-shredding): its keys first, then everything that held its data.
+
+1. In one transaction of the key vault, the tenant's wrapped keys are deleted and its CyborgDB index
+   is dropped (with the index key still in memory); the transaction commits only once the index is
+   gone. After that commit no copy of the tenant's ciphertext can be read by anyone, backups of the
+   ledger included, and there is never a moment when the keys are gone but an index is left that
+   nobody can delete. The vault records the erasure, so a resumed erasure knows its keys are gone.
+2. Its rows go: chunks, documents, quarantine records, uploads, the embedding log, its keys' rows.
+3. Its landing-zone folder and its Dagster runs, event logs and dynamic partition go.
+
+`ingest.tenant_erasures` records each step, so a crash at any point leaves nothing readable (or
+nothing changed, before step 1 commits) and running the erasure again finishes it. The record stays:
+`status` no longer lists the tenant, and a search for it fails with a clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dagster import DagsterInstance, RunsFilter
+
+from ingest_pipeline.core.ids import validate_tenant
+from ingest_pipeline.faults import fault_point
+from ingest_pipeline.keystore import KeyStore, TenantErased, UnknownTenant
+from ingest_pipeline.ledger import Ledger
+from ingest_pipeline.vector_index import CyborgIndexes
+
+TENANT_TAG = "dagster/partition/tenant"  # ingest runs of the tenant's partitions
+TENANT_JOB_TAG = "ingest/tenant"  # its re-encryption and rebuild runs
+TENANT_ROWS = ("ingest.chunks", "ingest.quarantine", "ingest.documents", "ingest.embedding_log", "ingest.uploads")
+
+
+@dataclass
+class ErasureReport:
+    tenant_id: str
+    keys_destroyed: int = 0
+    indexes_dropped: list[str] = field(default_factory=list)
+    rows_deleted: dict[str, int] = field(default_factory=dict)
+    landing_files_deleted: int = 0
+    dagster_runs_deleted: int = 0
+    resumed: bool = False
+    completed: bool = False
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def erase_tenant(
+    ledger: Ledger, keystore: KeyStore, indexes: CyborgIndexes, landing_dir: Path, instance: DagsterInstance,
+    tenant_id: str, partitions_name: str = "tenants",
+) -> ErasureReport:
+    tenant_id = validate_tenant(tenant_id)
+    report = ErasureReport(tenant_id)
+    with ledger.tenant_writer(tenant_id) as session:
+        conn = session.conn
+        erasure = conn.execute(
+            "INSERT INTO ingest.tenant_erasures AS e (tenant_id) VALUES (%s) ON CONFLICT (tenant_id) DO UPDATE"
+            " SET requested_at = now(), keys_destroyed_at = NULL, completed_at = NULL"
+            " WHERE e.completed_at IS NOT NULL"  # an earlier erasure, and the tenant was created again since
+            " RETURNING requested_at, keys_destroyed_at",
+            (tenant_id,),
+        ).fetchone()
+        if erasure is None:  # an erasure of this tenant is under way: finish it
+            report.resumed = True
+            erasure = conn.execute("SELECT requested_at, keys_destroyed_at FROM ingest.tenant_erasures"
+                                   " WHERE tenant_id = %s", (tenant_id,)).fetchone()
+
+        if erasure["keys_destroyed_at"] is None:
+            if not keystore.destroyed_by(tenant_id, erasure["requested_at"]):
+                try:
+                    keys = keystore.open(conn, tenant_id, erasing=True)
+                except UnknownTenant:  # uploads only, never ingested: no keys, no index
+                    keys = None
+                # The keys go in a vault transaction that commits only once the index is dropped (with the
+                # index key still in memory): never keys gone and an index left that nobody can delete.
+                with keystore.vault.connect() as vault, vault.transaction():
+                    report.keys_destroyed = keystore.destroy(vault, tenant_id, erasure["requested_at"])
+                    if keys is not None:
+                        index_keys = keys.keys()
+                        for generation in _generations(conn, tenant_id):
+                            session.fence()
+                            if indexes.drop(index_keys, generation):
+                                report.indexes_dropped.append(f"generation {generation}")
+            with conn.transaction():
+                keystore.mark_destroyed(conn, tenant_id)
+                conn.execute("UPDATE ingest.tenant_erasures SET keys_destroyed_at = now() WHERE tenant_id = %s",
+                             (tenant_id,))
+        fault_point("erase:after-keys")
+
+        with conn.transaction():
+            for table in TENANT_ROWS:
+                report.rows_deleted[table.split(".")[1]] = conn.execute(
+                    f"DELETE FROM {table} WHERE tenant_id = %s", (tenant_id,)  # noqa: S608 - fixed table names
+                ).rowcount
+            report.rows_deleted["tenant_keys"] = conn.execute(
+                "DELETE FROM ingest.tenant_keys WHERE tenant_id = %s", (tenant_id,)).rowcount
+            conn.execute("DELETE FROM ingest.tenants WHERE tenant_id = %s", (tenant_id,))
+        fault_point("erase:after-rows")
+
+        folder = Path(landing_dir) / tenant_id
+        if folder.exists():
+            report.landing_files_deleted = sum(1 for path in folder.rglob("*") if path.is_file())
+            shutil.rmtree(folder)
+        report.dagster_runs_deleted = _delete_dagster_history(instance, tenant_id, partitions_name)
+
+        conn.execute("UPDATE ingest.tenant_erasures SET completed_at = now() WHERE tenant_id = %s", (tenant_id,))
+        report.completed = True
+    return report
+
+
+def _generations(conn, tenant_id: str) -> list[int]:
+    row = conn.execute("SELECT index_generation, rebuild_generation FROM ingest.tenants WHERE tenant_id = %s",
+                       (tenant_id,)).fetchone()
+    if row is None:
+        return [1]
+    return sorted({1, row["index_generation"], *([row["rebuild_generation"]] if row["rebuild_generation"] else [])})
+
+
+def _delete_dagster_history(instance: DagsterInstance, tenant_id: str, partitions_name: str) -> int:
+    """Delete the tenant's runs (with their event logs and compute logs) and its dynamic partition."""
+    runs = [record for tag in (TENANT_TAG, TENANT_JOB_TAG)
+            for record in instance.get_run_records(filters=RunsFilter(tags={tag: tenant_id}))]
+    for record in runs:
+        run_id = record.dagster_run.run_id
+        # A compute log manager without per-run deletion keeps its files; the run goes anyway.
+        with contextlib.suppress(Exception):
+            instance.compute_log_manager.delete_logs(prefix=[run_id])
+        instance.delete_run(run_id)
+    if instance.has_dynamic_partition(partitions_name, tenant_id):
+        instance.delete_dynamic_partition(partitions_name, tenant_id)
+    return len(runs)
+
+
+__all__ = ["ErasureReport", "TenantErased", "erase_tenant"]

@@ -1,0 +1,219 @@
+"""Unit tests for ingest_pipeline.core.sandbox: extraction and chunking in a worker process under memory, CPU
+and wall-clock limits, against real hostile files (PDF bombs, a long single line, links, FIFOs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+
+from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
+from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionSandbox, SandboxLimits
+
+MiB = 2**20
+SECRET = "HOSTILE-SECRET-7f3a"
+
+
+# --- hostile file builders (shared with the reliability suite) ----------------------------------------
+
+
+def inflating_stream(inflated_bytes: int, block: int = MiB) -> bytes:
+    """A zlib (FlateDecode) stream of `inflated_bytes` zero bytes, built in a blink by repeating one
+    compressed block: after a full flush a deflate block refers to nothing before it. ~1 KB per MiB."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    compressed_block = compressor.compress(bytes(block)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    final_block = zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+    checksum = 1
+    zeros = bytes(block)
+    for _ in range(inflated_bytes // block):
+        checksum = zlib.adler32(zeros, checksum)
+    return b"\x78\xda" + compressed_block * (inflated_bytes // block) + final_block + checksum.to_bytes(4, "big")
+
+
+def bomb_pdf(inflated_bytes_per_page: int, pages: int = 1) -> bytes:
+    """A valid PDF whose pages' content streams (FlateDecode) inflate to `inflated_bytes_per_page` each."""
+    stream = inflating_stream(inflated_bytes_per_page)
+    kids = b" ".join(b"%d 0 R" % (4 + 2 * page) for page in range(pages))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % pages,
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for page in range(pages):
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents %d 0 R "
+                       b"/Resources << /Font << /F1 3 0 R >> >> >>" % (5 + 2 * page))
+        objects.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def single_line(size: int) -> bytes:
+    """`size` bytes of words on one line, with no sentence or paragraph boundary for the splitter to use."""
+    words = f"lorem ipsum {SECRET} dolor sit amet ".encode()
+    return (words * (size // len(words) + 1))[:size]
+
+
+# --- fixtures ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chunking() -> ChunkingSpec:
+    return ChunkingSpec.for_model("")  # the bundled model's tokenizer
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    (tmp_path / "good.txt").write_text("The quarterly report is ready.\n\nRevenue grew by twelve percent.\n")
+    return tmp_path
+
+
+def refused(sandbox: ExtractionSandbox, folder: Path, name: str) -> UnreadableDocument:
+    with pytest.raises(UnreadableDocument) as info:
+        sandbox.run(folder, name)
+    error = info.value
+    assert error.document_name == name
+    assert SECRET not in str(error) and SECRET not in repr(error)
+    return error
+
+
+# --- healthy documents ---------------------------------------------------------------------------------
+
+
+def test_one_worker_extracts_and_chunks_document_after_document(folder, chunking):
+    (folder / "notes.md").write_text("# Title\n\nA paragraph about ingestion.\n")
+    with ExtractionSandbox(SandboxLimits(), chunking) as sandbox:
+        first = sandbox.run(folder, "good.txt")
+        second = sandbox.run(folder, "notes.md")
+        assert sandbox.workers_started == 1  # reused while healthy
+    assert first.format == "text" and second.format == "markdown"
+    assert "twelve percent" in " ".join(chunk.text for chunk in first.chunks)
+    assert first.chunks[0].sequence == 0 and first.chunks[0].token_count > 0
+    assert len(first.content_sha256) == 64
+    assert 0 < sandbox.peak_rss_bytes < SandboxLimits().memory_bytes
+
+
+def test_without_chunking_the_text_is_returned(folder):
+    with ExtractionSandbox() as sandbox:
+        result = sandbox.run(folder, "good.txt")
+    assert result.chunks is None
+    assert result.text == "The quarterly report is ready.\n\nRevenue grew by twelve percent."
+
+
+def test_a_missing_file_raises_file_not_found(folder):
+    with ExtractionSandbox() as sandbox, pytest.raises(FileNotFoundError):
+        sandbox.run(folder, "gone.txt")
+
+
+# --- limits --------------------------------------------------------------------------------------------
+
+
+def test_a_single_line_that_cannot_be_chunked_in_time_is_stopped_and_the_next_gets_a_fresh_worker(folder, chunking):
+    (folder / "line.txt").write_bytes(single_line(8 * MiB))
+    with ExtractionSandbox(SandboxLimits(timeout_s=2), chunking) as sandbox:
+        started = time.monotonic()
+        error = refused(sandbox, folder, "line.txt")
+        elapsed = time.monotonic() - started
+        assert sandbox.run(folder, "good.txt").chunks  # a fresh worker
+        assert sandbox.workers_started == 2
+    assert error.code == ReasonCode.TIME_LIMIT and "2 s" in error.reason
+    assert elapsed < 10
+
+
+def test_the_cpu_limit_stops_a_busy_worker(folder, chunking):
+    (folder / "line.txt").write_bytes(single_line(8 * MiB))
+    with ExtractionSandbox(SandboxLimits(timeout_s=60, cpu_seconds=1), chunking) as sandbox:
+        error = refused(sandbox, folder, "line.txt")
+        assert sandbox.run(folder, "good.txt").chunks
+    assert error.code == ReasonCode.TIME_LIMIT and "CPU" in error.reason
+
+
+def test_a_pdf_bomb_past_the_parser_limit_is_refused_without_inflating(folder):
+    (folder / "bomb.pdf").write_bytes(bomb_pdf(2 * 1024 * MiB))  # 2 GiB inflated, ~2 MB on disk
+    assert (folder / "bomb.pdf").stat().st_size < 3 * MiB
+    with ExtractionSandbox() as sandbox:
+        error = refused(sandbox, folder, "bomb.pdf")
+    assert error.code == ReasonCode.DECOMPRESSION_LIMIT
+    assert sandbox.peak_rss_bytes < 512 * MiB  # far below the 2 GiB the stream would need
+
+
+def test_a_pdf_bomb_spread_over_pages_hits_the_memory_limit(folder):
+    # Each stream stays under pypdf's 75 MB limit; together they inflate to ~1 GB.
+    (folder / "pages.pdf").write_bytes(bomb_pdf(70 * MiB, pages=15))
+    limits = SandboxLimits(memory_bytes=384 * MiB)
+    with ExtractionSandbox(limits) as sandbox:
+        error = refused(sandbox, folder, "pages.pdf")
+        assert sandbox.run(folder, "good.txt").text  # a fresh worker after the limit
+        assert sandbox.workers_started == 2
+    assert error.code == ReasonCode.MEMORY_LIMIT and "384 MiB" in error.reason
+    assert sandbox.peak_rss_bytes < limits.memory_bytes
+
+
+def test_deeply_nested_html_is_extracted_or_refused_never_crashes(folder):
+    depth = 100_000
+    (folder / "deep.html").write_bytes(b"<div>" * depth + SECRET.encode() + b" deep text" + b"</div>" * depth)
+    with ExtractionSandbox(SandboxLimits(timeout_s=30)) as sandbox:
+        try:
+            result = sandbox.run(folder, "deep.html")
+        except UnreadableDocument as error:
+            assert error.code in {ReasonCode.TOO_DEEPLY_NESTED, ReasonCode.TIME_LIMIT, ReasonCode.MEMORY_LIMIT}
+        else:
+            assert "deep text" in result.text
+        assert sandbox.run(folder, "good.txt").text
+
+
+# --- what the worker refuses to open -------------------------------------------------------------------
+
+
+def test_a_too_large_file_is_refused_before_it_is_read(folder):
+    (folder / "big.txt").write_bytes(single_line(4096))
+    with ExtractionSandbox(SandboxLimits(max_document_bytes=1000)) as sandbox:
+        error = refused(sandbox, folder, "big.txt")
+    assert error.code == ReasonCode.TOO_LARGE and "4096" in error.reason
+
+
+def test_a_symlink_is_never_followed(folder, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret.txt").write_text(f"{SECRET} outside the upload\n")
+    (folder / "link.txt").symlink_to(outside / "secret.txt")
+    (folder / "linked-folder").symlink_to(outside, target_is_directory=True)
+    with ExtractionSandbox() as sandbox:
+        for name in ("link.txt", "linked-folder/secret.txt"):
+            assert refused(sandbox, folder, name).code == ReasonCode.SYMLINK
+
+
+def test_a_fifo_is_refused_without_hanging(folder):
+    os.mkfifo(folder / "pipe.txt")
+    with ExtractionSandbox(SandboxLimits(timeout_s=10)) as sandbox:
+        assert refused(sandbox, folder, "pipe.txt").code == ReasonCode.SPECIAL_FILE
+
+
+def test_a_worker_starts_from_a_script_without_a_main_guard(folder, tmp_path):
+    """spawn would import the caller's __main__ again in the worker: from `python -c` that fails, and an unguarded
+    script would run again inside the worker. The worker must start without it, and the script run only once."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from ingest_pipeline.core.sandbox import ExtractionSandbox\n"
+        f"Path({str(tmp_path / 'runs.log')!r}).open('a').write('run\\n')\n"
+        "with ExtractionSandbox() as sandbox:\n"
+        f"    print(sandbox.run(Path({str(folder)!r}), 'good.txt').text)\n"
+    )
+    for command in ([sys.executable, str(script)], [sys.executable, "-c", script.read_text()]):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "twelve percent" in result.stdout
+    assert (tmp_path / "runs.log").read_text() == "run\nrun\n"  # once per command, never in the worker

@@ -1,0 +1,271 @@
+"""Keys: random per-tenant keys wrapped under the master key in a vault of their own, rotation (resumable,
+while search keeps working), master-key re-wrapping, legacy installations migrating without re-embedding,
+and tenant erasure by crypto-shredding, interrupted and finished."""
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from io import BytesIO
+from pathlib import Path
+
+import psycopg
+import pytest
+from dagster import RunsFilter
+
+from ingest_pipeline.core.crypto import DecryptionError, VectorEncryptor, derive_tenant_keys, generate_master_key
+from ingest_pipeline.core.crypto import parse_master_key as parse
+from ingest_pipeline.definitions import build_resources
+from ingest_pipeline.instance import PROJECT_ROOT, dagster_instance
+from ingest_pipeline.keystore import TenantErased
+from ingest_pipeline_tests.helpers import ledger_chunks
+from ingest_pipeline_tests.reliability.invariant import assert_invariant, search_fingerprint
+
+# The last release before envelope encryption: its tenants' keys were derived from the master key.
+LEGACY_RELEASE = "932af4e"
+QUERY = "What does the license say about patents?"
+
+
+def faults(pipeline, tmp_path, spec: str) -> dict:
+    return {**os.environ, **pipeline.env, "INGEST_FAULTS": spec, "INGEST_FAULTS_STATE": str(tmp_path / "faults")}
+
+
+def cli(pipeline, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ingest_pipeline.cli", *args],
+                          env=env or {**os.environ, **pipeline.env}, capture_output=True, text=True, timeout=600)
+
+
+def versions_in_rows(pipeline, tenant: str) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for row in ledger_chunks(pipeline.ledger(), tenant).values():
+        counts[row["key_version"]] = counts.get(row["key_version"], 0) + 1
+    return counts
+
+
+def vault_rows(tenant: str) -> dict[int, str]:
+    store = build_resources()["keyring"].store
+    return {version: row["master_key_id"] for version, row in store.vault.wrapped(tenant).items()}
+
+
+def test_new_tenants_get_random_keys_kept_only_in_the_vault(embedded_pipeline, docs, scenario):
+    scenario.category = "keys"
+    acme, globex = embedded_pipeline.tenant("acme"), embedded_pipeline.tenant("globex")
+    embedded_pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    embedded_pipeline.upload(globex, docs / "apache-license-2.0.txt")
+    embedded_pipeline.ingest()
+    keyring = build_resources()["keyring"]
+    master = parse(embedded_pipeline.env["INGEST_MASTER_KEY"])
+    row = next(iter(ledger_chunks(embedded_pipeline.ledger(), acme).values()))
+    # Not derivable from the master key: only the vault's wrapped key opens the rows.
+    derived = VectorEncryptor(derive_tenant_keys(master, acme))
+    with pytest.raises(DecryptionError):
+        derived.decrypt_text(row["chunk_id"], row["text_ciphertext"], row["text_mac"])
+    assert keyring.encryptor(acme).decrypt_text(row["chunk_id"], row["text_ciphertext"], row["text_mac"])
+    assert keyring.tenant_keys(acme).data_key != keyring.tenant_keys(globex).data_key
+    assert set(vault_rows(acme)) == {0, 1}
+
+    # The ledger's database holds no key: every byte string of the tenants' keys is absent from its rows.
+    secrets = [keyring.tenant_keys(t).data_key for t in (acme, globex)] + [
+        keyring.tenant_keys(t).mac_key for t in (acme, globex)] + [keyring.tenant_keys(acme).index_key]
+    ledger = embedded_pipeline.ledger()
+    with ledger.connect() as conn:
+        dump = b"".join(
+            bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode()
+            for table in ("tenants", "tenant_keys", "chunks", "documents", "uploads")
+            for record in conn.execute(f"SELECT * FROM ingest.{table}").fetchall()  # noqa: S608
+            for value in record.values() if value is not None
+        )
+    assert not [secret for secret in secrets if secret in dump]
+    assert not [secret for secret in secrets if secret.hex().encode() in dump]
+
+
+def test_rotate_key_moves_every_row_resumably_while_search_keeps_working(embedded_pipeline, docs, tmp_path,
+                                                                          scenario):
+    scenario.category = "keys"
+    acme = embedded_pipeline.tenant("acme")
+    embedded_pipeline.upload(acme, docs)
+    embedded_pipeline.ingest()
+    before = search_fingerprint(embedded_pipeline, acme)
+    computed = embedded_pipeline.ledger().tenant_status(acme)["embeddings_computed"]
+    rows = sum(versions_in_rows(embedded_pipeline, acme).values())
+    assert versions_in_rows(embedded_pipeline, acme) == {1: rows}
+
+    # The re-encryption job is SIGKILLed after its first batch of 20 rows.
+    killed = cli(embedded_pipeline, "rotate-key", "--tenant", acme, "--batch-size", "20", "--json",
+                 env=faults(embedded_pipeline, tmp_path, "reencrypt:after-batch=kill-once"))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    mixed = versions_in_rows(embedded_pipeline, acme)
+    assert mixed == {1: rows - 20, 2: 20}
+    # Mid-way, both versions are readable: search answers as before, and new data goes under version 2.
+    assert search_fingerprint(embedded_pipeline, acme) == before
+    (tmp_path / "new.md").write_text("# Rotation\n\nKey rotation writes new chunks under the new data key.\n")
+    embedded_pipeline.upload(acme, tmp_path / "new.md")
+    embedded_pipeline.ingest()
+    new_doc = [r for r in ledger_chunks(embedded_pipeline.ledger(), acme).values() if r["key_version"] == 2]
+    assert len(new_doc) == 20 + 1
+
+    resumed = cli(embedded_pipeline, "rotate-key", "--tenant", acme, "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report = json.loads(resumed.stdout)
+    assert report["success"] and report["rows_left"] == 0
+    assert report["versions_before"] == [1, 2] and report["versions_after"] == [2]
+    assert versions_in_rows(embedded_pipeline, acme) == {2: rows + 1}
+    assert set(vault_rows(acme)) == {0, 2}  # version 1's wrapped key is gone from the vault
+    # Nothing was embedded again; the invariant holds; search answers exactly as before.
+    assert embedded_pipeline.ledger().tenant_status(acme)["embeddings_computed"] == computed + 1
+    found = assert_invariant(acme, {"apache-license-2.0.txt", "new.md"})
+    scenario.add_invariant(found)
+    assert search_fingerprint(embedded_pipeline, acme) == before
+    scenario.survived()
+
+    # The ledger itself refuses to retire a key a row still needs.
+    with embedded_pipeline.ledger().connect() as conn, pytest.raises(psycopg.errors.ForeignKeyViolation):
+        conn.execute("DELETE FROM ingest.tenant_keys WHERE tenant_id = %s AND key_version = 2", (acme,))
+    # The run is in Dagster, with what it did.
+    runs = dagster_instance().get_run_records()
+    assert any(r.dagster_run.job_name == "reencrypt_job" and r.dagster_run.tags.get("ingest/tenant") == acme
+               for r in runs)
+
+
+def test_rotating_the_master_key_rewraps_keys_without_touching_a_row(embedded_pipeline, docs, monkeypatch, scenario):
+    scenario.category = "keys"
+    acme = embedded_pipeline.tenant("acme")
+    embedded_pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
+    embedded_pipeline.ingest()
+    before_rows = {cid: bytes(row["text_ciphertext"]) for cid, row in
+                   ledger_chunks(embedded_pipeline.ledger(), acme).items()}
+    answer = embedded_pipeline.search(acme, QUERY, 3)
+    old_ids = set(vault_rows(acme).values())
+
+    new_key = generate_master_key()
+    missing = cli(embedded_pipeline, "rotate-master-key")
+    assert missing.returncode == 2 and "INGEST_NEW_MASTER_KEY" in missing.stderr
+    done = cli(embedded_pipeline, "rotate-master-key", "--json",
+               env={**os.environ, **embedded_pipeline.env, "INGEST_NEW_MASTER_KEY": new_key})
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["keys_rewrapped"] == 2 and result["old_master_key_id"] != result["new_master_key_id"]
+    assert set(vault_rows(acme).values()) == {result["new_master_key_id"]} != old_ids
+    after_rows = {cid: bytes(row["text_ciphertext"]) for cid, row in ledger_chunks(embedded_pipeline.ledger(),
+                                                                                  acme).items()}
+    assert after_rows == before_rows  # not one row re-encrypted
+
+    # The old master key no longer opens anything, with an error that says so; the new one does.
+    refused = cli(embedded_pipeline, "search", "--tenant", acme, QUERY)
+    assert refused.returncode == 2 and "master key" in refused.stderr and result["new_master_key_id"] in refused.stderr
+    monkeypatch.setenv("INGEST_MASTER_KEY", new_key)
+    embedded_pipeline.env["INGEST_MASTER_KEY"] = new_key
+    assert embedded_pipeline.search(acme, QUERY, 3) == answer
+    scenario.add_invariant(assert_invariant(acme, {"apache-license-2.0.txt", "pip-dependency-resolution.md"}))
+
+
+def _legacy_release(tmp_path: Path) -> Path:
+    """The last release before envelope encryption, from this repository's history."""
+    try:
+        archive = subprocess.run(["git", "-C", str(PROJECT_ROOT), "archive", LEGACY_RELEASE],
+                                 capture_output=True, check=True, timeout=120).stdout
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        pytest.fail(f"cannot read release {LEGACY_RELEASE} from git history ({exc}); clone with history")
+    target = tmp_path / "legacy-release"
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+def test_an_installation_from_before_envelope_encryption_migrates_without_re_embedding(
+        embedded_pipeline, docs, tmp_path, scenario):
+    scenario.category = "keys"
+    acme = embedded_pipeline.tenant("acme")
+    legacy = _legacy_release(tmp_path)
+    legacy_env = {**os.environ, **embedded_pipeline.env, "PYTHONPATH": str(legacy)}
+    for args in (("upload", "--tenant", acme, str(docs / "apache-license-2.0.txt")), ("ingest", "--tenant", acme)):
+        result = subprocess.run([sys.executable, "-m", "ingest_pipeline.cli", *args], env=legacy_env, cwd=legacy,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    ledger = embedded_pipeline.ledger()  # this release: applies migration 0006
+    with ledger.connect() as conn:
+        schemes = conn.execute("SELECT key_version, scheme, origin FROM ingest.tenant_keys WHERE tenant_id = %s"
+                               " ORDER BY 1", (acme,)).fetchall()
+    assert [(r["key_version"], r["scheme"]) for r in schemes] == [(0, "derived"), (1, "derived")]
+    computed = ledger.tenant_status(acme)["embeddings_computed"]
+    assert computed > 0
+
+    # The first use wraps the derived keys into the vault as they are: the legacy rows read, search works.
+    hits = embedded_pipeline.search(acme, QUERY, 3)
+    assert hits and hits[0]["source"] == "apache-license-2.0.txt"
+    with ledger.connect() as conn:
+        schemes = conn.execute("SELECT scheme, origin FROM ingest.tenant_keys WHERE tenant_id = %s", (acme,)).fetchall()
+    assert {(r["scheme"], r["origin"]) for r in schemes} == {("wrapped", "derived")}
+    assert set(vault_rows(acme)) == {0, 1}
+    embedded_pipeline.upload(acme, docs / "pip-dependency-resolution.md")
+    embedded_pipeline.ingest()
+    new_chunks = ledger.tenant_status(acme)["embeddings_computed"] - computed
+    assert 0 < new_chunks == sum(1 for r in ledger_chunks(ledger, acme).values()
+                                 if r["doc_id"] != hits[0]["doc_id"])  # only the new document was embedded
+
+    # A rotation then moves the tenant off the derived data key (the legacy rows of seal format 1 included).
+    rotated = cli(embedded_pipeline, "rotate-key", "--tenant", acme, "--json")
+    assert rotated.returncode == 0, rotated.stderr[-2000:]
+    assert json.loads(rotated.stdout)["versions_after"] == [2]
+    assert {(r["key_version"], r["seal_format"]) for r in ledger_chunks(ledger, acme).values()} == {(2, 2)}
+    assert embedded_pipeline.search(acme, QUERY, 3) == hits
+    scenario.add_invariant(assert_invariant(acme, {"apache-license-2.0.txt", "pip-dependency-resolution.md"}))
+
+
+@pytest.mark.parametrize("pipeline", ["embedded", "service"], indirect=True)
+def test_erase_tenant_destroys_keys_first_and_an_interrupted_erasure_finishes(pipeline, docs, tmp_path, scenario):
+    scenario.category = "keys"
+    acme, globex = pipeline.tenant("acme"), pipeline.tenant("globex")
+    pipeline.upload(acme, docs)
+    pipeline.upload(globex, docs / "apache-license-2.0.txt")
+    pipeline.ingest()
+    globex_before = search_fingerprint(pipeline, globex)
+    backup = list(ledger_chunks(pipeline.ledger(), acme).values())  # what a ledger backup holds
+    resources = build_resources()
+    indexes = resources["cyborgdb"].indexes
+    assert indexes.exists(acme)
+
+    refused = cli(pipeline, "erase-tenant", "--tenant", acme)
+    assert refused.returncode == 2 and "--yes" in refused.stdout
+
+    # The erasure is SIGKILLed right after the keys are destroyed.
+    killed = cli(pipeline, "erase-tenant", "--tenant", acme, "--yes", "--json",
+                 env=faults(pipeline, tmp_path, "erase:after-keys=kill-once"))
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    # Nothing is readable: no key in the vault, the index gone, search refuses, the backup is noise.
+    assert vault_rows(acme) == {}
+    assert not indexes.exists(acme)
+    midway = cli(pipeline, "search", "--tenant", acme, QUERY)
+    assert midway.returncode == 1 and "being erased" in midway.stderr
+    with pytest.raises(TenantErased):
+        resources["keyring"].keyset(acme)
+    master = parse(pipeline.env["INGEST_MASTER_KEY"])
+    with pytest.raises(DecryptionError):
+        VectorEncryptor(derive_tenant_keys(master, acme)).decrypt_text(
+            backup[0]["chunk_id"], backup[0]["text_ciphertext"], backup[0]["text_mac"])
+
+    finished = cli(pipeline, "erase-tenant", "--tenant", acme, "--yes", "--json")
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    report = json.loads(finished.stdout)
+    assert report["resumed"] and report["completed"] and report["rows_deleted"]["chunks"] == len(backup)
+    assert report["landing_files_deleted"] == 4 and report["dagster_runs_deleted"] >= 1
+    scenario.survived()
+
+    ledger = pipeline.ledger()
+    with ledger.connect() as conn:
+        for table in ("chunks", "documents", "uploads", "quarantine", "embedding_log", "tenants", "tenant_keys"):
+            assert conn.execute(f"SELECT count(*) AS n FROM ingest.{table} WHERE tenant_id = %s",  # noqa: S608
+                                (acme,)).fetchone()["n"] == 0, table
+    assert not (pipeline.home / "landing" / acme).exists()
+    instance = dagster_instance()
+    assert not instance.has_dynamic_partition("tenants", acme)
+    assert not instance.get_run_records(filters=RunsFilter(tags={"dagster/partition/tenant": acme}))
+    status = json.loads(cli(pipeline, "status", "--json").stdout)["tenants"]
+    assert acme not in status and globex in status
+    after = cli(pipeline, "search", "--tenant", acme, QUERY)
+    assert after.returncode == 1 and "was erased" in after.stderr
+
+    # The other tenant is untouched.
+    assert search_fingerprint(pipeline, globex) == globex_before
+    scenario.add_invariant(assert_invariant(globex, {"apache-license-2.0.txt"}))
