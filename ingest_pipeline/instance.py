@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from pathlib import Path
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 # The project root: dagster.yaml and workspace.yaml live beside the package (an editable install or a clone).
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DAGSTER_STORAGE_LOCK = 7245  # advisory lock class (the ledger's migrations use another)
 
 
 def prepare_environment() -> tuple[Settings, Ledger]:
@@ -48,7 +50,28 @@ def prepare_environment() -> tuple[Settings, Ledger]:
         "INGEST_DAGSTER_STORAGE_DIR": str(state / "storage"),
         "INGEST_DAGSTER_LOGS_DIR": str(state / "logs"),
     })
+    _create_dagster_storage(dsn)
     return settings, ledger
+
+
+@functools.cache
+def _create_dagster_storage(dsn: str) -> None:
+    """Create Dagster's tables (once per process, under a lock): two processes starting on a new installation
+    would otherwise both create them, and one would fail (`type "asset_keys" already exists`)."""
+    from dagster import DagsterInstance
+
+    from ingest_pipeline.ledger import Ledger
+
+    with Ledger(dsn).connect() as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, 1)", (DAGSTER_STORAGE_LOCK,))
+        try:
+            # Each storage creates its tables when first built; one read of each makes sure it was.
+            with DagsterInstance.get() as instance:
+                instance.get_runs(limit=1)
+                instance.get_dynamic_partitions("tenants")
+                instance.all_instigator_state()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s, 1)", (DAGSTER_STORAGE_LOCK,))
 
 
 def dagster_instance():
