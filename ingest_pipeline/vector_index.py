@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
@@ -29,9 +28,6 @@ from ingest_pipeline.core.ids import index_name
 METRIC = "cosine"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_CALL_TIMEOUT_S = 60.0
-# A query of a trained (IVF) embedded index probes this share of its clusters: the library's default probes too few
-# for recall@10 >= 0.95 against exact search (measured by `make bench`; the check sample_recall_at_10 watches it).
-PROBED_SHARE = 0.25
 # A call that fails transiently (5xx, 429, a refused or dropped connection, a timeout) is retried with
 # exponential backoff and jitter for at most this long, and at most RETRY_ATTEMPTS times, before the step fails
 # (and its own RetryPolicy takes over).
@@ -273,10 +269,8 @@ class TenantIndex:
         empty = [[] for _ in range(len(vectors))]
         if self._embedded and self.count() == 0:  # an empty embedded index cannot be queried
             return empty
-        probes = self._probes()
         try:
-            results = self._call("query", "query", vectors, top_k=top_k, include=["distance"],
-                                 **({"n_probes": probes} if probes else {}))
+            results = self._call("query", "query", vectors, top_k=top_k, include=["distance"])
         except IndexUnavailable:
             if self.count() == 0:
                 return empty
@@ -284,16 +278,6 @@ class TenantIndex:
         if results and isinstance(results[0], dict):
             results = [results]
         return [list(r) for r in results]
-
-    def _probes(self) -> int | None:
-        """Clusters a query of a trained embedded index probes: PROBED_SHARE of them (None: the library's
-        default, or an untrained index, which is searched exhaustively)."""
-        if not self._embedded:
-            return None
-        lists = int(getattr(self._handle, "n_lists", 0) or 0)
-        if lists <= 1 or not self._handle.is_trained():
-            return None
-        return max(1, math.ceil(lists * PROBED_SHARE))
 
     def list_ids(self) -> set[str]:
         return set(self._call("list_ids", "list_ids"))

@@ -14,6 +14,7 @@ import pytest
 from ingest_pipeline import faults
 from ingest_pipeline.core.crypto import generate_master_key
 from ingest_pipeline.environment import stop_embedded_postgres
+from ingest_pipeline_tests.conftest import CORPUS
 from ingest_pipeline_tests.reliability.chaos import FaultProxy, ServiceProcess
 
 REPORT_PATH_ENV = "INGEST_RELIABILITY_REPORT"
@@ -111,6 +112,19 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 # ---- fault fixtures ----------------------------------------------------------------------------------------
+
+SMALL_FILES = ("acme/apache-license-2.0.txt", "globex/pip-dependency-resolution.md")
+
+
+@pytest.fixture
+def small_docs(tmp_path) -> Path:
+    """Two real documents (txt, md): more than one upsert batch of 32 chunks, quick to embed."""
+    folder = tmp_path / "small-docs"
+    folder.mkdir()
+    for name in SMALL_FILES:
+        (folder / Path(name).name).write_bytes((CORPUS / name).read_bytes())
+    return folder
+
 
 
 @pytest.fixture

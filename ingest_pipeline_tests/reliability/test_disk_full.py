@@ -13,11 +13,9 @@ import pytest
 from dagster import DagsterEventType
 
 from ingest_pipeline.core.ids import document_id
-from ingest_pipeline_tests.conftest import CORPUS
 from ingest_pipeline_tests.helpers import materialize_partition, step_events
 from ingest_pipeline_tests.reliability.invariant import assert_invariant, check_invariant, search_fingerprint
 
-FILES = ("acme/apache-license-2.0.txt", "globex/pip-dependency-resolution.md")
 FILLER = ".filler"  # a hidden file at the mount's root: no tenant's, never a document
 
 
@@ -49,14 +47,6 @@ def fill(path: Path, leave_bytes: int) -> None:
     stats = os.statvfs(path)
     assert stats.f_bavail * stats.f_frsize <= leave_bytes + stats.f_frsize
 
-
-@pytest.fixture
-def small_docs(tmp_path) -> Path:
-    folder = tmp_path / "small-docs"
-    folder.mkdir()
-    for name in FILES:
-        (folder / Path(name).name).write_bytes((CORPUS / name).read_bytes())
-    return folder
 
 
 def test_a_full_landing_zone_fails_the_upload_clearly_and_leaves_no_partial_file(embedded_pipeline, small_docs,

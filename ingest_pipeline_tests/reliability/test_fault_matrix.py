@@ -11,17 +11,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType
 
 from ingest_pipeline import faults
-from ingest_pipeline_tests.conftest import CORPUS
 from ingest_pipeline_tests.helpers import materialize_partition, step_events
 from ingest_pipeline_tests.reliability.invariant import assert_invariant, check_invariant, search_fingerprint
 
-FILES = ("acme/apache-license-2.0.txt", "globex/pip-dependency-resolution.md")
 STEP_OF_SEAM = {"embed:before-commit": "chunk_embeddings", "embed:after-commit": "chunk_embeddings",
                 "index:before-upsert": "cyborgdb_index", "index:after-upsert": "cyborgdb_index",
                 "index:after-commit": "cyborgdb_index"}
@@ -31,15 +28,6 @@ assert set(INGEST_SEAMS) <= set(faults.SEAMS)
 # service acknowledged, never committed in Postgres). test_service_faults kills the service itself around upserts.
 KILL_CASES = [("embedded", seam) for seam in INGEST_SEAMS] + [("service", "index:after-upsert")]
 
-
-@pytest.fixture
-def small_docs(tmp_path) -> Path:
-    """Two real documents (txt, md): more than one upsert batch of 32 chunks, quick to embed."""
-    folder = tmp_path / "small-docs"
-    folder.mkdir()
-    for name in FILES:
-        (folder / Path(name).name).write_bytes((CORPUS / name).read_bytes())
-    return folder
 
 
 def _tenant_chunks(pipeline, tenant: str) -> dict[str, int]:

@@ -17,22 +17,12 @@ from dagster import DagsterEventType
 from ingest_pipeline import faults
 from ingest_pipeline.core.ids import index_name
 from ingest_pipeline.definitions import build_resources
-from ingest_pipeline_tests.conftest import CORPUS
 from ingest_pipeline_tests.helpers import materialize_partition, step_events
 from ingest_pipeline_tests.reliability.chaos import release, restart_postgres, stop_postgres, wait_held
 from ingest_pipeline_tests.reliability.invariant import assert_invariant, search_fingerprint
 
-FILES = ("acme/apache-license-2.0.txt", "globex/pip-dependency-resolution.md")
 SHORT_TIMEOUT = {"resources": {"cyborgdb": {"config": {"call_timeout_s": 3.0}}}}
 
-
-@pytest.fixture
-def small_docs(tmp_path) -> Path:
-    folder = tmp_path / "small-docs"
-    folder.mkdir()
-    for name in FILES:
-        (folder / Path(name).name).write_bytes((CORPUS / name).read_bytes())
-    return folder
 
 
 @pytest.fixture
