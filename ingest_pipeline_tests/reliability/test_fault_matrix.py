@@ -24,9 +24,13 @@ STEP_OF_SEAM = {"embed:before-commit": "chunk_embeddings", "embed:after-commit":
                 "index:after-commit": "cyborgdb_index"}
 INGEST_SEAMS = tuple(STEP_OF_SEAM)
 assert set(INGEST_SEAMS) <= set(faults.SEAMS)
-# Every seam on the embedded backend; on the service, the seam where the backend matters most (an upsert the
-# service acknowledged, never committed in Postgres). test_service_faults kills the service itself around upserts.
-KILL_CASES = [("embedded", seam) for seam in INGEST_SEAMS] + [("service", "index:after-upsert")]
+# The three stage boundaries: before the CyborgDB upsert, after it and before the Postgres commit, after the
+# commit and before Dagster records success.
+BOUNDARIES = ("index:before-upsert", "index:after-upsert", "index:after-commit")
+# SIGKILL at every boundary, and mid-embedding, on the embedded backend; on the service, the boundary where the
+# backend matters most (an upsert the service acknowledged, never committed in Postgres). test_service_faults kills
+# the service itself around upserts.
+KILL_CASES = [("embedded", seam) for seam in ("embed:before-commit", *BOUNDARIES)] + [("service", "index:after-upsert")]
 
 
 
@@ -78,7 +82,7 @@ def test_sigkill_at_a_stage_boundary_then_a_rerun_converges(pipeline, small_docs
     scenario.survived()
 
 
-@pytest.mark.parametrize("seam", INGEST_SEAMS)
+@pytest.mark.parametrize("seam", BOUNDARIES)
 def test_an_error_at_a_stage_boundary_is_retried_by_the_same_run(embedded_pipeline, small_docs, fault_state,
                                                                  scenario, clean_references, monkeypatch, seam):
     pipeline = embedded_pipeline

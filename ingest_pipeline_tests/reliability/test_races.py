@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline_tests.conftest import CORPUS
@@ -64,6 +66,7 @@ def _live_chunks(pipeline, tenant: str) -> list[dict]:
         ).fetchall()
 
 
+@pytest.mark.parametrize("pipeline", ["embedded"], indirect=True)  # the upload path is the same on both backends
 def test_the_same_document_uploaded_twice_at_once_is_one_document(pipeline, tmp_path, scenario,
                                                                    clean_references):
     scenario.category = "race"
