@@ -4,7 +4,7 @@ Three threads, two bounded queues:
 
     reader (own connection)  ->  [texts]  ->  model (caller's thread)  ->  [vectors]  ->  writer (locked session)
     fetch pending chunks,                     encode a group of 256 chunks                seal each vector,
-    decrypt, sort by length                   in batches of 32                            commit the group
+    decrypt, sort by tokens                   in batches of 32, in order                  commit the group
 
 While the model encodes one group, the reader prepares the next and the writer seals and commits the
 previous one; PyTorch releases the GIL while it computes, so the Python work around it overlaps. Each
@@ -100,8 +100,9 @@ def embed_pending(
                 after = rows[-1]["chunk_id"]
                 texts = {row["chunk_id"]: keys.encryptor(row["key_version"]).decrypt_text(
                     row["chunk_id"], row["text_ciphertext"], row["text_mac"], row["seal_format"]) for row in rows}
-                # Sorted by length, so each batch pads little.
-                rows.sort(key=lambda row: len(texts[row["chunk_id"]]))
+                # Sorted by token count and batched in that order, so each batch pads little: a batch costs as
+                # much as its longest text. (`encode` alone sorts by characters, which pads more.)
+                rows.sort(key=lambda row: (row["token_count"] or 0, len(texts[row["chunk_id"]])))
                 for start in range(0, len(rows), commit_every):
                     group = rows[start:start + commit_every]
                     to_model.put((group, [texts[row["chunk_id"]] for row in group]))
@@ -139,7 +140,7 @@ def embed_pending(
                 break
             group, texts = item
             tick = time.perf_counter()
-            vectors = embedder.embed(texts)
+            vectors = embedder.embed(texts, in_order=True)
             stats.embed_seconds += time.perf_counter() - tick
             stats.batches += -(-len(texts) // embedder.batch_size)
             stats.writer_backlog_seconds += to_writer.put((group, vectors))

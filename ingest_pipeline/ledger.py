@@ -474,8 +474,8 @@ class Ledger:
     ) -> list[dict]:
         """The partition's chunks still without an embedding, in chunk-id order after `after` (a page)."""
         return conn.execute(
-            "SELECT c.chunk_id::text AS chunk_id, c.text_mac, c.text_ciphertext, c.key_version, c.seal_format"
-            " FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
+            "SELECT c.chunk_id::text AS chunk_id, c.text_mac, c.text_ciphertext, c.key_version, c.seal_format,"
+            " c.token_count FROM ingest.chunks c JOIN ingest.documents d USING (doc_id)"
             " WHERE d.tenant_id = %s AND d.partition_month = %s AND c.state = 'chunked'"
             " AND (%s::uuid IS NULL OR c.chunk_id > %s::uuid) ORDER BY c.chunk_id LIMIT %s",
             (tenant_id, month, after, after, limit),

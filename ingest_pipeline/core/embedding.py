@@ -108,14 +108,17 @@ class Embedder:
     def max_tokens(self) -> int:
         return int(self.model.max_seq_length)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], in_order: bool = False) -> np.ndarray:
+        """Unit vectors of `texts`. `encode` sorts texts by their length in characters before it batches them;
+        with `in_order`, the texts are batched as given instead (the caller sorted them by token count, which
+        pads far less: every batch costs as much as its longest text)."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
-            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=True,
-            show_progress_bar=False,
-        )
-        return np.asarray(vectors, dtype=np.float32)
+        batches = [texts[start:start + self.batch_size] for start in range(0, len(texts), self.batch_size)] \
+            if in_order else [texts]
+        vectors = [self.model.encode(batch, batch_size=self.batch_size, convert_to_numpy=True,
+                                     normalize_embeddings=True, show_progress_bar=False) for batch in batches]
+        return np.asarray(np.concatenate(vectors), dtype=np.float32)
 
 
 # ---- int8 ONNX backend --------------------------------------------------------------------------------
@@ -223,11 +226,12 @@ class OnnxInt8Embedder:
         pooled = (hidden * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
         return pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def embed(self, texts: list[str], in_order: bool = False) -> np.ndarray:
+        """Unit vectors of `texts`, batched by length in characters (as sentence-transformers does), or as given
+        with `in_order` (the caller sorted them by token count); results in input order."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        # Batches of texts of similar length pad little (as sentence-transformers does); results in input order.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = list(range(len(texts))) if in_order else sorted(range(len(texts)), key=lambda i: len(texts[i]))
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         for start in range(0, len(order), self.batch_size):
             batch = order[start:start + self.batch_size]

@@ -23,14 +23,18 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import queue
 import resource
 import signal
 import sys
 import types
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from ingest_pipeline.core.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TOKENS, Chunk
 from ingest_pipeline.core.embedding import resolve_model_path
@@ -41,6 +45,8 @@ from ingest_pipeline.core.extraction import (
     extract_text,
     read_document,
 )
+
+T = TypeVar("T")
 
 DEFAULT_MEMORY_BYTES = 1024 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 60.0
@@ -212,6 +218,67 @@ class ExtractionSandbox:
         exitcode = worker.process.exitcode
         worker.process.close()
         return exitcode
+
+
+class SandboxPool:
+    """Several ExtractionSandboxes side by side, so documents are extracted and chunked on several cores at
+    once, each within the same limits. `map` hands out the documents to whichever worker is free and yields
+    them back in their original order, each with a Future whose `result()` is the SandboxResult or raises
+    what `ExtractionSandbox.run` raised. At most two documents per worker are in flight or waiting to be
+    consumed, so memory stays bounded however many documents there are. Use as a context manager.
+    """
+
+    def __init__(self, limits: SandboxLimits | None = None, chunking: ChunkingSpec | None = None, workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"a sandbox pool needs at least one worker, got {workers}")
+        self.limits = limits or SandboxLimits()
+        self.sandboxes = [ExtractionSandbox(self.limits, chunking) for _ in range(workers)]
+        self._idle: queue.SimpleQueue[ExtractionSandbox] = queue.SimpleQueue()
+        for sandbox in self.sandboxes:
+            self._idle.put(sandbox)
+
+    def __enter__(self) -> SandboxPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        return max(sandbox.peak_rss_bytes for sandbox in self.sandboxes)
+
+    @property
+    def workers_started(self) -> int:
+        return sum(sandbox.workers_started for sandbox in self.sandboxes)
+
+    def map(self, folder: str | Path, items: Iterable[T], name_of: Callable[[T], str]) -> Iterator[
+            tuple[T, Future[SandboxResult]]]:
+        """Each item with the Future of its document (`folder/name_of(item)`), in the items' order."""
+        window = 2 * len(self.sandboxes)
+        pending: deque[tuple[T, Future[SandboxResult]]] = deque()
+        with ThreadPoolExecutor(len(self.sandboxes), thread_name_prefix="ingest-extraction") as executor:
+            try:
+                for item in items:
+                    pending.append((item, executor.submit(self._run, folder, name_of(item))))
+                    if len(pending) >= window:
+                        yield pending.popleft()
+                while pending:
+                    yield pending.popleft()
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+    def _run(self, folder: str | Path, document_name: str) -> SandboxResult:
+        sandbox = self._idle.get()
+        try:
+            return sandbox.run(folder, document_name)
+        finally:
+            self._idle.put(sandbox)
+
+    def close(self) -> None:
+        """Stop the workers, side by side (each may take a moment to exit)."""
+        with ThreadPoolExecutor(len(self.sandboxes)) as executor:
+            list(executor.map(ExtractionSandbox.close, self.sandboxes))
 
 
 def _describe_exit(exitcode: int | None) -> str:

@@ -206,9 +206,10 @@ def document_chunks(
     read is quarantined with its reason and reason code, and the rest of the partition carries on.
 
     Each file is read (never through a symbolic link), extracted and chunked in a worker process bounded in
-    memory and time (LandingZoneResource.extraction_memory_mb, extraction_timeout_s): a PDF bomb, a
-    50 MB line or markup nested 100,000 deep is quarantined as memory-limit or time-limit, never takes the
-    step down. The metadata lists the quarantined documents with their codes, a count per code, and the
+    memory and time (LandingZoneResource.extraction_memory_mb, extraction_timeout_s; two such workers side by
+    side by default, extraction_workers): a PDF bomb, a 50 MB line or markup nested 100,000 deep is
+    quarantined as memory-limit or time-limit, never takes the step down. The metadata lists the quarantined
+    documents with their codes, a count per code, and the
     peak memory of the workers and of the step's own process.
     """
     tenant, month = tenant_and_month(context)
@@ -219,7 +220,8 @@ def document_chunks(
     started = time.perf_counter()
     step_rss_at_start = _own_peak_rss_mb()
     # The worker, and the tokenizer in it, start at the first document there is to chunk, not before.
-    sandbox = landing.sandbox(ChunkingSpec.for_model(embedding_model.resolved_path))
+    # The workers, and the tokenizer in them, start at the first document there is to chunk, not before.
+    sandbox = landing.sandbox_pool(ChunkingSpec.for_model(embedding_model.resolved_path))
     with tenant_session(store, keyring, tenant) as session, sandbox:
         conn = session.conn
         encryptor = session.keys.encryptor()
@@ -228,11 +230,11 @@ def document_chunks(
         if documents:
             # The next stage will need the model: load it meanwhile (the workers chunk in their own processes).
             embedding_model.preload()
-        for document in documents:
+        for document, extraction in sandbox.map(folder, documents, lambda document: document["doc_name"]):
             name = document["doc_name"]
             content_sha256 = document["content_sha256"]
             try:
-                extracted = sandbox.run(folder, name)
+                extracted = extraction.result()
                 content_sha256 = extracted.content_sha256
                 chunks = extracted.chunks
                 if not chunks:
@@ -279,6 +281,7 @@ def document_chunks(
             # Peak resident memory: of the extraction workers, and of the step's own process (its high-water
             # mark over the process's life, and how much this step raised it).
             "extraction_peak_rss_mb": round(sandbox.peak_rss_bytes / 2**20, 1),
+            "extraction_workers": len(sandbox.sandboxes),
             "extraction_workers_started": sandbox.workers_started,
             "step_peak_rss_mb": _own_peak_rss_mb(),
             "step_peak_rss_growth_mb": round(_own_peak_rss_mb() - step_rss_at_start, 1),

@@ -37,6 +37,7 @@ from ingest_pipeline.core.sandbox import (
     ChunkingSpec,
     ExtractionSandbox,
     SandboxLimits,
+    SandboxPool,
 )
 from ingest_pipeline.environment import ConfigurationError, Settings, development_master_key, postgres_dsn
 from ingest_pipeline.keystore import KeyStore, KeyVault, TenantKeySet
@@ -194,7 +195,7 @@ class LandingZoneResource(SettingsFromEnvironment):
     Each document is read, extracted and chunked in a worker process (core/sandbox.py) whose address space
     is capped at `extraction_memory_mb` and whose time is capped at `extraction_timeout_s` (wall clock, and
     as much CPU): a document that needs more is quarantined as memory-limit or time-limit, and the step
-    carries on with a fresh worker.
+    carries on with a fresh worker. `extraction_workers` such workers run side by side, each within those bounds.
     """
 
     max_document_bytes: int = Field(default=50 * 1024 * 1024, description="Larger documents are quarantined.")
@@ -205,6 +206,10 @@ class LandingZoneResource(SettingsFromEnvironment):
     extraction_timeout_s: float | None = Field(
         default=None, description="Seconds (wall clock, and as many CPU seconds) for one document's extraction "
         f"and chunking; unset reads INGEST_EXTRACTION_TIMEOUT_S at run time, else {DEFAULT_TIMEOUT_S:g}.",
+    )
+    extraction_workers: int | None = Field(
+        default=None, description="Worker processes that extract and chunk documents side by side; unset reads "
+        "INGEST_EXTRACTION_WORKERS at run time, else 2 (1 on a single core).",
     )
 
     @cached_property
@@ -224,6 +229,12 @@ class LandingZoneResource(SettingsFromEnvironment):
     def sandbox(self, chunking: ChunkingSpec | None = None) -> ExtractionSandbox:
         """A sandbox that reads, extracts and (with `chunking`) chunks documents within sandbox_limits()."""
         return ExtractionSandbox(self.sandbox_limits(), chunking)
+
+    def sandbox_pool(self, chunking: ChunkingSpec | None = None) -> SandboxPool:
+        """`extraction_workers` sandboxes side by side (each within sandbox_limits()), documents in order."""
+        workers = self.extraction_workers or _positive_from_env("INGEST_EXTRACTION_WORKERS", int) \
+            or min(2, os.cpu_count() or 1)
+        return SandboxPool(self.sandbox_limits(), chunking, workers)
 
 
 def _positive_from_env(name: str, kind: type[int] | type[float]) -> int | float | None:

@@ -62,3 +62,28 @@ def test_the_int8_onnx_export_embeds_like_the_pytorch_model_and_is_made_once(tmp
     assert exported.stat().st_mtime_ns == modified  # exported once per model content
     fingerprint = model_fingerprint(bundled_model_path())
     assert backend_model_id(fingerprint, TORCH) == fingerprint != backend_model_id(fingerprint, ONNX_INT8)
+
+
+def test_in_order_embedding_batches_texts_as_given_and_gives_the_same_vectors(monkeypatch):
+    import numpy as np
+
+    from ingest_pipeline.core.embedding import Embedder
+
+    embedder = Embedder(batch_size=4)
+    texts = [f"Document {i}: " + "word " * (i * 7 % 23 + 1) for i in range(10)]
+    batches: list[list[str]] = []
+    encode = embedder.model.encode
+
+    def recording_encode(sentences, **kwargs):
+        batches.append(list(sentences))
+        return encode(sentences, **kwargs)
+
+    monkeypatch.setattr(embedder.model, "encode", recording_encode)
+    in_order = embedder.embed(texts, in_order=True)
+    assert batches == [texts[0:4], texts[4:8], texts[8:10]]  # the caller's order, not encode's length sort
+    batches.clear()
+    default = embedder.embed(texts)
+    assert batches == [texts]  # one call: encode sorts by characters and batches itself
+    assert in_order.shape == (10, embedder.dimension) and in_order.dtype == np.float32
+    assert np.allclose(in_order, default, atol=1e-5)  # padding differs, vectors do not
+    assert np.allclose(np.linalg.norm(in_order, axis=1), 1.0, atol=1e-5)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
-from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionSandbox, SandboxLimits
+from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionSandbox, SandboxLimits, SandboxPool
 
 MiB = 2**20
 SECRET = "HOSTILE-SECRET-7f3a"
@@ -103,6 +103,34 @@ def test_one_worker_extracts_and_chunks_document_after_document(folder, chunking
     assert first.chunks[0].sequence == 0 and first.chunks[0].token_count > 0
     assert len(first.content_sha256) == 64
     assert 0 < sandbox.peak_rss_bytes < SandboxLimits().memory_bytes
+
+
+def test_a_pool_chunks_on_two_workers_and_yields_documents_in_order_with_their_own_outcome(folder, chunking):
+    names = [f"doc{i:02d}.txt" for i in range(12)]
+    for i, name in enumerate(names):
+        (folder / name).write_text(f"Document number {i} talks about topic {i * 7}.\n\nIt has two paragraphs.\n")
+    (folder / "line.txt").write_bytes(single_line(8 * MiB))
+    items = [*names[:5], "line.txt", "gone.txt", *names[5:]]
+    outcomes = {}
+    with SandboxPool(SandboxLimits(timeout_s=2), chunking, workers=2) as pool:
+        order = []
+        for name, future in pool.map(folder, items, lambda item: item):
+            order.append(name)
+            try:
+                outcomes[name] = future.result()
+            except (UnreadableDocument, FileNotFoundError) as exc:
+                outcomes[name] = exc
+        # two workers, and one more after the time limit stopped one of them
+        assert pool.workers_started == 3
+        pids = {sandbox._worker.process.pid for sandbox in pool.sandboxes if sandbox._worker}
+        assert len(pids) == 2
+    assert order == items
+    for i, name in enumerate(names):
+        assert f"topic {i * 7}." in outcomes[name].chunks[0].text
+    assert isinstance(outcomes["line.txt"], UnreadableDocument) and outcomes["line.txt"].code == ReasonCode.TIME_LIMIT
+    assert isinstance(outcomes["gone.txt"], FileNotFoundError)
+    assert 0 < pool.peak_rss_bytes < SandboxLimits().memory_bytes
+    assert all(sandbox._worker is None for sandbox in pool.sandboxes)  # stopped on exit
 
 
 def test_without_chunking_the_text_is_returned(folder):
