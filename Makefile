@@ -17,7 +17,7 @@ run: install  ## ingest the bundled sample corpus for two tenants and show searc
 	$(VENV)/bin/ingest-pipeline demo
 
 test: install  ## the test suite, against real Postgres, CyborgDB (embedded and service) and the model
-	$(PY) -m pytest -q --ignore=ingest_pipeline_tests/reliability
+	$(PY) -m pytest -q --durations=15 --ignore=ingest_pipeline_tests/reliability
 
 reliability: install  ## the fault matrix, races, disk full and hostile input: a summary table and reliability-report.json
 	$(PY) -m pytest -q ingest_pipeline_tests/reliability
