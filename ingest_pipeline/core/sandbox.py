@@ -27,6 +27,7 @@ import queue
 import resource
 import signal
 import sys
+import threading
 import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +53,8 @@ DEFAULT_MEMORY_BYTES = 1024 * 1024 * 1024
 DEFAULT_TIMEOUT_S = 60.0
 _SHUTDOWN_WAIT_S = 5.0
 _STARTUP_WAIT_S = 120.0
+# Workers started from several threads at once (a SandboxPool) must not interleave hiding and restoring __main__.
+_SPAWNING = threading.Lock()
 # A worker that answered with one of these is replaced before the next document.
 _REPLACE_AFTER = {ReasonCode.MEMORY_LIMIT, ReasonCode.PARSER_ERROR, ReasonCode.TOO_DEEPLY_NESTED}
 
@@ -183,7 +186,7 @@ class ExtractionSandbox:
             # A daemonic process may not have children; otherwise the worker must not outlive its parent.
             daemon=not multiprocessing.current_process().daemon,
         )
-        with _main_module_hidden():
+        with _SPAWNING, _main_module_hidden():
             process.start()
         theirs.close()
         self._worker = _Worker(process, ours)
@@ -224,8 +227,11 @@ class SandboxPool:
     """Several ExtractionSandboxes side by side, so documents are extracted and chunked on several cores at
     once, each within the same limits. `map` hands out the documents to whichever worker is free and yields
     them back in their original order, each with a Future whose `result()` is the SandboxResult or raises
-    what `ExtractionSandbox.run` raised. At most two documents per worker are in flight or waiting to be
-    consumed, so memory stays bounded however many documents there are. Use as a context manager.
+    what `ExtractionSandbox.run` raised. At most one document more than there are workers is in flight or
+    waiting to be consumed, so memory stays bounded however many documents there are. Use as a context
+    manager: closing the pool cancels what has not started, waits for what has, then stops the workers.
+
+    The workers share the machine, so a document's wall-clock limit is measured while its siblings run too.
     """
 
     def __init__(self, limits: SandboxLimits | None = None, chunking: ChunkingSpec | None = None, workers: int = 1):
@@ -236,6 +242,8 @@ class SandboxPool:
         self._idle: queue.SimpleQueue[ExtractionSandbox] = queue.SimpleQueue()
         for sandbox in self.sandboxes:
             self._idle.put(sandbox)
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="ingest-extraction")
+        self._closed = threading.Event()
 
     def __enter__(self) -> SandboxPool:
         return self
@@ -245,6 +253,7 @@ class SandboxPool:
 
     @property
     def peak_rss_bytes(self) -> int:
+        """The highest peak resident memory of any one worker."""
         return max(sandbox.peak_rss_bytes for sandbox in self.sandboxes)
 
     @property
@@ -254,21 +263,22 @@ class SandboxPool:
     def map(self, folder: str | Path, items: Iterable[T], name_of: Callable[[T], str]) -> Iterator[
             tuple[T, Future[SandboxResult]]]:
         """Each item with the Future of its document (`folder/name_of(item)`), in the items' order."""
-        window = 2 * len(self.sandboxes)
+        window = len(self.sandboxes) + 1
         pending: deque[tuple[T, Future[SandboxResult]]] = deque()
-        with ThreadPoolExecutor(len(self.sandboxes), thread_name_prefix="ingest-extraction") as executor:
-            try:
-                for item in items:
-                    pending.append((item, executor.submit(self._run, folder, name_of(item))))
-                    if len(pending) >= window:
-                        yield pending.popleft()
-                while pending:
+        try:
+            for item in items:
+                pending.append((item, self._executor.submit(self._run, folder, name_of(item))))
+                if len(pending) >= window:
                     yield pending.popleft()
-            finally:
-                for _, future in pending:
-                    future.cancel()
+            while pending:
+                yield pending.popleft()
+        finally:
+            for _, future in pending:
+                future.cancel()
 
     def _run(self, folder: str | Path, document_name: str) -> SandboxResult:
+        if self._closed.is_set():
+            raise RuntimeError("the extraction pool is closed")
         sandbox = self._idle.get()
         try:
             return sandbox.run(folder, document_name)
@@ -276,9 +286,11 @@ class SandboxPool:
             self._idle.put(sandbox)
 
     def close(self) -> None:
-        """Stop the workers, side by side (each may take a moment to exit)."""
-        with ThreadPoolExecutor(len(self.sandboxes)) as executor:
-            list(executor.map(ExtractionSandbox.close, self.sandboxes))
+        """Cancel documents not yet started, wait for those running, then stop the workers side by side."""
+        self._closed.set()
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        with ThreadPoolExecutor(len(self.sandboxes)) as stopper:
+            list(stopper.map(ExtractionSandbox.close, self.sandboxes))
 
 
 def _describe_exit(exitcode: int | None) -> str:

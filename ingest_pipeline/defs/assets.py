@@ -303,10 +303,10 @@ def chunk_embeddings(
 
     Chunks are embedded in batches (32 by default) by a model loaded once per process, in a bounded
     pipeline (`embedding_stage.py`): while the model encodes a group of 256 chunks, one thread fetches and
-    decrypts the next (sorted by length, so batches pad little) and another seals and commits the last,
-    so the model never waits for Postgres or encryption. Each group commits on its own, so a retry
-    resumes where the failure struck and never embeds a chunk twice. Unchanged chunks are not embedded
-    again.
+    decrypts the next (sorted by token count and batched in that order, so batches pad little) and another
+    seals and commits the last, so the model never waits for Postgres or encryption. Each group commits on
+    its own, so a retry resumes where the failure struck and never embeds a chunk twice. Unchanged chunks
+    are not embedded again.
     """
     tenant, month = tenant_and_month(context)
     store = ledger.ledger

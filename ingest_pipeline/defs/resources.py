@@ -208,8 +208,8 @@ class LandingZoneResource(SettingsFromEnvironment):
         f"and chunking; unset reads INGEST_EXTRACTION_TIMEOUT_S at run time, else {DEFAULT_TIMEOUT_S:g}.",
     )
     extraction_workers: int | None = Field(
-        default=None, description="Worker processes that extract and chunk documents side by side; unset reads "
-        "INGEST_EXTRACTION_WORKERS at run time, else 2 (1 on a single core).",
+        default=None, ge=1, le=64, description="Worker processes that extract and chunk documents side by side; "
+        "unset reads INGEST_EXTRACTION_WORKERS at run time, else 2 (1 where this process may use one core only).",
     )
 
     @cached_property
@@ -233,7 +233,7 @@ class LandingZoneResource(SettingsFromEnvironment):
     def sandbox_pool(self, chunking: ChunkingSpec | None = None) -> SandboxPool:
         """`extraction_workers` sandboxes side by side (each within sandbox_limits()), documents in order."""
         workers = self.extraction_workers or _positive_from_env("INGEST_EXTRACTION_WORKERS", int) \
-            or min(2, os.cpu_count() or 1)
+            or min(2, len(os.sched_getaffinity(0)))
         return SandboxPool(self.sandbox_limits(), chunking, workers)
 
 

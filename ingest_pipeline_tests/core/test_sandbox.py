@@ -133,6 +133,31 @@ def test_a_pool_chunks_on_two_workers_and_yields_documents_in_order_with_their_o
     assert all(sandbox._worker is None for sandbox in pool.sandboxes)  # stopped on exit
 
 
+def test_pool_workers_starting_at_once_leave_the_parents_main_module_in_place(folder, chunking):
+    main = sys.modules["__main__"]
+    for round_ in range(3):
+        with SandboxPool(SandboxLimits(), chunking, workers=2) as pool:
+            results = [future.result() for _, future in pool.map(folder, ["good.txt"] * 4, lambda item: item)]
+            assert pool.workers_started == 2, f"round {round_}"
+        assert sys.modules["__main__"] is main, f"round {round_}: __main__ replaced"
+        assert all(result.chunks for result in results)
+
+
+def test_closing_a_pool_mid_map_cancels_what_has_not_started_and_stops_every_worker(folder, chunking):
+    names = [f"doc{i}.txt" for i in range(8)]
+    for name in names:
+        (folder / name).write_text(f"{name} says something.\n")
+    with SandboxPool(SandboxLimits(), chunking, workers=2) as pool:
+        documents = pool.map(folder, names, lambda item: item)
+        first, future = next(documents)
+        assert first == "doc0.txt" and future.result().chunks
+    # At most workers + 1 documents were ever handed out; the rest were never read.
+    assert pool.workers_started == 2
+    assert all(sandbox._worker is None for sandbox in pool.sandboxes)
+    with pytest.raises(RuntimeError):
+        pool._executor.submit(print)
+
+
 def test_without_chunking_the_text_is_returned(folder):
     with ExtractionSandbox() as sandbox:
         result = sandbox.run(folder, "good.txt")
