@@ -31,7 +31,7 @@ lint: install
 bench: install  ## end to end vs. the bare model at 500 and 2,000 chunks, re-runs, search latency, upserts, recall at 100k: a table and bench-report.json
 	$(PY) benchmarks/bench.py
 
-bench-large: install  ## the same with 8,000 chunks too (about 25 minutes on 2 cores)
+bench-large: install  ## the same with 8,000 chunks too (about 35 minutes on 2 cores)
 	$(PY) benchmarks/bench.py --sizes 500,2000,8000
 
 bench-empty: install  ## a backfill over partitions with no pending work: ms per partition, no model load
