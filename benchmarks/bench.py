@@ -190,10 +190,11 @@ def throughput(size: int, documents, embedder, workdir: Path) -> dict:
     }
 
 
-def int8_end_to_end(staging: Path, bare_torch_rate: float) -> dict:
+def int8_end_to_end(staging: Path, bare_torch_rate: float, torch_embedder) -> dict:
     """The same corpus ingested with INGEST_EMBEDDING_BACKEND=onnx-int8, against the bare PyTorch model's rate on
-    the same texts. The export is made before the timed run (a one-time cost, measured by bench-backends)."""
-    from ingest_pipeline.core.embedding import bundled_model_path, export_int8_onnx
+    the same texts. The export is made before the timed run (a one-time cost, measured by bench-backends).
+    Fidelity beside the speed: the cosine between the int8 and the PyTorch vector of each sample-corpus chunk."""
+    from ingest_pipeline.core.embedding import OnnxInt8Embedder, bundled_model_path, export_int8_onnx
 
     home = Path(os.environ["INGEST_HOME"])
     export_int8_onnx(bundled_model_path(), home / "models")
@@ -202,9 +203,14 @@ def int8_end_to_end(staging: Path, bare_torch_rate: float) -> dict:
     seconds, stdout, peak_mb = run_cli("ingest", "--tenant", TENANT, "--json", env=env)
     chunks = json.loads(stdout)["totals"]["chunks_embedded"]
     rate = chunks / seconds
+    texts = corpus_texts()
+    int8 = OnnxInt8Embedder(cache_dir=home / "models").embed(texts)
+    cosines = (int8 * torch_embedder.embed(texts)).sum(axis=1)
     return {"chunks": chunks, "end_to_end_s": round(seconds, 1), "end_to_end_chunks_per_s": round(rate, 1),
             "bare_torch_chunks_per_s": round(bare_torch_rate, 1),
-            "int8_end_to_end_vs_bare_torch": round(rate / bare_torch_rate, 3), "cli_peak_rss_mb": round(peak_mb)}
+            "int8_end_to_end_vs_bare_torch": round(rate / bare_torch_rate, 3), "cli_peak_rss_mb": round(peak_mb),
+            "fidelity_chunks": len(texts), "cosine_to_torch_mean": round(float(cosines.mean()), 4),
+            "cosine_to_torch_min": round(float(cosines.min()), 4)}
 
 
 # ---- 2. re-runs --------------------------------------------------------------------------------------
@@ -486,7 +492,7 @@ def main() -> int:
             if size == rerun_size and args.int8:
                 with scratch_installation("ingest-bench-int8-"):
                     report["int8_backend"] = int8_end_to_end(Path(workdir) / f"corpus-{size}",
-                                                             figures["bare_model_chunks_per_s"])
+                                                             figures["bare_model_chunks_per_s"], embedder)
         if corpus_vectors is None:  # --sizes "": the sample corpus's chunks, embedded here
             corpus_vectors = embedder.embed(corpus_texts())
 

@@ -4,7 +4,8 @@ Throughput: the chunk texts of the bundled sample corpus (extracted and chunked 
 embedded by `SentenceTransformer.encode` and by the int8 ONNX export, same texts, same batch size, alternately
 three times each (the median counts), after a warm-up of both. Quality: every passage of the bundled SQuAD 2.0
 dev sample is chunked and embedded by each backend, and each question is answered by exact cosine search over
-its backend's vectors: answer in the top 5 and at rank 1. Printed as a table, and as JSON with --json.
+its backend's vectors: answer in the top 5 and at rank 1. Fidelity: the cosine between each chunk's int8 and PyTorch
+vectors (mean and minimum). Printed as a table, and as JSON with --json.
 
     .venv/bin/python benchmarks/embedding_backends.py [--json]
 """
@@ -73,6 +74,7 @@ def main() -> int:
         torch_model = Embedder(str(model), DEFAULT_BATCH_SIZE)
         for embedder in (torch_model, int8):
             embedder.embed(texts[:64])  # warm-up
+        cosines = (int8.embed(texts) * torch_model.embed(texts)).sum(axis=1)
         torch_rates, int8_rates = [], []
         for _ in range(3):
             torch_rates.append(rate(torch_model, texts))
@@ -92,6 +94,8 @@ def main() -> int:
         "int8 ONNX, chunks/s (median of 3)": round(int8_rate, 1),
         "int8 ONNX / PyTorch": round(int8_rate / torch_rate, 2),
         "export + quantization, s (once per model)": round(export_seconds, 1),
+        "cosine int8 to PyTorch, mean": round(float(cosines.mean()), 4),
+        "cosine int8 to PyTorch, min": round(float(cosines.min()), 4),
         "QA questions": len(questions),
         "answer in top 5, PyTorch": round(torch_top5, 3),
         "answer in top 5, int8 ONNX": round(int8_top5, 3),

@@ -38,6 +38,7 @@ def test_the_int8_onnx_export_embeds_like_the_pytorch_model_and_is_made_once(tmp
     import numpy as np
 
     from ingest_pipeline.core.embedding import (
+        INT8_SCHEME,
         ONNX_INT8,
         TORCH,
         Embedder,
@@ -49,12 +50,13 @@ def test_the_int8_onnx_export_embeds_like_the_pytorch_model_and_is_made_once(tmp
     texts = ["The default priority of a magic rule is 50.", "Zebra crossings in Lisbon are painted white.",
              "xz streams start with six magic bytes.", "A short one.", "Licensed under the Apache License " * 20]
     int8 = OnnxInt8Embedder(str(bundled_model_path()), batch_size=2, cache_dir=tmp_path)
-    exported = next(tmp_path.rglob("model_int8.onnx"))
+    exported = next(tmp_path.rglob(f"model_int8_{INT8_SCHEME}.onnx"))
     vectors, reference = int8.embed(texts), Embedder(str(bundled_model_path())).embed(texts)
     assert vectors.shape == reference.shape == (5, 384) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
     cosines = (vectors * reference).sum(axis=1)
-    assert cosines.min() > 0.85 and cosines.mean() > 0.93, cosines
+    # Per-channel weights in a reduced range: the per-tensor export of earlier releases measured 0.81 at worst.
+    assert cosines.min() > 0.97 and cosines.mean() > 0.98, cosines
     # The nearest neighbours agree: each text is closest to its own PyTorch vector.
     assert list((vectors @ reference.T).argmax(axis=1)) == list(range(5))
     modified = exported.stat().st_mtime_ns
@@ -62,6 +64,8 @@ def test_the_int8_onnx_export_embeds_like_the_pytorch_model_and_is_made_once(tmp
     assert exported.stat().st_mtime_ns == modified  # exported once per model content
     fingerprint = model_fingerprint(bundled_model_path())
     assert backend_model_id(fingerprint, TORCH) == fingerprint != backend_model_id(fingerprint, ONNX_INT8)
+    # An index built by the per-tensor int8 export of earlier releases is refused, not extended.
+    assert backend_model_id(fingerprint, ONNX_INT8) != f"{ONNX_INT8}:{fingerprint}"
 
 
 def test_in_order_embedding_batches_texts_as_given_and_gives_the_same_vectors(monkeypatch):
