@@ -407,19 +407,29 @@ class Ledger:
         conn.execute("UPDATE ingest.chunks SET state = 'stale', updated_at = now() WHERE doc_id = %s",
                      (document["doc_id"],))
 
+    def document_embeddings(self, conn: psycopg.Connection, doc_id: str) -> list[dict]:
+        """The document's chunks that hold an embedding (chunk id, text MAC, sealed embedding)."""
+        return conn.execute(
+            "SELECT chunk_id::text AS chunk_id, text_mac, embedding_ciphertext, key_version, seal_format"
+            " FROM ingest.chunks WHERE doc_id = %s AND embedding_ciphertext IS NOT NULL",
+            (doc_id,),
+        ).fetchall()
+
     def store_chunks(
         self, conn: psycopg.Connection, document: dict, content_sha256: str, rows: list[tuple]
     ) -> None:
         """Upsert a document's encrypted chunks; keep the embedding of a chunk whose text is unchanged.
 
-        rows: (chunk_id, sequence, token_count, text_mac, text_ciphertext, key_version)
+        rows: (chunk_id, sequence, token_count, text_mac, text_ciphertext, key_version, embedding_ciphertext);
+        the embedding is None, or one already computed for the same text (sealed for this chunk id): such a
+        chunk is stored as embedded and is not embedded again.
         """
         with conn.cursor() as cur:
             cur.executemany(
                 """
                 INSERT INTO ingest.chunks AS c (chunk_id, tenant_id, doc_id, sequence, token_count, text_mac,
-                                               text_ciphertext, key_version, state)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'chunked')
+                                               text_ciphertext, key_version, embedding_ciphertext, state)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (chunk_id) DO UPDATE SET
                     token_count = EXCLUDED.token_count,
                     text_ciphertext = CASE WHEN c.text_mac = EXCLUDED.text_mac
@@ -429,15 +439,16 @@ class Ledger:
                     seal_format = CASE WHEN c.text_mac = EXCLUDED.text_mac
                                        THEN c.seal_format ELSE EXCLUDED.seal_format END,
                     embedding_ciphertext = CASE WHEN c.text_mac = EXCLUDED.text_mac
-                                                THEN c.embedding_ciphertext END,
-                    state = CASE WHEN c.text_mac <> EXCLUDED.text_mac OR c.embedding_ciphertext IS NULL
-                                 THEN 'chunked'
+                                                THEN c.embedding_ciphertext ELSE EXCLUDED.embedding_ciphertext END,
+                    state = CASE WHEN c.text_mac <> EXCLUDED.text_mac THEN EXCLUDED.state
+                                 WHEN c.embedding_ciphertext IS NULL THEN 'chunked'
                                  WHEN c.state = 'indexed' THEN 'indexed' ELSE 'embedded' END,
                     text_mac = EXCLUDED.text_mac,
                     updated_at = now()
                 """,
-                [(cid, document["tenant_id"], document["doc_id"], seq, tokens, mac, ct, kv)
-                 for cid, seq, tokens, mac, ct, kv in rows],
+                [(cid, document["tenant_id"], document["doc_id"], seq, tokens, mac, ct, kv, embedding,
+                  "chunked" if embedding is None else "embedded")
+                 for cid, seq, tokens, mac, ct, kv, embedding in rows],
             )
         conn.execute(
             "UPDATE ingest.chunks SET state = 'stale', updated_at = now() WHERE doc_id = %s AND sequence >= %s",

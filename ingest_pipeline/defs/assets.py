@@ -189,6 +189,16 @@ def raw_documents(
     )
 
 
+def _reused_embedding(keys, encryptor, existing: dict | None, new_chunk_id: str, text_mac: bytes) -> bytes | None:
+    """The embedding the document already holds for the same text under another chunk id (a chunk that moved,
+    say, after a paragraph was inserted before it), sealed again for `new_chunk_id`; None when there is none."""
+    if existing is None:
+        return None
+    vector = keys.encryptor(existing["key_version"]).decrypt_vector(
+        existing["chunk_id"], existing["embedding_ciphertext"], text_mac, existing["seal_format"])
+    return encryptor.encrypt_vector(new_chunk_id, vector, text_mac)
+
+
 @asset(deps=[raw_documents], kinds={"python", "postgres"}, **STAGE)
 def document_chunks(
     context: AssetExecutionContext,
@@ -202,8 +212,10 @@ def document_chunks(
     Chunks are cut at headings, paragraphs and sentences with the embedding model's own tokenizer,
     so none exceeds the model's window. Chunk ids are uuid5(NAMESPACE_DNS, "{doc_id}_{sequence}");
     text is sealed with the tenant's AES-256-GCM data key. A chunk whose text is unchanged keeps its
-    embedding; chunks beyond a shortened document's end are marked stale. A document that cannot be
-    read is quarantined with its reason and reason code, and the rest of the partition carries on.
+    embedding, and one whose text moved to another position (a paragraph inserted before it) takes the
+    embedding of that text with it, so only new text is embedded; chunks beyond a shortened document's end
+    are marked stale. A document that cannot be read is quarantined with its reason and reason code, and the
+    rest of the partition carries on.
 
     Each file is read (never through a symbolic link), extracted and chunked in a worker process bounded in
     memory and time (LandingZoneResource.extraction_memory_mb, extraction_timeout_s; two such workers side by
@@ -257,11 +269,17 @@ def document_chunks(
                 quarantined.append({"document": name, "code": str(code)})
                 continue
             doc_id = str(document["doc_id"])
+            embedded = store.document_embeddings(conn, doc_id)
+            mac_of = {row["chunk_id"]: bytes(row["text_mac"]) for row in embedded}
+            by_mac = {bytes(row["text_mac"]): row for row in embedded}
             rows = []
             for chunk in chunks:
-                cid = chunk_id(doc_id, chunk.sequence)
-                rows.append((cid, chunk.sequence, chunk.token_count, encryptor.text_mac(chunk.text),
-                             encryptor.encrypt_text(cid, chunk.text), encryptor.key_version))
+                cid, mac = chunk_id(doc_id, chunk.sequence), encryptor.text_mac(chunk.text)
+                embedding = None if mac_of.get(cid) == mac else _reused_embedding(
+                    session.keys, encryptor, by_mac.get(mac), cid, mac)
+                counts["embeddings_reused"] += embedding is not None
+                rows.append((cid, chunk.sequence, chunk.token_count, mac, encryptor.encrypt_text(cid, chunk.text),
+                             encryptor.key_version, embedding))
                 max_tokens = max(max_tokens, chunk.token_count)
             with conn.transaction():
                 store.store_chunks(conn, document, content_sha256, rows)
@@ -276,6 +294,7 @@ def document_chunks(
             "quarantined_by_code": MetadataValue.json(dict(sorted(Counter(q["code"] for q in quarantined).items()))),
             "documents_missing": counts["missing"],
             "chunks": counts["chunks"],
+            "embeddings_reused": counts["embeddings_reused"],
             "tokens": counts["tokens"],
             "max_tokens_per_chunk": max_tokens,
             # Peak resident memory: of the extraction workers, and of the step's own process (its high-water

@@ -129,3 +129,36 @@ def test_index_rebuilds_from_the_cold_copy_without_reembedding(pipeline, docs):
     assert pipeline.search(acme, MAGIC_QUERY, 1)[0]["source"] == "shared-mime-info-spec.pdf"
     check_run = materialize_partition(acme)
     assert all(check.passed for check in check_run.get_asset_check_evaluations())
+
+
+def test_a_section_inserted_at_the_start_embeds_only_the_new_text(embedded_pipeline, docs):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    document = docs / "pip-dependency-resolution.md"
+    pipeline.upload(acme, document)
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    embedded_before = ledger.tenant_status(acme)["embeddings_computed"]
+
+    # Every later chunk moves one sequence number down: same texts under other chunk ids.
+    preface = "# Preface\n\nZebra crossings in Lisbon are painted white and black.\n\n"
+    document.write_text(preface + document.read_text())
+    pipeline.upload(acme, document)
+    result = materialize_partition(acme)
+    assert result.success
+    chunks = ledger_chunks(ledger, acme)
+    assert len(chunks) == embedded_before + 1
+    assert ledger.tenant_status(acme)["embeddings_computed"] - embedded_before == 1  # the preface's chunk only
+    assert materialization_metadata(result, "document_chunks")["embeddings_reused"] == embedded_before
+    status = pipeline.status(acme)
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] == len(chunks)
+    hits = pipeline.search(acme, "How does pip resolve dependency conflicts?", 3)
+    assert hits and all(hit["source"] == document.name for hit in hits)
+    assert pipeline.search(acme, "What colour are zebra crossings in Lisbon?", 1)[0]["chunk_sequence"] == 0
+    # A moved chunk's vector is its text's own, sealed for its new id: its text as the query finds that chunk.
+    keyring = build_resources()["keyring"]
+    moved = next(row for row in ledger_chunks(ledger, acme).values() if row["sequence"] == 5)
+    text = keyring.encryptor(acme, moved["key_version"]).decrypt_text(
+        moved["chunk_id"], moved["text_ciphertext"], moved["text_mac"], moved["seal_format"])
+    top = pipeline.search(acme, text, 1)[0]
+    assert top["chunk_id"] == moved["chunk_id"] and top["score"] > 0.99
