@@ -8,6 +8,7 @@ from ingest_pipeline.environment import embedded_postgres_uri, stop_embedded_pos
 from ingest_pipeline.instance import dagster_instance
 from ingest_pipeline_tests.conftest import _pipeline
 from ingest_pipeline_tests.daemons import FINISHED, launch_partition_run, run_status, stop_upload_sensor, wait_for
+from ingest_pipeline_tests.helpers import step_events
 
 MULTIPROCESS = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
 
@@ -32,6 +33,10 @@ def test_a_queued_run_on_external_postgres_and_the_cyborgdb_service_with_the_mul
         # Each step ran in a process of its own, started by the multiprocess executor.
         records = dagster_instance().all_logs(run_id, of_type=DagsterEventType.STEP_WORKER_STARTED)
         assert {record.step_key for record in records} >= {"raw_documents", "chunk_embeddings", "cyborgdb_index"}
+        # The chunking step's process exits after it: it does not load the model for the embedding step.
+        chunked = step_events(run_id, DagsterEventType.ASSET_MATERIALIZATION, "document_chunks")[0]
+        metadata = chunked.dagster_event.event_specific_data.materialization.metadata
+        assert metadata["documents_chunked"].value == 2 and metadata["model_preloaded"].value is False
         status = pipeline.status(acme)
         assert status["documents"] == 2
         assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0

@@ -189,6 +189,15 @@ def raw_documents(
     )
 
 
+def _steps_share_this_process(context: AssetExecutionContext) -> bool:
+    """Whether the run's next steps run in this process (the in-process executor): only then is a model loaded
+    here of use to the embedding step. The multiprocess executor gives each step a process that exits after it."""
+    execution = context.get_step_execution_context().resolved_run_config.execution.execution_engine_config
+    # {"config": {"in_process": {...}}} or {"config": {"multiprocess": {...}}} (multi_or_in_process_executor)
+    chosen = execution.get("config", execution)
+    return "multiprocess" not in (chosen if isinstance(chosen, dict) else {})
+
+
 def _reused_embedding(keys, encryptor, existing: dict | None, new_chunk_id: str, text_mac: bytes) -> bytes | None:
     """The embedding the document already holds for the same text under another chunk id (a chunk that moved,
     say, after a paragraph was inserted before it), sealed again for `new_chunk_id`; None when there is none."""
@@ -239,7 +248,8 @@ def document_chunks(
         encryptor = session.keys.encryptor()
         folder = landing.zone.tenant_folder(tenant)
         documents = store.documents_to_chunk(tenant, month)
-        if documents:
+        model_preloaded = bool(documents) and _steps_share_this_process(context)
+        if model_preloaded:
             # The next stage will need the model: load it meanwhile (the workers chunk in their own processes).
             embedding_model.preload()
         for document, extraction in sandbox.map(folder, documents, lambda document: document["doc_name"]):
@@ -295,6 +305,7 @@ def document_chunks(
             "documents_missing": counts["missing"],
             "chunks": counts["chunks"],
             "embeddings_reused": counts["embeddings_reused"],
+            "model_preloaded": model_preloaded,
             "tokens": counts["tokens"],
             "max_tokens_per_chunk": max_tokens,
             # Peak resident memory: of the extraction workers, and of the step's own process (its high-water

@@ -149,7 +149,9 @@ def test_a_section_inserted_at_the_start_embeds_only_the_new_text(embedded_pipel
     chunks = ledger_chunks(ledger, acme)
     assert len(chunks) == embedded_before + 1
     assert ledger.tenant_status(acme)["embeddings_computed"] - embedded_before == 1  # the preface's chunk only
-    assert materialization_metadata(result, "document_chunks")["embeddings_reused"] == embedded_before
+    chunked = materialization_metadata(result, "document_chunks")
+    assert chunked["embeddings_reused"] == embedded_before
+    assert chunked["model_preloaded"] is True  # in-process: the embedding step uses the model loaded meanwhile
     status = pipeline.status(acme)
     assert status["chunks"] == status["indexed"] == status["index_vectors"] == len(chunks)
     hits = pipeline.search(acme, "How does pip resolve dependency conflicts?", 3)
