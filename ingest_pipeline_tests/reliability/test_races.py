@@ -148,3 +148,43 @@ def test_v1_and_v2_of_one_document_racing_end_as_exactly_one_chunk_set_the_newes
     assert hits and all(mine in hit["text"] and other not in hit["text"] for hit in hits)
     assert len({hit["chunk_sequence"] for hit in hits}) == len(hits) == len(chunks)
     scenario.survived()
+
+
+def test_searches_of_an_embedded_index_while_another_process_ingests_into_it_are_all_correct(
+    embedded_pipeline, docs
+):
+    """Search reads an embedded index without the tenant's writer lock (an ingest holds it for the whole run).
+    Searches in a loop while an `ingest` process upserts a few hundred vectors into the same index: every answer
+    is complete and right, none fails, and the new documents are found once the ingest has finished."""
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    pipeline.ingest()
+    probe = "What does the Apache License say about patents?"
+    expected = [(hit["chunk_id"], hit["score"]) for hit in pipeline.search(acme, probe, 5)]
+    assert len(expected) == 5
+
+    others = [CORPUS / name for name in ("acme/systemd-uids-gids.md", "acme/shared-mime-info-spec.pdf",
+                                          "globex/libtasn1-manual.pdf", "globex/xz-file-format.txt")]
+    pipeline.upload(acme, *others)
+    ingest = subprocess.Popen([sys.executable, "-m", "ingest_pipeline.cli", "ingest", "--tenant", acme, "--json"],
+                              env={**os.environ, **pipeline.env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    searched_while_indexing = 0
+    while ingest.poll() is None:
+        answer = [(hit["chunk_id"], hit["score"]) for hit in pipeline.search(acme, probe, 5)]
+        # The new documents' chunks may rank in between, never replace a better one or drop out of order.
+        assert [chunk for chunk, _ in answer if chunk in dict(expected)] == [
+            chunk for chunk, score in expected if score >= answer[-1][1]], answer
+        assert len(answer) == 5
+        with pipeline.ledger().connect() as conn:
+            indexed = conn.execute("SELECT count(*) AS n FROM ingest.chunks WHERE tenant_id = %s AND state = "
+                                   "'indexed'", (acme,)).fetchone()["n"]
+        searched_while_indexing += indexed > len(expected) and ingest.poll() is None
+    _, stderr = ingest.communicate(timeout=600)
+    assert ingest.returncode == 0, stderr[-3000:]
+    assert searched_while_indexing >= 3  # the loop did overlap the writes
+    status = pipeline.status(acme)
+    assert status["documents"] == 5 and status["chunks"] == status["indexed"] == status["index_vectors"]
+    assert pipeline.search(acme, "How does xz verify the integrity of a stream?", 1)[0]["source"] == (
+        "xz-file-format.txt")
