@@ -130,10 +130,6 @@ class KeyVault:
             created_at    timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (tenant_id, key_version)
         );
-        -- The installation (ingest.installation in its ledger) that wrote the key; NULL: from before it was recorded.
-        ALTER TABLE ingest_keys.wrapped_keys ADD COLUMN IF NOT EXISTS installation_id text;
-        -- Written by a tenant's create whose ledger commit is not confirmed yet: only such keys may be replaced.
-        ALTER TABLE ingest_keys.wrapped_keys ADD COLUMN IF NOT EXISTS pending boolean NOT NULL DEFAULT false;
         -- The master key every new wrap must be under: `current`, or `next` while a rotation to it is under way.
         CREATE TABLE IF NOT EXISTS ingest_keys.master (
             singleton             boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -149,6 +145,16 @@ class KeyVault:
             PRIMARY KEY (tenant_id, requested_at)
         );
     """
+
+    # Columns added since the table's first release, each applied once (ALTER TABLE takes an exclusive lock even
+    # when the column exists, which would queue every reader behind a vault transaction at each process start).
+    COLUMNS = {
+        # The installation (ingest.installation in its ledger) that wrote the key; NULL: from before it was recorded.
+        "installation_id": "ALTER TABLE ingest_keys.wrapped_keys ADD COLUMN IF NOT EXISTS installation_id text",
+        # Written by a tenant's create whose ledger commit is not confirmed yet: only such keys may be replaced.
+        "pending": "ALTER TABLE ingest_keys.wrapped_keys ADD COLUMN IF NOT EXISTS pending boolean NOT NULL"
+                   " DEFAULT false",
+    }
 
     def __init__(self, dsn: str, connect_timeout_s: int = 15):
         self.dsn = dsn
@@ -176,6 +182,12 @@ class KeyVault:
         with self.connect() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(7243, 0)")
             conn.execute(self.SCHEMA)
+            present = {row["column_name"] for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'ingest_keys'"
+                " AND table_name = 'wrapped_keys'").fetchall()}
+            for column, statement in self.COLUMNS.items():
+                if column not in present:
+                    conn.execute(statement)
 
     def wrapped(self, tenant_id: str) -> dict[int, dict]:
         with self.connect() as conn:

@@ -229,3 +229,19 @@ def test_a_retried_rotation_step_rotates_once(keys, monkeypatch):
     assert result["success"], result["error"]
     assert result["versions_before"] == [1] and result["versions_after"] == [2]
     assert set(vault(store, acme)) == {0, 2}
+
+
+def test_a_vault_from_before_installation_ids_is_upgraded_once(keys):
+    pipeline, ledger, _, store = keys
+    acme = pipeline.tenant("acme")
+    create(ledger, store, acme)
+    with store.vault.connect() as conn:
+        conn.execute("ALTER TABLE ingest_keys.wrapped_keys DROP COLUMN installation_id, DROP COLUMN pending")
+    store.vault.migrate()
+    store.vault.migrate()  # nothing left to add
+    assert {(row["installation_id"], row["pending"]) for row in vault(store, acme).values()} == {(None, False)}
+    assert opened(ledger, store, acme).secret
+    with ledger.connect() as conn:
+        conn.execute("DELETE FROM ingest.tenants WHERE tenant_id = %s", (acme,))
+    with pytest.raises(KeyVaultConflict, match="belong to installation unknown"):  # never replaced either
+        create(ledger, store, acme)
