@@ -3,7 +3,7 @@
 `rotate-key` writes new data under a new data key at once, then runs `reencrypt_job` on the shared
 Dagster instance (the run is in the UI; a run that stops is resumed by running it, or the command,
 again). `rotate-master-key` re-wraps every tenant's keys under a new master key without touching a
-row. `erase-tenant` crypto-shreds a tenant (see erasure.py).
+row (resumable: run it again after an interruption). `erase-tenant` crypto-shreds a tenant (see erasure.py).
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def rotate_key(tenant: str, rotate: bool = True, batch_size: int | None = None) 
 
 
 def rotate_master_key() -> dict:
-    """Re-wrap every tenant's keys from INGEST_MASTER_KEY to INGEST_NEW_MASTER_KEY, in one transaction."""
+    """Re-wrap every tenant's keys from INGEST_MASTER_KEY to INGEST_NEW_MASTER_KEY, tenant by tenant; run it
+    again (same keys) to finish a rotation that stopped."""
     encoded = os.environ.get(NEW_MASTER_KEY_ENV, "")
     if not encoded:
         raise ValueError(f"set {NEW_MASTER_KEY_ENV} to the new master key (base64, 32 bytes; "
@@ -79,8 +80,7 @@ def rotate_master_key() -> dict:
     new_master = parse_master_key(encoded)
     resources = _resources()
     store = resources["keyring"].store
-    with resources["ledger"].ledger.connect() as conn:
-        rewrapped = store.rewrap_all(conn, new_master)
+    rewrapped = store.rewrap_all(resources["ledger"].ledger, new_master)
     return {"keys_rewrapped": rewrapped, "old_master_key_id": store.master_key_id,
             "new_master_key_id": master_key_id(new_master)}
 

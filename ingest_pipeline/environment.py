@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOME = ".ingest"
 DEVELOPMENT, PRODUCTION = "development", "production"
-# Outside development nothing falls back to an embedded server or a generated key.
-REQUIRED_IN_PRODUCTION = ("INGEST_HOME", "INGEST_PG_DSN", "INGEST_MASTER_KEY", "INGEST_CYBORGDB_URL")
+# Outside development nothing falls back to an embedded server, a generated key, or a key vault on the ledger's
+# server (a snapshot of a server that holds both would hold the keys of every tenant it has data of).
+REQUIRED_IN_PRODUCTION = ("INGEST_HOME", "INGEST_PG_DSN", "INGEST_MASTER_KEY", "INGEST_CYBORGDB_URL",
+                          "INGEST_KEYS_DSN")
 
 
 class ConfigurationError(ValueError):
@@ -114,7 +116,7 @@ class Settings:
     model_path: str
     embedding_backend: str = "torch"
     embedding_device: str = "cpu"
-    keys_dsn: str = ""  # the key vault; unset: database <ledger database>_keys on the ledger's server
+    keys_dsn: str = ""  # the key vault; unset (development only): database <ledger database>_keys beside the ledger
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

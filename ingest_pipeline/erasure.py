@@ -24,7 +24,7 @@ from dagster import DagsterInstance, RunsFilter
 
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.faults import fault_point
-from ingest_pipeline.keystore import KeyStore, TenantErased, UnknownTenant
+from ingest_pipeline.keystore import KeyStore, KeyVaultMissingKey, TenantErased, UnknownTenant
 from ingest_pipeline.ledger import Ledger
 from ingest_pipeline.vector_index import CyborgIndexes
 
@@ -74,12 +74,14 @@ def erase_tenant(
                     keys = keystore.open(conn, tenant_id, erasing=True)
                 except UnknownTenant:  # uploads only, never ingested: no keys, no index
                     keys = None
+                except KeyVaultMissingKey:  # its secret is gone from the vault already: no index can be opened
+                    keys = None
                 # The keys go in a vault transaction that commits only once the index is dropped (with the
                 # index key still in memory): never keys gone and an index left that nobody can delete.
                 with keystore.vault.connect() as vault, vault.transaction():
                     report.keys_destroyed = keystore.destroy(vault, tenant_id, erasure["requested_at"])
                     if keys is not None:
-                        index_keys = keys.keys()
+                        index_keys = keys.index_keys()
                         for generation in _generations(conn, tenant_id):
                             session.fence()
                             if indexes.drop(index_keys, generation):

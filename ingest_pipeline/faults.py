@@ -29,7 +29,11 @@ Seams (where `fault_point` is called):
 - `index:after-upsert`: after the CyborgDB upsert, before the Postgres commit that marks it indexed;
 - `index:after-commit`: the cyborgdb_index asset has committed everything, before Dagster records success;
 - `reencrypt:after-batch`: the re-encryption job has committed a batch of rows under the new data key;
-- `erase:after-keys`, `erase:after-rows`: an erasure has destroyed the tenant's keys, then deleted its rows.
+- `erase:after-keys`, `erase:after-rows`: an erasure has destroyed the tenant's keys, then deleted its rows;
+- `keys:create-after-vault`: a new tenant's keys are in the vault, its ledger rows not yet committed;
+- `retire:before-vault`: a retired key version's registration is committed, its wrapped key not yet deleted;
+- `rewrap:between-tenants`: a master-key rotation has re-wrapped a tenant's keys, before the next tenant's;
+- `reencrypt:after-rotate`: the re-encryption job has rotated the tenant's data key, before moving rows.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ STATE_ENV = "INGEST_FAULTS_STATE"
 ACTIONS = ("kill", "raise", "hold")
 HOLD_LIMIT_S = 120.0
 SEAMS = ("embed:before-commit", "embed:after-commit", "index:before-upsert", "index:after-upsert",
-         "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows")
+         "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows",
+         "keys:create-after-vault", "retire:before-vault", "rewrap:between-tenants", "reencrypt:after-rotate")
 
 
 class InjectedFault(RuntimeError):

@@ -10,7 +10,12 @@ ledger registers which versions exist (`ingest.tenant_keys`, no key bytes). So:
 - a data key can be rotated: new rows are written under a new version at once, old rows are moved by
   the re-encryption job (`reencryption.py`), then the old version is retired (a foreign key in the
   ledger refuses while any row still needs it) and its wrapped key deleted from the vault;
-- the master key can be changed by re-wrapping the vault's keys, without touching a row;
+- the master key can be changed by re-wrapping the vault's keys, without touching a row. The vault records
+  which master key it expects (`ingest_keys.master`), and every wrap checks it under a lock in the
+  transaction that writes the key, so no process can wrap a new key under a master key being retired;
+- a key in the vault is never replaced: each records the installation (`ingest.installation`) that wrote
+  it, and a tenant whose keys the ledger does not know is refused, unless they are the leftovers of this
+  installation's own interrupted create;
 - a tenant is erased by deleting its wrapped keys from the vault, which makes every copy of its
   ciphertext unreadable, ledger backups included (`erasure.py`). Backups of the vault itself must
   therefore be kept no longer than erasures may take to become final.
@@ -47,6 +52,7 @@ from ingest_pipeline.core.crypto import (
     unwrap_key,
     wrap_key,
 )
+from ingest_pipeline.faults import fault_point
 from ingest_pipeline.ledger import TenantKeyMismatch
 
 FIRST_DATA_KEY_VERSION = 1
@@ -89,6 +95,11 @@ class TenantKeySet:
             self._encryptors[version] = VectorEncryptor(self.keys(version))
         return self._encryptors[version]
 
+    def index_keys(self) -> TenantKeys:
+        """The keys that open the tenant's CyborgDB index (its index key comes from the secret alone)."""
+        version = self.active_version if self.active_version in self.data_keys else next(iter(self.data_keys), 0)
+        return tenant_keys_from(self.tenant_id, version, self.data_keys.get(version, b""), self.secret)
+
     @property
     def key_check(self) -> bytes:
         return _key_check(self.keys().mac_key)
@@ -96,6 +107,14 @@ class TenantKeySet:
 
 class KeyVaultMissingKey(LookupError):
     """The ledger registers a key the vault does not hold (a wrong INGEST_KEYS_DSN, or a lost vault)."""
+
+
+class KeyVaultConflict(TenantKeyMismatch):
+    """The vault holds keys this ledger does not know (another installation's, or a newer ledger's): never replaced."""
+
+
+class MasterKeyRotated(TenantKeyMismatch):
+    """A wrap under a master key that the vault no longer expects (it was, or is being, rotated away)."""
 
 
 class KeyVault:
@@ -111,6 +130,12 @@ class KeyVault:
             created_at    timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (tenant_id, key_version)
         );
+        -- The master key every new wrap must be under: `current`, or `next` while a rotation to it is under way.
+        CREATE TABLE IF NOT EXISTS ingest_keys.master (
+            singleton             boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+            current_master_key_id text NOT NULL,
+            next_master_key_id    text
+        );
         -- Each erasure that destroyed a tenant's keys here, named by the time the ledger recorded its request:
         -- lets an interrupted erasure tell "destroyed by me" from "this is not the tenant's vault".
         CREATE TABLE IF NOT EXISTS ingest_keys.erasures (
@@ -120,6 +145,16 @@ class KeyVault:
             PRIMARY KEY (tenant_id, requested_at)
         );
     """
+
+    # Columns added since the table's first release, each applied once (ALTER TABLE takes an exclusive lock even
+    # when the column exists, which would queue every reader behind a vault transaction at each process start).
+    COLUMNS = {
+        # The installation (ingest.installation in its ledger) that wrote the key; NULL: from before it was recorded.
+        "installation_id": "ALTER TABLE ingest_keys.wrapped_keys ADD COLUMN IF NOT EXISTS installation_id text",
+        # Written by a tenant's create whose ledger commit is not confirmed yet: only such keys may be replaced.
+        "pending": "ALTER TABLE ingest_keys.wrapped_keys ADD COLUMN IF NOT EXISTS pending boolean NOT NULL"
+                   " DEFAULT false",
+    }
 
     def __init__(self, dsn: str, connect_timeout_s: int = 15):
         self.dsn = dsn
@@ -147,22 +182,65 @@ class KeyVault:
         with self.connect() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(7243, 0)")
             conn.execute(self.SCHEMA)
+            present = {row["column_name"] for row in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = 'ingest_keys'"
+                " AND table_name = 'wrapped_keys'").fetchall()}
+            for column, statement in self.COLUMNS.items():
+                if column not in present:
+                    conn.execute(statement)
 
     def wrapped(self, tenant_id: str) -> dict[int, dict]:
         with self.connect() as conn:
             rows = conn.execute(
-                "SELECT key_version, wrapped_key, master_key_id FROM ingest_keys.wrapped_keys WHERE tenant_id = %s",
+                "SELECT key_version, wrapped_key, master_key_id, installation_id, pending FROM ingest_keys.wrapped_keys"
+                " WHERE tenant_id = %s",
                 (tenant_id,),
             ).fetchall()
         return {row["key_version"]: row for row in rows}
 
-    def put(self, conn: psycopg.Connection, tenant_id: str, version: int, wrapped: bytes, master_id: str) -> None:
-        conn.execute(
-            "INSERT INTO ingest_keys.wrapped_keys (tenant_id, key_version, wrapped_key, master_key_id)"
-            " VALUES (%s, %s, %s, %s) ON CONFLICT (tenant_id, key_version)"
-            " DO UPDATE SET wrapped_key = EXCLUDED.wrapped_key, master_key_id = EXCLUDED.master_key_id",
-            (tenant_id, version, wrapped, master_id),
-        )
+    def put(
+        self, conn: psycopg.Connection, tenant_id: str, version: int, wrapped: bytes, master_id: str,
+        installation_id: str | None, pending: bool = False,
+    ) -> bool:
+        """Insert a wrapped key; False (nothing written) when the vault already holds that version: a key is
+        never overwritten here (only `rewrap` replaces a key's wrapping, keeping its material)."""
+        return conn.execute(
+            "INSERT INTO ingest_keys.wrapped_keys (tenant_id, key_version, wrapped_key, master_key_id, installation_id,"
+            " pending) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, key_version) DO NOTHING"
+            " RETURNING key_version",
+            (tenant_id, version, wrapped, master_id, installation_id, pending),
+        ).fetchone() is not None
+
+    @staticmethod
+    def rewrap(conn: psycopg.Connection, tenant_id: str, version: int, wrapped: bytes, master_id: str) -> bool:
+        """Replace the wrapping of a key the vault still holds (never inserts: an erased key stays gone)."""
+        return conn.execute(
+            "UPDATE ingest_keys.wrapped_keys SET wrapped_key = %s, master_key_id = %s"
+            " WHERE tenant_id = %s AND key_version = %s",
+            (wrapped, master_id, tenant_id, version),
+        ).rowcount == 1
+
+    def confirm(self, tenant_id: str) -> None:
+        """The tenant's ledger row exists: its keys are no longer the leftovers of an interrupted create."""
+        with self.connect() as conn:
+            conn.execute("UPDATE ingest_keys.wrapped_keys SET pending = false WHERE tenant_id = %s AND pending",
+                         (tenant_id,))
+
+    @staticmethod
+    def master_row(conn: psycopg.Connection, claim: str, lock: str = "SHARE") -> dict:
+        """The vault's expected master key(s), locked (FOR SHARE or FOR UPDATE) until the caller's transaction
+        ends. A vault without the record gets one: the master key all its keys are under, else `claim`."""
+        query = ("SELECT current_master_key_id AS current, next_master_key_id AS next FROM ingest_keys.master"
+                 f" FOR {'UPDATE' if lock == 'UPDATE' else 'SHARE'}")
+        row = conn.execute(query).fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO ingest_keys.master (current_master_key_id) SELECT coalesce((SELECT min(master_key_id)"
+                " FROM ingest_keys.wrapped_keys HAVING count(DISTINCT master_key_id) = 1), %s) ON CONFLICT DO NOTHING",
+                (claim,),
+            )
+            row = conn.execute(query).fetchone()
+        return row
 
     def delete(self, conn: psycopg.Connection, tenant_id: str, versions: list[int] | None = None) -> int:
         if versions is None:
@@ -229,12 +307,16 @@ class KeyStore:
             if row["scheme"] == "derived":
                 material[version] = self._adopt_derived(conn, tenant_id, version, bytes(tenant["key_check"]))
             elif version not in wrapped:
+                if erasing and version != TENANT_SECRET_VERSION:  # erasure destroys what exists
+                    continue
                 raise KeyVaultMissingKey(
                     f"the key vault holds no key version {version} of tenant {tenant_id!r}: is INGEST_KEYS_DSN the "
                     "vault this ledger was written with?"
                 )
             else:
                 material[version] = self._unwrap(tenant_id, version, wrapped[version])
+        if any(row["pending"] for row in wrapped.values()):  # a create that stopped after the ledger commit
+            self.vault.confirm(tenant_id)
         if TENANT_SECRET_VERSION not in material:
             raise TenantKeyMismatch(f"tenant {tenant_id!r} has no key secret registered in the ledger")
         secret = material.pop(TENANT_SECRET_VERSION)
@@ -251,18 +333,61 @@ class KeyStore:
                 f"{row['master_key_id']}, INGEST_MASTER_KEY is {self.master_key_id}): check INGEST_MASTER_KEY"
             ) from None
 
-    def _adopt_derived(self, conn: psycopg.Connection, tenant_id: str, version: int, key_check: bytes) -> bytes:
-        """Wrap a pre-envelope tenant's derived key into the vault as it is (idempotent across processes)."""
+    def _fence(self, vault: psycopg.Connection) -> None:
+        """Refuse to wrap under a master key the vault no longer expects. Call it first in the vault transaction
+        that writes the key: its row lock (FOR SHARE) holds off a rotation's start until that transaction ends."""
+        row = KeyVault.master_row(vault, claim=self.master_key_id)
+        expected = row["next"] or row["current"]
+        if expected != self.master_key_id:
+            state = "is being rotated" if row["next"] else "was rotated"
+            raise MasterKeyRotated(
+                f"the master key {state} to {expected}: set INGEST_MASTER_KEY to the new key (INGEST_MASTER_KEY is "
+                f"{self.master_key_id}; no key was written)"
+            )
+
+    @staticmethod
+    def installation_id(conn: psycopg.Connection) -> str:
+        """This ledger's installation id (migration 0008), recorded with every key it writes to the vault."""
+        return conn.execute("SELECT installation_id FROM ingest.installation").fetchone()["installation_id"]
+
+    def _put_new(self, vault: psycopg.Connection, tenant_id: str, version: int, key: bytes, installation: str,
+                 reuse: bool = False) -> bytes:
+        """Store a key of this installation, returning the material stored. A version the vault already holds is
+        never replaced: if it is the same key (or, with `reuse`, a key of this installation under this master key
+        that no registration names yet) it is kept; anything else is a KeyVaultConflict."""
+        if self.vault.put(vault, tenant_id, version, self._wrap(tenant_id, version, key), self.master_key_id,
+                          installation):
+            return key
+        row = vault.execute("SELECT wrapped_key, master_key_id, installation_id FROM ingest_keys.wrapped_keys"
+                            " WHERE tenant_id = %s AND key_version = %s FOR UPDATE", (tenant_id, version)).fetchone()
+        if row is not None and row["installation_id"] == installation:
+            with suppress(KeyUnwrapError):
+                held = unwrap_key(self._master, tenant_id, version, row["wrapped_key"])
+                if reuse or hmac.compare_digest(held, key):
+                    return held
+        raise KeyVaultConflict(
+            f"the key vault already holds another key version {version} of tenant {tenant_id!r} "
+            f"({_belongs(row, installation)}): it is never replaced; check INGEST_KEYS_DSN and the ledger"
+        )
+
+    def _adopt_derived(self, conn: psycopg.Connection, tenant_id: str, version: int, key_check: bytes,
+                       legacy_master: bytes | None = None) -> bytes:
+        """Wrap a pre-envelope tenant's derived key into the vault as it is (idempotent across processes).
+
+        `legacy_master`: the master key it was derived from, when it is not this store's (a master-key rotation)."""
+        derive_from = legacy_master or self._master
         if version == TENANT_SECRET_VERSION:
-            key = legacy_tenant_secret(self._master, tenant_id)
+            key = legacy_tenant_secret(derive_from, tenant_id)
             if not hmac.compare_digest(_key_check(key[:32]), key_check):
                 raise TenantKeyMismatch(
                     f"tenant {tenant_id!r} was written under another master key: check INGEST_MASTER_KEY"
                 )
         else:
-            key = legacy_data_key(self._master, tenant_id, version)
-        with self.vault.connect() as vault:
-            self.vault.put(vault, tenant_id, version, self._wrap(tenant_id, version, key), self.master_key_id)
+            key = legacy_data_key(derive_from, tenant_id, version)
+        installation = self.installation_id(conn)
+        with self.vault.connect() as vault, vault.transaction():
+            self._fence(vault)
+            self._put_new(vault, tenant_id, version, key, installation)
         conn.execute(
             "UPDATE ingest.tenant_keys SET scheme = 'wrapped' WHERE tenant_id = %s AND key_version = %s"
             " AND scheme = 'derived'",
@@ -272,17 +397,22 @@ class KeyStore:
 
     def _create(self, conn: psycopg.Connection, tenant_id: str) -> None:
         keys = {TENANT_SECRET_VERSION: new_tenant_secret(), FIRST_DATA_KEY_VERSION: new_data_key()}
-        # The vault first: a ledger row never names a key the vault lacks. A crash in between leaves keys of
-        # a tenant that does not exist; the caller holds the tenant's lock and found no tenant row, so any
-        # keys the vault holds for it are such leftovers, replaced here.
+        installation = self.installation_id(conn)
+        # The vault first: a ledger row never names a key the vault lacks. Its keys stay `pending` until the
+        # ledger row is committed; the caller holds the tenant's lock and found no tenant row, so pending keys of
+        # this installation are the leftovers of a create that stopped in between, and only those are replaced.
         with self.vault.connect() as vault, vault.transaction():
+            self._fence(vault)
+            held = vault.execute("SELECT key_version, installation_id, pending FROM ingest_keys.wrapped_keys"
+                                 " WHERE tenant_id = %s FOR UPDATE", (tenant_id,)).fetchall()
+            foreign = [row for row in held if row["installation_id"] != installation or not row["pending"]]
+            if foreign:
+                raise KeyVaultConflict(_not_replaced(tenant_id, foreign[0], installation))
             self.vault.delete(vault, tenant_id)
             for version, key in keys.items():
-                vault.execute(
-                    "INSERT INTO ingest_keys.wrapped_keys (tenant_id, key_version, wrapped_key, master_key_id)"
-                    " VALUES (%s, %s, %s, %s)",
-                    (tenant_id, version, self._wrap(tenant_id, version, key), self.master_key_id),
-                )
+                self.vault.put(vault, tenant_id, version, self._wrap(tenant_id, version, key), self.master_key_id,
+                               installation, pending=True)
+        fault_point("keys:create-after-vault")
         with conn.transaction():
             inserted = conn.execute(
                 "INSERT INTO ingest.tenants (tenant_id, key_check, data_key_version) VALUES (%s, %s, %s)"
@@ -294,66 +424,119 @@ class KeyStore:
             for version in keys:
                 conn.execute("INSERT INTO ingest.tenant_keys (tenant_id, key_version, scheme) VALUES (%s, %s, "
                              "'wrapped')", (tenant_id, version))
+        self.vault.confirm(tenant_id)
 
     # ---- rotation ------------------------------------------------------------------------------
 
-    def rotate(self, conn: psycopg.Connection, tenant_id: str) -> int:
+    def rotate(self, conn: psycopg.Connection, tenant_id: str, run_id: str | None = None) -> int:
         """Add a new random data key version and write new data under it from now on (hold the tenant's lock).
 
-        Rows under older versions stay readable until the re-encryption job moves them."""
+        Rows under older versions stay readable until the re-encryption job moves them. With `run_id`, a
+        version that run already created is returned instead of a new one (a retried step rotates once)."""
         self.open(conn, tenant_id)  # proves the master key, and wraps derived keys first
+        if run_id is not None:
+            done = conn.execute("SELECT max(key_version) AS version FROM ingest.tenant_keys WHERE tenant_id = %s"
+                                " AND created_by_run = %s", (tenant_id, run_id)).fetchone()["version"]
+            if done is not None:
+                return done
         version = conn.execute(
             "SELECT max(key_version) + 1 AS next FROM ingest.tenant_keys WHERE tenant_id = %s", (tenant_id,)
         ).fetchone()["next"]
-        with self.vault.connect() as vault:
-            self.vault.put(vault, tenant_id, version, self._wrap(tenant_id, version, new_data_key()),
-                           self.master_key_id)
+        installation = self.installation_id(conn)
+        with self.vault.connect() as vault, vault.transaction():
+            self._fence(vault)
+            # A key an interrupted rotation left at this version (never registered, so never used) is kept.
+            self._put_new(vault, tenant_id, version, new_data_key(), installation, reuse=True)
         with conn.transaction():
-            conn.execute("INSERT INTO ingest.tenant_keys (tenant_id, key_version, scheme) VALUES (%s, %s, 'wrapped')",
-                         (tenant_id, version))
+            conn.execute("INSERT INTO ingest.tenant_keys (tenant_id, key_version, scheme, created_by_run)"
+                         " VALUES (%s, %s, 'wrapped', %s)", (tenant_id, version, run_id))
             conn.execute("UPDATE ingest.tenants SET data_key_version = %s WHERE tenant_id = %s", (version, tenant_id))
         return version
 
     def retire_unused(self, conn: psycopg.Connection, tenant_id: str) -> list[int]:
         """Retire every data key version that is not the active one and that no row needs any more: its
-        registration goes from the ledger, then its wrapped key from the vault (hold the tenant's lock)."""
-        rows = conn.execute(
-            "DELETE FROM ingest.tenant_keys k USING ingest.tenants t"
-            " WHERE k.tenant_id = %s AND t.tenant_id = k.tenant_id AND k.key_version <> %s"
-            " AND k.key_version <> t.data_key_version"
-            " AND NOT EXISTS (SELECT 1 FROM ingest.chunks c WHERE c.tenant_id = k.tenant_id"
-            "                 AND c.key_version = k.key_version)"
-            " RETURNING k.key_version",
-            (tenant_id, TENANT_SECRET_VERSION),
-        ).fetchall()
-        registered = [row["key_version"] for row in conn.execute(
-            "SELECT key_version FROM ingest.tenant_keys WHERE tenant_id = %s", (tenant_id,)).fetchall()]
-        with self.vault.connect() as vault:
-            # Also any key an interrupted rotation or retirement left in the vault without a registration.
-            vault.execute("DELETE FROM ingest_keys.wrapped_keys WHERE tenant_id = %s AND NOT key_version = ANY(%s)",
-                          (tenant_id, registered))
+        registration goes from the ledger (committed first), then its wrapped key from the vault (hold the
+        tenant's lock; call it outside a transaction). A crash in between leaves a key in the vault that no
+        registration names, which nothing reads and the next retirement deletes."""
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            raise RuntimeError("retire_unused commits on its own: call it outside a transaction")
+        with conn.transaction():
+            rows = conn.execute(
+                "DELETE FROM ingest.tenant_keys k USING ingest.tenants t"
+                " WHERE k.tenant_id = %s AND t.tenant_id = k.tenant_id AND k.key_version <> %s"
+                " AND k.key_version <> t.data_key_version"
+                " AND NOT EXISTS (SELECT 1 FROM ingest.chunks c WHERE c.tenant_id = k.tenant_id"
+                "                 AND c.key_version = k.key_version)"
+                " RETURNING k.key_version",
+                (tenant_id, TENANT_SECRET_VERSION),
+            ).fetchall()
+            registered = [row["key_version"] for row in conn.execute(
+                "SELECT key_version FROM ingest.tenant_keys WHERE tenant_id = %s", (tenant_id,)).fetchall()]
+        fault_point("retire:before-vault")
+        if registered:  # none: the tenant is gone (erased meanwhile), and its erasure owns its keys
+            with self.vault.connect() as vault:
+                # Also any key an interrupted rotation or retirement left in the vault without a registration.
+                vault.execute("DELETE FROM ingest_keys.wrapped_keys WHERE tenant_id = %s"
+                              " AND NOT key_version = ANY(%s)", (tenant_id, registered))
         return sorted(row["key_version"] for row in rows)
 
-    def rewrap_all(self, conn: psycopg.Connection, new_master: bytes) -> int:
-        """Re-wrap every tenant's keys under `new_master` in one vault transaction; no row of data changes.
+    def rewrap_all(self, ledger, new_master: bytes) -> int:
+        """Re-wrap every key in the vault under `new_master`, no row of data changing; resumable.
 
-        Derived keys of tenants from before envelope encryption are wrapped on the way."""
+        The vault first records the rotation (`next_master_key_id`): from then on only `new_master` may wrap new
+        keys. Then each tenant's keys are re-wrapped in a vault transaction of their own, under a row lock, by
+        UPDATE only (a tenant erased meanwhile stays erased); keys already under `new_master` are skipped, so a
+        rotation stopped half-way is finished by running it again. Last, `new_master` becomes the current one.
+        Derived keys of tenants from before envelope encryption are wrapped (under `new_master`) on the way.
+        Returns the number of keys re-wrapped (or wrapped) by this call."""
         target = KeyStore(new_master, self.vault)
-        tenants = [row["tenant_id"] for row in conn.execute(
-            "SELECT tenant_id FROM ingest.tenants ORDER BY tenant_id").fetchall()]
-        keysets = []
-        for tenant_id in tenants:
-            try:  # a tenant whose erasure is under way too: it still needs its keys to finish
-                keysets.append(self.open(conn, tenant_id, erasing=True))
-            except (TenantErased, KeyVaultMissingKey):  # keys already destroyed
-                continue
-        count = 0
+        if target.master_key_id == self.master_key_id:
+            raise ValueError("the new master key is the current one")
         with self.vault.connect() as vault, vault.transaction():
-            for keyset in keysets:
-                for version, key in ((TENANT_SECRET_VERSION, keyset.secret), *keyset.data_keys.items()):
-                    self.vault.put(vault, keyset.tenant_id, version, target._wrap(keyset.tenant_id, version, key),
-                                   target.master_key_id)
+            state = KeyVault.master_row(vault, claim=self.master_key_id, lock="UPDATE")
+            if state["current"] == target.master_key_id and state["next"] is None:
+                return 0  # done already
+            if state["next"] not in (None, target.master_key_id):
+                raise MasterKeyRotated(f"a rotation to master key {state['next']} is under way: run it again with "
+                                       "INGEST_NEW_MASTER_KEY set to that key")
+            if state["current"] != self.master_key_id:
+                raise MasterKeyRotated(f"the key vault's master key is {state['current']}, INGEST_MASTER_KEY is "
+                                       f"{self.master_key_id}: set INGEST_MASTER_KEY to the vault's master key")
+            vault.execute("UPDATE ingest_keys.master SET next_master_key_id = %s", (target.master_key_id,))
+        count = 0
+        with ledger.connect() as conn:
+            derived = conn.execute("SELECT k.tenant_id, k.key_version FROM ingest.tenant_keys k JOIN ingest.tenants t"
+                                   " USING (tenant_id) WHERE k.scheme = 'derived' ORDER BY 1, 2").fetchall()
+        for row in derived:
+            with ledger.tenant_writer(row["tenant_id"]) as session:  # an erasure holds it throughout
+                tenant = session.conn.execute(
+                    "SELECT t.key_check FROM ingest.tenants t JOIN ingest.tenant_keys k USING (tenant_id)"
+                    " WHERE tenant_id = %s AND k.key_version = %s AND k.scheme = 'derived'",
+                    (row["tenant_id"], row["key_version"])).fetchone()
+                if tenant is not None:
+                    target._adopt_derived(session.conn, row["tenant_id"], row["key_version"],
+                                          bytes(tenant["key_check"]), legacy_master=self._master)
                     count += 1
+        with self.vault.connect() as vault:
+            tenants = [row["tenant_id"] for row in vault.execute(
+                "SELECT DISTINCT tenant_id FROM ingest_keys.wrapped_keys WHERE master_key_id <> %s ORDER BY 1",
+                (target.master_key_id,)).fetchall()]
+        for position, tenant_id in enumerate(tenants):
+            if position:
+                fault_point("rewrap:between-tenants")
+            with self.vault.connect() as vault, vault.transaction():
+                rows = vault.execute("SELECT key_version, wrapped_key, master_key_id FROM ingest_keys.wrapped_keys"
+                                     " WHERE tenant_id = %s FOR UPDATE", (tenant_id,)).fetchall()
+                for row in rows:
+                    if row["master_key_id"] == target.master_key_id:
+                        continue
+                    key = self._unwrap(tenant_id, row["key_version"], row)
+                    self.vault.rewrap(vault, tenant_id, row["key_version"],
+                                      target._wrap(tenant_id, row["key_version"], key), target.master_key_id)
+                    count += 1
+        with self.vault.connect() as vault:
+            vault.execute("UPDATE ingest_keys.master SET current_master_key_id = next_master_key_id,"
+                          " next_master_key_id = NULL WHERE next_master_key_id = %s", (target.master_key_id,))
         return count
 
     def destroy(self, vault: psycopg.Connection, tenant_id: str, requested_at) -> int:
@@ -372,3 +555,20 @@ class KeyStore:
     @staticmethod
     def mark_destroyed(conn: psycopg.Connection, tenant_id: str) -> None:
         conn.execute("UPDATE ingest.tenant_keys SET scheme = 'destroyed' WHERE tenant_id = %s", (tenant_id,))
+
+
+def _belongs(row: dict | None, installation: str) -> str:
+    if row is None:
+        return "erased meanwhile"
+    owner = row["installation_id"] or "unknown (written before installations were recorded)"
+    return f"written by installation {owner}; this ledger is installation {installation}"
+
+
+def _not_replaced(tenant_id: str, row: dict, installation: str) -> str:
+    if row["installation_id"] == installation:
+        return (f"tenant {tenant_id!r} has keys in the key vault written by this installation ({installation}) but "
+                "no row in this ledger: was the ledger restored from a backup older than the tenant? No key was "
+                "replaced; restore the newer ledger, or erase the tenant to start it anew")
+    owner = row["installation_id"] or "unknown (its keys were written before installations were recorded)"
+    return (f"tenant {tenant_id!r}'s keys in the key vault belong to installation {owner}; this ledger is "
+            f"installation {installation}: is INGEST_KEYS_DSN this installation's vault? No key was replaced")

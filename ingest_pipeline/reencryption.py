@@ -3,7 +3,10 @@
 Each batch is a transaction on the tenant's writer lock: its rows are opened with the key version
 they were sealed under and sealed again under the active one (and in the current seal format, which
 also upgrades rows of seal format 1). A crash loses at most the batch in flight, and the next run
-starts where this one stopped, since it selects the rows still under another version. Search keeps
+starts where this one stopped, since it selects the rows still under another version. Batches page
+through the tenant's rows by chunk_id (each starts after the last row of the one before, on the index
+`(tenant_id, chunk_id)`), so a pass reads each row once; a last pass from the start finds any row
+that still needs moving (one an older writer sealed meanwhile) before the job ends. Search keeps
 working throughout: each row names the key version it is sealed with. When no row needs an older
 version any more, that version is retired (its wrapped key deleted; a foreign key refuses while any
 row still needs it).
@@ -19,6 +22,14 @@ from ingest_pipeline.faults import fault_point
 from ingest_pipeline.ledger import Ledger
 
 DEFAULT_BATCH_SIZE = 500
+# The rows of one batch: the next `batch_size` rows of the tenant after the cursor that need moving.
+BATCH_QUERY = (
+    "SELECT chunk_id::text AS chunk_id, text_mac, text_ciphertext, embedding_ciphertext, key_version, seal_format"
+    " FROM ingest.chunks WHERE tenant_id = %(tenant)s AND chunk_id > %(after)s::uuid"
+    " AND (key_version <> %(version)s OR seal_format <> %(format)s)"
+    " ORDER BY chunk_id LIMIT %(limit)s FOR UPDATE"
+)
+FIRST_CHUNK_ID = "00000000-0000-0000-0000-000000000000"  # below every uuid4: the cursor of a pass's first batch
 
 
 @dataclass
@@ -51,6 +62,7 @@ def reencrypt_tenant(
     `max_batches` stops early (the rest is left for the next run); `on_batch` is told the rows moved so far.
     """
     report = None
+    after, moved_this_pass = FIRST_CHUNK_ID, False
     while True:
         # The lock is taken per batch, so an ingest of the same tenant can run between batches.
         with ledger.tenant_writer(tenant_id) as session:
@@ -59,13 +71,8 @@ def reencrypt_tenant(
             if report is None:
                 report = ReencryptionReport(tenant_id, keys.active_version)
             with conn.transaction():
-                rows = conn.execute(
-                    "SELECT chunk_id::text AS chunk_id, text_mac, text_ciphertext, embedding_ciphertext,"
-                    " key_version, seal_format FROM ingest.chunks"
-                    " WHERE tenant_id = %s AND (key_version <> %s OR seal_format <> %s)"
-                    " ORDER BY chunk_id LIMIT %s FOR UPDATE",
-                    (tenant_id, keys.active_version, SEAL_FORMAT, batch_size),
-                ).fetchall()
+                rows = conn.execute(BATCH_QUERY, {"tenant": tenant_id, "after": after, "version": keys.active_version,
+                                                  "format": SEAL_FORMAT, "limit": batch_size}).fetchall()
                 if rows:
                     target = keys.encryptor()
                     updates = []
@@ -87,14 +94,17 @@ def reencrypt_tenant(
                         )
                     report.rows_moved += len(rows)
                     report.batches += 1
+                    after, moved_this_pass = rows[-1]["chunk_id"], True
             if rows:
                 fault_point("reencrypt:after-batch")
                 if on_batch is not None:
                     on_batch(report.rows_moved)
+            if not rows and moved_this_pass:  # the pass reached the end: one more from the start, to be sure
+                after, moved_this_pass = FIRST_CHUNK_ID, False
+                continue
             done = not rows
             if done or (max_batches is not None and report.batches >= max_batches):
-                with conn.transaction():
-                    if done:
-                        report.retired_versions = keyring.store.retire_unused(conn, tenant_id)
-                    report.rows_left = rows_to_move(conn, tenant_id)
+                if done:
+                    report.retired_versions = keyring.store.retire_unused(conn, tenant_id)
+                report.rows_left = rows_to_move(conn, tenant_id)
                 return report

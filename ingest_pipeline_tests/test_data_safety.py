@@ -18,6 +18,7 @@ from ingest_pipeline import cli
 from ingest_pipeline.core.embedding import bundled_model_path
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.indexing import IndexWriter
+from ingest_pipeline.keystore import KeyVault
 from ingest_pipeline.ledger import _LOCK_CLASS, Ledger, TenantBusy
 from ingest_pipeline.search import EmbeddingModelMismatch
 from ingest_pipeline.vector_index import IndexUnavailable, TenantIndex
@@ -175,7 +176,8 @@ def test_settings_are_read_by_the_run_not_at_import_and_never_fall_back_silently
 
         # Production: a worker without the key fails, naming the variable, before writing anything.
         outcome = _fresh_worker(pipeline, {"INGEST_PROFILE": "production", "INGEST_PG_DSN": dsn,
-                                           "INGEST_CYBORGDB_URL": "https://cyborgdb.internal"}, acme, month)
+                                           "INGEST_CYBORGDB_URL": "https://cyborgdb.internal",
+                                           "INGEST_KEYS_DSN": KeyVault.beside(dsn).dsn}, acme, month)
         assert not outcome["success"] and "INGEST_MASTER_KEY is not set" in outcome["errors"][0]
 
         # Development: a worker without the key does not invent one for a ledger that has tenants.

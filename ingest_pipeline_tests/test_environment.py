@@ -60,11 +60,15 @@ def test_production_profile_names_every_missing_required_variable(tmp_path):
     with pytest.raises(ConfigurationError) as error:
         Settings.from_env({"INGEST_PROFILE": "production", "INGEST_HOME": str(tmp_path), "INGEST_PG_DSN": ""})
     message = str(error.value)
-    for name in ("INGEST_PG_DSN", "INGEST_MASTER_KEY", "INGEST_CYBORGDB_URL"):
+    for name in ("INGEST_PG_DSN", "INGEST_MASTER_KEY", "INGEST_CYBORGDB_URL", "INGEST_KEYS_DSN"):
         assert name in message
     assert "INGEST_HOME" not in message
     complete = {"INGEST_PROFILE": "production", "INGEST_HOME": str(tmp_path), "INGEST_PG_DSN": "postgresql://db/x",
-                "INGEST_MASTER_KEY": generate_master_key(), "INGEST_CYBORGDB_URL": "https://cyborgdb.internal"}
+                "INGEST_MASTER_KEY": generate_master_key(), "INGEST_CYBORGDB_URL": "https://cyborgdb.internal",
+                "INGEST_KEYS_DSN": "postgresql://vault/keys"}
     assert Settings.from_env(complete).profile == "production"
+    # The key vault is never defaulted to the ledger's server in production: the variable is named.
+    with pytest.raises(ConfigurationError, match="INGEST_KEYS_DSN is not set"):
+        Settings.from_env({**complete, "INGEST_KEYS_DSN": ""})
     with pytest.raises(ConfigurationError, match="INGEST_PROFILE must be"):
         Settings.from_env({"INGEST_PROFILE": "prod"})

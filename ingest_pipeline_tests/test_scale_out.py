@@ -6,6 +6,7 @@ from dagster import DagsterEventType, DagsterRunStatus
 
 from ingest_pipeline.environment import embedded_postgres_uri, stop_embedded_postgres
 from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline.keystore import KeyVault
 from ingest_pipeline_tests.conftest import _pipeline
 from ingest_pipeline_tests.daemons import FINISHED, launch_partition_run, run_status, stop_upload_sensor, wait_for
 from ingest_pipeline_tests.helpers import step_events
@@ -21,6 +22,7 @@ def test_a_queued_run_on_external_postgres_and_the_cyborgdb_service_with_the_mul
     try:
         pipeline = _pipeline(tmp_path, monkeypatch, "service", cyborgdb_service)
         monkeypatch.setenv("INGEST_PG_DSN", dsn)
+        monkeypatch.setenv("INGEST_KEYS_DSN", KeyVault.beside(dsn).dsn)  # production names its vault
         monkeypatch.setenv("INGEST_PROFILE", "production")
         acme = pipeline.tenant("acme")
         pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")

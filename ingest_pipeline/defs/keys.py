@@ -6,6 +6,7 @@ from pydantic import Field
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.defs.assets import STORAGE_RETRY, fail_fast
 from ingest_pipeline.defs.resources import PostgresLedger, TenantKeyring
+from ingest_pipeline.faults import fault_point
 from ingest_pipeline.keystore import TenantErased, UnknownTenant
 from ingest_pipeline.ledger import TenantKeyMismatch
 from ingest_pipeline.reencryption import DEFAULT_BATCH_SIZE, reencrypt_tenant
@@ -29,8 +30,10 @@ def reencrypt_tenant_rows(
     try:
         if config.rotate_first:
             with store.tenant_writer(tenant) as session:
-                version = keyring.store.rotate(session.conn, tenant)
+                # Keyed by the run: a retry of this step reuses the version the first attempt created.
+                version = keyring.store.rotate(session.conn, tenant, run_id=context.run_id)
             context.log.info(f"tenant {tenant}: new data is written under key version {version}")
+            fault_point("reencrypt:after-rotate")
         report = reencrypt_tenant(
             store, keyring, tenant, config.batch_size,
             on_batch=lambda moved: context.log.info(f"tenant {tenant}: {moved} rows re-encrypted"),
