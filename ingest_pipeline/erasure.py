@@ -6,7 +6,8 @@
    ledger included, and there is never a moment when the keys are gone but an index is left that
    nobody can delete. The vault records the erasure, so a resumed erasure knows its keys are gone.
 2. Its rows go: chunks, documents, quarantine records, uploads, the embedding log, its keys' rows.
-3. Its landing-zone folder and its Dagster runs, event logs and dynamic partition go.
+3. Its landing-zone folder and its Dagster runs, event logs and dynamic partition go (queued runs with them, so
+   they never start; a run under way, waiting for the lock, once it has ended, finding the tombstone).
 
 `ingest.tenant_erasures` records each step, so a crash at any point leaves nothing readable (or
 nothing changed, before step 1 commits) and running the erasure again finishes it. The record stays, as a
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from dagster import DagsterInstance, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.faults import fault_point
@@ -34,6 +36,10 @@ from ingest_pipeline.vector_index import CyborgIndexes
 
 TENANT_TAG = "dagster/partition/tenant"  # ingest runs of the tenant's partitions
 TENANT_JOB_TAG = "ingest/tenant"  # its re-encryption and rebuild runs
+# Runs that may still write events: deleted only once they ended (or after this long: a dead run never ends).
+RUNS_UNDER_WAY = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+                  DagsterRunStatus.CANCELING]
+RUNS_UNDER_WAY_WAIT_S = 30.0
 TENANT_ROWS = ("ingest.chunks", "ingest.quarantine", "ingest.documents", "ingest.embedding_log", "ingest.uploads")
 
 
@@ -122,10 +128,14 @@ def erase_tenant(
         if folder.exists():
             report.landing_files_deleted = sum(1 for path in folder.rglob("*") if path.is_file())
             shutil.rmtree(folder)
-        report.dagster_runs_deleted = _delete_dagster_history(instance, tenant_id, partitions_name)
+        report.dagster_runs_deleted = _delete_dagster_history(instance, tenant_id, partitions_name, under_way=False)
 
         conn.execute("UPDATE ingest.tenant_erasures SET completed_at = now() WHERE tenant_id = %s", (tenant_id,))
         report.completed = True
+    # A run that was under way waited for the lock: now it finds the tombstone and ends at once, writing nothing.
+    # Deleted once it has ended, so that no event of it is written after its run is gone.
+    _wait_for_runs(instance, tenant_id, RUNS_UNDER_WAY_WAIT_S)
+    report.dagster_runs_deleted += _delete_dagster_history(instance, tenant_id, partitions_name, under_way=True)
     return report
 
 
@@ -178,10 +188,25 @@ def _generations(conn, tenant_id: str) -> list[int]:
     return sorted({1, row["index_generation"], *([row["rebuild_generation"]] if row["rebuild_generation"] else [])})
 
 
-def _delete_dagster_history(instance: DagsterInstance, tenant_id: str, partitions_name: str) -> int:
-    """Delete the tenant's runs (with their event logs and compute logs) and its dynamic partition."""
-    runs = [record for tag in (TENANT_TAG, TENANT_JOB_TAG)
-            for record in instance.get_run_records(filters=RunsFilter(tags={tag: tenant_id}))]
+def _tenant_runs(instance: DagsterInstance, tenant_id: str, statuses=None) -> list:
+    return [record for tag in (TENANT_TAG, TENANT_JOB_TAG)
+            for record in instance.get_run_records(filters=RunsFilter(tags={tag: tenant_id}, statuses=statuses))]
+
+
+def _wait_for_runs(instance: DagsterInstance, tenant_id: str, timeout_s: float) -> None:
+    """Wait, at most `timeout_s`, until none of the tenant's runs is under way (a dead one never ends)."""
+    deadline = time.monotonic() + timeout_s
+    while _tenant_runs(instance, tenant_id, RUNS_UNDER_WAY) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _delete_dagster_history(instance: DagsterInstance, tenant_id: str, partitions_name: str, under_way: bool) -> int:
+    """Delete the tenant's runs (with their event logs and compute logs) and its dynamic partition.
+
+    Queued runs go (they never start); runs under way only with `under_way`."""
+    runs = _tenant_runs(instance, tenant_id)
+    if not under_way:
+        runs = [record for record in runs if record.dagster_run.status not in RUNS_UNDER_WAY]
     for record in runs:
         run_id = record.dagster_run.run_id
         # A compute log manager without per-run deletion keeps its files; the run goes anyway.

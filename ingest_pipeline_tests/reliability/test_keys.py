@@ -371,3 +371,83 @@ def test_writers_that_read_the_tenant_before_its_erasure_write_nothing_after_it(
 
 def instance_partition(tenant: str) -> bool:
     return dagster_instance().has_dynamic_partition("tenants", tenant)
+
+
+def test_a_run_waiting_for_the_lock_through_an_erasure_writes_nothing_until_the_tenant_is_readmitted(
+        embedded_pipeline, docs, tmp_path, capsys, scenario):
+    import threading
+    import time
+
+    from ingest_pipeline import cli as cli_module
+    from ingest_pipeline import cli_keys
+    from ingest_pipeline.definitions import build_definitions
+    from ingest_pipeline.erasure import TENANT_JOB_TAG
+    from ingest_pipeline_tests.helpers import materialize_partition
+
+    scenario.category = "keys"
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    document = docs / "apache-license-2.0.txt"
+    pipeline.upload(acme, document)
+    pipeline.ingest()
+    assert pipeline.search(acme, QUERY, 1)
+    ledger = pipeline.ledger()
+
+    # The erasure stops with its keys destroyed, holding the tenant's lock; meanwhile a run for the tenant starts
+    # (queued before the erasure, or a backfill) and waits for that lock.
+    (tmp_path / "late.md").write_text("# Late\n\nAn upload the erasure overtakes.\n")
+    pipeline.upload(acme, tmp_path / "late.md")
+    held = tmp_path / "faults" / "erase__after-keys.held"
+    erasure = subprocess.Popen([sys.executable, "-m", "ingest_pipeline.cli", "erase-tenant", "--tenant", acme, "--yes"],
+                               env=faults(pipeline, tmp_path, "erase:after-keys=hold"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not held.exists():
+        assert erasure.poll() is None and time.monotonic() < deadline, erasure.communicate()
+        time.sleep(0.1)
+    outcome = {}
+    waiting_run = threading.Thread(target=lambda: outcome.update(run=materialize_partition(acme)))
+    waiting_run.start()
+    with ledger.connect() as conn:
+        while not conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                               " AND classid = 7534").fetchone()["n"]:
+            assert waiting_run.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.1)
+    held.unlink()  # the erasure finishes, then the run gets the lock
+    assert erasure.wait(timeout=120) == 0, erasure.stderr.read()[-2000:]
+    waiting_run.join(timeout=300)
+    run = outcome["run"]
+    failures = [event for event in run.all_events if event.is_step_failure]
+    assert not run.success and [event.step_key for event in failures] == ["raw_documents"]
+    assert "was erased" in failures[0].step_failure_data.user_failure_data.description
+    assert tenant_rows(pipeline, acme) == dict.fromkeys([*TENANT_TABLES, "vault_keys"], 0)
+    with pytest.raises(TenantErased, match="was erased"):
+        pipeline.search(acme, QUERY)
+    assert cli_module.ingest(show_progress=False)["runs"] == []
+    scenario.survived()
+
+    # An operator re-admits the tenant: the record says who and when, and uploads create it anew.
+    assert cli_module.main(["readmit-tenant", "--tenant", acme]) == 2
+    assert cli_module.main(["readmit-tenant", "--tenant", acme, "--yes", "--by", "ops@example", "--json"]) == 0
+    readmitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert readmitted["readmitted"] and readmitted["readmitted_by"] == "ops@example" and readmitted["erased_at"]
+    pipeline.upload(acme, document)
+    pipeline.ingest()
+    assert pipeline.search(acme, QUERY, 1)[0]["source"] == document.name
+
+    # A rebuild's runs carry the tenant, from the CLI and from the launchpad (no tags given): the erasure of the
+    # re-created tenant deletes them with the rest.
+    assert cli_module.rebuild(acme)["success"]
+    launched = build_definitions().resolve_job_def("rebuild_tenant_index").execute_in_process(
+        run_config={"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": acme}}}},
+        instance=dagster_instance())
+    assert launched.success
+    rebuilds = [r for r in dagster_instance().get_run_records(filters=RunsFilter(job_name="rebuild_tenant_index"))]
+    assert len(rebuilds) == 2 and all(r.dagster_run.tags.get(TENANT_JOB_TAG) == acme for r in rebuilds)
+    report = cli_keys.erase(acme)
+    assert report["completed"] and report["keys_destroyed"] == 2 and not report["resumed"]
+    assert not tenant_runs(acme)
+    assert not dagster_instance().get_run_records(filters=RunsFilter(job_name="rebuild_tenant_index"))
+    assert tenant_rows(pipeline, acme) == dict.fromkeys([*TENANT_TABLES, "vault_keys"], 0)
+    with pytest.raises(TenantErased, match="was erased"):
+        pipeline.search(acme, QUERY)
