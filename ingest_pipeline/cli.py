@@ -89,7 +89,7 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
     """Register documents for a tenant: copy into the landing zone and record the upload event."""
     from ingest_pipeline.defs.partitions import tenant_partitions
     from ingest_pipeline.landing import LandingZone
-    from ingest_pipeline.uploads import current_month, is_current, record_file
+    from ingest_pipeline.uploads import current_month, is_current, record_file, refuse_erased
 
     tenant = validate_tenant(tenant)
     settings, ledger = prepare_environment()
@@ -98,6 +98,8 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
     outcome: dict[str, list[str]] = {"uploaded": [], "unchanged": [], "deleted": [], "not_found": []}
     items, outcome["refused"] = ([(validate_document_name(p), None) for p in paths], []) if delete else _files(paths)
     with ledger.connect() as conn:
+        with conn.transaction():
+            refuse_erased(ledger, conn, tenant)  # an erased tenant: nothing copied, nothing recorded
         for name, source in items:
             doc_id = document_id(tenant, name)
             latest = ledger.latest_upload(conn, doc_id)
@@ -108,6 +110,7 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
                 # The file goes first: a sensor tick in between must not take it for a new upload.
                 zone.remove(tenant, name)
                 with conn.transaction():
+                    refuse_erased(ledger, conn, tenant)
                     ledger.record_upload(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=None,
                                          size_bytes=None, is_delete=True, partition_month=month)
                 outcome["deleted"].append(name)
@@ -118,7 +121,11 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
                 outcome["unchanged"].append(name)
                 continue
             zone.store(tenant, name, source)
-            record_file(ledger, conn, tenant, name, landed.stat(), digest, month)
+            try:
+                record_file(ledger, conn, tenant, name, landed.stat(), digest, month)
+            except TenantErased:  # erased while this upload ran: its erasure has removed (or will remove) the rest
+                landed.unlink(missing_ok=True)
+                raise
             outcome["uploaded"].append(name)
     if outcome["uploaded"] or outcome["deleted"]:
         instance = dagster_instance()
@@ -194,7 +201,10 @@ def _record_dropped_files(ledger, landing_dir: Path, tenant: str | None) -> None
                                              if p.is_dir() and TENANT_PATTERN.fullmatch(p.name))
     for folder in folders:
         with contextlib.suppress(LandingZoneUnavailable):
-            record_dropped_files(ledger, zone, folder, limit=1_000_000)
+            try:
+                record_dropped_files(ledger, zone, folder, limit=1_000_000)
+            except TenantErased as exc:
+                err.print(f"[yellow]skipped[/yellow] {exc}: the files in its landing folder are not recorded")
 
 
 def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_delete: bool = False) -> dict:
@@ -210,6 +220,11 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
     if tenant:
         validate_tenant(tenant)
     settings, ledger = prepare_environment()
+    if tenant:
+        from ingest_pipeline.uploads import refuse_erased
+
+        with ledger.connect() as conn, conn.transaction():
+            refuse_erased(ledger, conn, tenant)  # TenantErased: nothing to ingest, and it says why
     instance = dagster_instance()
     defs, resources = _definitions()
     job = defs.resolve_job_def("ingest_job")
@@ -337,6 +352,8 @@ def status(tenant: str | None = None) -> dict:
 
 
 def rebuild(tenant: str) -> dict:
+    from ingest_pipeline.erasure import TENANT_JOB_TAG
+
     tenant = validate_tenant(tenant)
     prepare_environment()
     instance = dagster_instance()
@@ -344,7 +361,7 @@ def rebuild(tenant: str) -> dict:
     job = defs.resolve_job_def("rebuild_tenant_index")
     config = {"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": tenant}}}, **QUIET_LOGGERS}
     result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False,
-                                    tags=monitored_run_tags())
+                                    tags={**monitored_run_tags(), TENANT_JOB_TAG: tenant})  # erasure finds it
     return {"run_id": result.run_id, "success": result.success, **status(tenant)["tenants"][tenant]}
 
 
@@ -518,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result["success"] else 1
         if args.command == "reconcile":
             return cli_reconcile.run(args)
-        if args.command in {"rotate-key", "rotate-master-key", "erase-tenant"}:
+        if args.command in {"rotate-key", "rotate-master-key", "erase-tenant", "readmit-tenant"}:
             return cli_keys.run(args)
         if args.command == "env":
             return _env()

@@ -1,9 +1,11 @@
-"""`ingest-pipeline rotate-key`, `rotate-master-key` and `erase-tenant`: the tenant keys' life cycle.
+"""`ingest-pipeline rotate-key`, `rotate-master-key`, `erase-tenant` and `readmit-tenant`: the tenant keys' life
+cycle.
 
 `rotate-key` writes new data under a new data key at once, then runs `reencrypt_job` on the shared
 Dagster instance (the run is in the UI; a run that stops is resumed by running it, or the command,
 again). `rotate-master-key` re-wraps every tenant's keys under a new master key without touching a
-row (resumable: run it again after an interruption). `erase-tenant` crypto-shreds a tenant (see erasure.py).
+row (resumable: run it again after an interruption). `erase-tenant` crypto-shreds a tenant (see erasure.py), which then
+stays erased until `readmit-tenant`.
 """
 
 from __future__ import annotations
@@ -99,6 +101,27 @@ def erase(tenant: str) -> dict:
     return report.as_dict()
 
 
+def readmit(tenant: str, by: str | None = None) -> dict:
+    """Lift an erased tenant's tombstone (recording who and when): its next upload creates it anew."""
+    from ingest_pipeline.erasure import readmit_tenant
+
+    tenant = validate_tenant(tenant)
+    _, ledger = prepare_environment()
+    return readmit_tenant(ledger, tenant, by or _operator()).as_dict()
+
+
+def _operator() -> str:
+    """Who runs this command, for the record: the OS user at this host."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = f"uid {os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("rotate-key", help="write a tenant's new data under a new data key and move its "
                                  "rows to it (resumable), then retire the old key")
@@ -115,6 +138,13 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
                                  "index, landing files and Dagster history")
     parser.add_argument("--tenant", required=True)
     parser.add_argument("--yes", action="store_true", help="confirm: this cannot be undone")
+    parser.add_argument("--json", action="store_true")
+
+    parser = commands.add_parser("readmit-tenant", help="lift an erased tenant's tombstone, so that its next upload "
+                                 "creates it anew (an erased tenant otherwise stays erased)")
+    parser.add_argument("--tenant", required=True)
+    parser.add_argument("--yes", action="store_true", help="confirm: uploads for this tenant id are accepted again")
+    parser.add_argument("--by", help="who re-admits it, for the record (default: the OS user at this host)")
     parser.add_argument("--json", action="store_true")
 
 
@@ -149,5 +179,18 @@ def run(args: argparse.Namespace) -> int:
             out.print(f"tenant {result['tenant_id']} erased: {result['keys_destroyed']} keys destroyed, "
                       f"{sum(result['rows_deleted'].values())} rows, {len(result['indexes_dropped'])} index(es), "
                       f"{result['landing_files_deleted']} landing files, {result['dagster_runs_deleted']} runs")
+        return 0
+    if args.command == "readmit-tenant":
+        if not args.yes:
+            out.print(f"re-admitting tenant {args.tenant} lets its uploads create it anew: add --yes to confirm")
+            return 2
+        result = readmit(args.tenant, args.by)
+        if args.json:
+            print(json.dumps(result))
+        elif result["readmitted"]:
+            out.print(f"tenant {result['tenant_id']} (erased on {result['erased_at']}) re-admitted by "
+                      f"{result['readmitted_by']}: its next upload creates it anew")
+        else:
+            out.print(result["note"])
         return 0
     raise ValueError(f"unknown command {args.command}")

@@ -51,6 +51,7 @@ def reconcile(tenant: str | None = None, repair: bool = True, allow_mass_delete:
     """
     from ingest_pipeline.definitions import build_resources
     from ingest_pipeline.defs.reconciliation import reconcile_job
+    from ingest_pipeline.erasure import TENANT_JOB_TAG
     from ingest_pipeline.reconciliation import REPORT_COLUMNS, report_totals
 
     config = {"tenants": [validate_tenant(tenant)] if tenant else [], "repair": repair,
@@ -58,7 +59,8 @@ def reconcile(tenant: str | None = None, repair: bool = True, allow_mass_delete:
     prepare_environment()
     result = reconcile_job.execute_in_process(
         run_config={"ops": {"reconcile_tenants": {"config": config}}, **QUIET_LOGGERS},
-        instance=dagster_instance(), resources=build_resources(), raise_on_error=False, tags=monitored_run_tags(),
+        instance=dagster_instance(), resources=build_resources(), raise_on_error=False,
+        tags={**monitored_run_tags(), **({TENANT_JOB_TAG: config["tenants"][0]} if tenant else {})},
     )
     records, error = _report_and_error(result)
     totals = report_totals(pd.DataFrame.from_records(records, columns=list(REPORT_COLUMNS)))

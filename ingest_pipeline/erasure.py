@@ -6,31 +6,48 @@
    ledger included, and there is never a moment when the keys are gone but an index is left that
    nobody can delete. The vault records the erasure, so a resumed erasure knows its keys are gone.
 2. Its rows go: chunks, documents, quarantine records, uploads, the embedding log, its keys' rows.
-3. Its landing-zone folder and its Dagster runs, event logs and dynamic partition go.
+3. Its landing-zone folder and its Dagster runs, event logs and dynamic partition go (queued runs with them, so
+   they never start; a run under way, waiting for the lock, once it has ended, finding the tombstone).
 
 `ingest.tenant_erasures` records each step, so a crash at any point leaves nothing readable (or
-nothing changed, before step 1 commits) and running the erasure again finishes it. The record stays:
-`status` no longer lists the tenant, and a search for it fails with a clear error.
+nothing changed, before step 1 commits) and running the erasure again finishes it. The record stays, as a
+tombstone: from the request on, every writer (uploads, the ingest stages, reconcile, rebuild, re-encryption,
+creating keys) checks it under the tenant's lock and writes nothing for the tenant, so work queued before the
+erasure cannot bring the tenant back; `status` and `search` say it was erased. `readmit_tenant` lifts the
+tombstone (who and when are recorded); the tenant's next upload then creates it anew.
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from dagster import DagsterInstance, RunsFilter
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.faults import fault_point
 from ingest_pipeline.keystore import KeyStore, KeyVaultMissingKey, TenantErased, UnknownTenant
-from ingest_pipeline.ledger import Ledger
+from ingest_pipeline.ledger import Ledger, erasure_message
 from ingest_pipeline.vector_index import CyborgIndexes
 
 TENANT_TAG = "dagster/partition/tenant"  # ingest runs of the tenant's partitions
 TENANT_JOB_TAG = "ingest/tenant"  # its re-encryption and rebuild runs
+# Runs that may still write events: deleted only once they ended (or after this long: a dead run never ends).
+RUNS_UNDER_WAY = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+                  DagsterRunStatus.CANCELING]
+RUNS_UNDER_WAY_WAIT_S = 30.0
 TENANT_ROWS = ("ingest.chunks", "ingest.quarantine", "ingest.documents", "ingest.embedding_log", "ingest.uploads")
+
+
+def tag_run_with_tenant(context, tenant_id: str) -> None:
+    """Tag the op's run with the tenant it writes for (`TENANT_JOB_TAG`), unless its launcher did: however it was
+    launched (the CLI, the launchpad), erasing the tenant then deletes the run with the rest of its history."""
+    if context.get_tag(TENANT_JOB_TAG) != tenant_id:
+        context.instance.add_run_tags(context.run_id, {TENANT_JOB_TAG: tenant_id})
 
 
 @dataclass
@@ -56,13 +73,20 @@ def erase_tenant(
     report = ErasureReport(tenant_id)
     with ledger.tenant_writer(tenant_id) as session:
         conn = session.conn
-        erasure = conn.execute(
-            "INSERT INTO ingest.tenant_erasures AS e (tenant_id) VALUES (%s) ON CONFLICT (tenant_id) DO UPDATE"
-            " SET requested_at = now(), keys_destroyed_at = NULL, completed_at = NULL"
-            " WHERE e.completed_at IS NOT NULL"  # an earlier erasure, and the tenant was created again since
-            " RETURNING requested_at, keys_destroyed_at",
-            (tenant_id,),
-        ).fetchone()
+        with conn.transaction():
+            # From this commit on the tenant is tombstoned: a writer of its uploads that came first has committed
+            # (its rows are erased below), any later one is refused.
+            ledger.lock_admission(conn, tenant_id, exclusive=True)
+            erasure = conn.execute(
+                "INSERT INTO ingest.tenant_erasures AS e (tenant_id) VALUES (%s) ON CONFLICT (tenant_id) DO UPDATE"
+                " SET requested_at = now(), keys_destroyed_at = NULL, completed_at = NULL, readmitted_at = NULL,"
+                " readmitted_by = NULL"
+                # An earlier erasure: erase again from the start (the tenant may have been re-admitted and created
+                # again since, or something written despite the tombstone).
+                " WHERE e.completed_at IS NOT NULL"
+                " RETURNING requested_at, keys_destroyed_at",
+                (tenant_id,),
+            ).fetchone()
         if erasure is None:  # an erasure of this tenant is under way: finish it
             report.resumed = True
             erasure = conn.execute("SELECT requested_at, keys_destroyed_at FROM ingest.tenant_erasures"
@@ -106,11 +130,56 @@ def erase_tenant(
         if folder.exists():
             report.landing_files_deleted = sum(1 for path in folder.rglob("*") if path.is_file())
             shutil.rmtree(folder)
-        report.dagster_runs_deleted = _delete_dagster_history(instance, tenant_id, partitions_name)
+        report.dagster_runs_deleted = _delete_dagster_history(instance, tenant_id, partitions_name, under_way=False)
 
         conn.execute("UPDATE ingest.tenant_erasures SET completed_at = now() WHERE tenant_id = %s", (tenant_id,))
         report.completed = True
+    # A run that was under way waited for the lock: now it finds the tombstone and ends at once, writing nothing.
+    # Deleted once it has ended, so that no event of it is written after its run is gone.
+    _wait_for_runs(instance, tenant_id, RUNS_UNDER_WAY_WAIT_S)
+    report.dagster_runs_deleted += _delete_dagster_history(instance, tenant_id, partitions_name, under_way=True)
     return report
+
+
+@dataclass
+class Readmission:
+    tenant_id: str
+    erased_at: datetime | None = None
+    readmitted_at: datetime | None = None
+    readmitted_by: str | None = None
+    readmitted: bool = False  # by this call
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return {name: value.isoformat() if isinstance(value, datetime) else value
+                for name, value in self.__dict__.items()}
+
+
+def readmit_tenant(ledger: Ledger, tenant_id: str, by: str) -> Readmission:
+    """Lift the tombstone of an erased tenant, recording `by` and when: its next upload creates it anew.
+
+    Raises TenantErased while its erasure is under way (finish that first). A tenant that is not erased is left
+    as it is (`readmitted` False, with a note)."""
+    tenant_id = validate_tenant(tenant_id)
+    with ledger.tenant_writer(tenant_id) as session, session.conn.transaction():
+        conn = session.conn
+        ledger.lock_admission(conn, tenant_id, exclusive=True)
+        row = conn.execute(
+            "UPDATE ingest.tenant_erasures SET readmitted_at = now(), readmitted_by = %s"
+            " WHERE tenant_id = %s AND completed_at IS NOT NULL AND readmitted_at IS NULL"
+            " RETURNING completed_at, readmitted_at, readmitted_by",
+            (by, tenant_id),
+        ).fetchone()
+        if row is not None:
+            return Readmission(tenant_id, row["completed_at"], row["readmitted_at"], row["readmitted_by"], True)
+        erasure = conn.execute("SELECT completed_at, readmitted_at, readmitted_by FROM ingest.tenant_erasures"
+                               " WHERE tenant_id = %s", (tenant_id,)).fetchone()
+    if erasure is None:
+        return Readmission(tenant_id, note=f"tenant {tenant_id!r} was never erased: nothing to re-admit")
+    if erasure["completed_at"] is None:
+        raise TenantErased(erasure_message(tenant_id, erasure) + " before re-admitting it")
+    return Readmission(tenant_id, erasure["completed_at"], erasure["readmitted_at"], erasure["readmitted_by"],
+                       note=f"tenant {tenant_id!r} was already re-admitted")
 
 
 def _generations(conn, tenant_id: str) -> list[int]:
@@ -121,10 +190,25 @@ def _generations(conn, tenant_id: str) -> list[int]:
     return sorted({1, row["index_generation"], *([row["rebuild_generation"]] if row["rebuild_generation"] else [])})
 
 
-def _delete_dagster_history(instance: DagsterInstance, tenant_id: str, partitions_name: str) -> int:
-    """Delete the tenant's runs (with their event logs and compute logs) and its dynamic partition."""
-    runs = [record for tag in (TENANT_TAG, TENANT_JOB_TAG)
-            for record in instance.get_run_records(filters=RunsFilter(tags={tag: tenant_id}))]
+def _tenant_runs(instance: DagsterInstance, tenant_id: str, statuses=None) -> list:
+    return [record for tag in (TENANT_TAG, TENANT_JOB_TAG)
+            for record in instance.get_run_records(filters=RunsFilter(tags={tag: tenant_id}, statuses=statuses))]
+
+
+def _wait_for_runs(instance: DagsterInstance, tenant_id: str, timeout_s: float) -> None:
+    """Wait, at most `timeout_s`, until none of the tenant's runs is under way (a dead one never ends)."""
+    deadline = time.monotonic() + timeout_s
+    while _tenant_runs(instance, tenant_id, RUNS_UNDER_WAY) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _delete_dagster_history(instance: DagsterInstance, tenant_id: str, partitions_name: str, under_way: bool) -> int:
+    """Delete the tenant's runs (with their event logs and compute logs) and its dynamic partition.
+
+    Queued runs go (they never start); runs under way only with `under_way`."""
+    runs = _tenant_runs(instance, tenant_id)
+    if not under_way:
+        runs = [record for record in runs if record.dagster_run.status not in RUNS_UNDER_WAY]
     for record in runs:
         run_id = record.dagster_run.run_id
         # A compute log manager without per-run deletion keeps its files; the run goes anyway.
@@ -136,4 +220,4 @@ def _delete_dagster_history(instance: DagsterInstance, tenant_id: str, partition
     return len(runs)
 
 
-__all__ = ["ErasureReport", "TenantErased", "erase_tenant"]
+__all__ = ["ErasureReport", "Readmission", "TenantErased", "erase_tenant", "readmit_tenant", "tag_run_with_tenant"]

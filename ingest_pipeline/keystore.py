@@ -278,7 +278,8 @@ class KeyStore:
         opens the keys of a tenant whose erasure is under way (to drop its index before they are gone).
         """
         erasure = conn.execute(
-            "SELECT keys_destroyed_at, completed_at FROM ingest.tenant_erasures WHERE tenant_id = %s", (tenant_id,)
+            "SELECT keys_destroyed_at, completed_at FROM ingest.tenant_erasures WHERE tenant_id = %s"
+            " AND readmitted_at IS NULL", (tenant_id,)  # a re-admitted tenant is created anew
         ).fetchone()
         if erasure is not None and erasure["completed_at"] is None and not erasing:
             raise TenantErased(f"tenant {tenant_id!r} is being erased: run `ingest-pipeline erase-tenant --tenant "
@@ -287,7 +288,7 @@ class KeyStore:
             "SELECT key_check, data_key_version FROM ingest.tenants WHERE tenant_id = %s", (tenant_id,)
         ).fetchone()
         if tenant is None:
-            if erasure is not None and not create:
+            if erasure is not None and not erasing:  # a tombstone: never created again, not even with `create`
                 raise TenantErased(f"tenant {tenant_id!r} was erased on {erasure['completed_at']:%Y-%m-%d %H:%M} UTC; "
                                    "it has no data")
             if not create:

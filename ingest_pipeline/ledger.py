@@ -19,6 +19,9 @@ import psycopg
 from psycopg.rows import dict_row, tuple_row
 
 _LOCK_CLASS = 0x1D6E  # namespaces this project's advisory locks
+# Admission of a tenant's new rows (per tenant): shared by writers of uploads, exclusive while an erasure records its
+# request or a re-admission lifts it. Migration 0009's trigger takes it too.
+_ADMISSION_LOCK_CLASS = 0x1D6F
 
 
 class TenantKeyMismatch(ValueError):
@@ -35,6 +38,15 @@ class TenantBusy(RuntimeError):
 
 class TenantLockLost(RuntimeError):
     """The writer no longer holds its tenant's lock (its connection dropped). Retryable: nothing more is written."""
+
+
+def erasure_message(tenant_id: str, erasure: dict) -> str:
+    """What a writer or reader says of a tombstoned tenant (names the tenant and the date, nothing else)."""
+    if erasure["completed_at"] is None:
+        return (f"tenant {tenant_id!r} is being erased: run `ingest-pipeline erase-tenant --tenant {tenant_id} --yes` "
+                "again to finish")
+    return (f"tenant {tenant_id!r} was erased on {erasure['completed_at']:%Y-%m-%d %H:%M} UTC; nothing is written for "
+            f"it until `ingest-pipeline readmit-tenant --tenant {tenant_id} --yes` re-admits it")
 
 
 class TenantSession:
@@ -207,6 +219,32 @@ class Ledger:
     def embedding_model(self, conn: psycopg.Connection, tenant_id: str) -> str | None:
         row = conn.execute("SELECT embedding_model FROM ingest.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
         return row["embedding_model"] if row else None
+
+    # ---- erased tenants (a tombstone until re-admitted) -----------------------------------------
+
+    @staticmethod
+    def lock_admission(conn: psycopg.Connection, tenant_id: str, exclusive: bool = False) -> None:
+        """Take the tenant's admission lock until the caller's transaction ends: shared to write the tenant's new
+        rows (uploads), exclusive to record an erasure's request or lift its tombstone."""
+        function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        conn.execute(f"SELECT {function}(%s, hashtext(%s))", (_ADMISSION_LOCK_CLASS, tenant_id))
+
+    @staticmethod
+    def erasure(conn: psycopg.Connection, tenant_id: str) -> dict | None:
+        """The tenant's tombstone: its erasure (under way, or finished and not re-admitted since), or None.
+
+        `requested_at`, `completed_at` (None while under way)."""
+        return conn.execute(
+            "SELECT requested_at, completed_at FROM ingest.tenant_erasures WHERE tenant_id = %s"
+            " AND readmitted_at IS NULL",
+            (tenant_id,),
+        ).fetchone()
+
+    def erased_tenants(self) -> set[str]:
+        """Every tenant with a tombstone (erased or being erased, not re-admitted)."""
+        with self.connect() as conn:
+            rows = conn.execute("SELECT tenant_id FROM ingest.tenant_erasures WHERE readmitted_at IS NULL").fetchall()
+        return {row["tenant_id"] for row in rows}
 
     # ---- index generations (a rebuild fills a new index beside the live one, then swaps) -------
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from ingest_pipeline.core.extraction import ReasonCode
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
+from ingest_pipeline.keystore import TenantErased
 from ingest_pipeline.landing import LandingZone
-from ingest_pipeline.ledger import Ledger, Upload
+from ingest_pipeline.ledger import Ledger, Upload, erasure_message
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,23 @@ def is_current(upload: Upload | None, digest: str) -> bool:
     return upload is not None and not upload.is_delete and upload.content_sha256 == digest
 
 
+def refuse_erased(ledger: Ledger, conn, tenant_id: str) -> None:
+    """Raise TenantErased for a tombstoned tenant. In the transaction that records an upload, this holds the
+    tenant's admission lock to its end, so an erasure requested meanwhile waits for the upload (and erases it)."""
+    ledger.lock_admission(conn, tenant_id)
+    erasure = ledger.erasure(conn, tenant_id)
+    if erasure is not None:
+        raise TenantErased(erasure_message(tenant_id, erasure))
+
+
 def record_file(
     ledger: Ledger, conn, tenant_id: str, name: str, stat: os.stat_result, digest: str, month: str
 ) -> int:
-    """Record an upload of the landed file whose `stat` was taken before it was hashed to `digest`."""
+    """Record an upload of the landed file whose `stat` was taken before it was hashed to `digest`.
+
+    Raises TenantErased, recording nothing, for an erased tenant (or one being erased)."""
     with conn.transaction():
+        refuse_erased(ledger, conn, tenant_id)
         return ledger.record_upload(
             conn, tenant_id=tenant_id, doc_id=document_id(tenant_id, name), doc_name=name, content_sha256=digest,
             size_bytes=stat.st_size, is_delete=False, partition_month=month, file_mtime_ns=stat.st_mtime_ns,
@@ -88,12 +101,16 @@ def record_dropped_files(ledger: Ledger, zone: LandingZone, tenant_id: str, limi
     its latest upload; identical bytes are never recorded twice. Raises LandingZoneUnavailable when
     the folder cannot be read. Records at most `limit` files per call.
 
+    An erased tenant's folder is not read: TenantErased (also when the erasure comes while files are hashed).
+
     Symbolic links (never followed, wherever they point), FIFOs, sockets and devices, and names the
     pipeline refuses (control characters, '..', a backslash that would make another name) are not
     recorded: they are listed in `refused` with their code and logged by name, never read.
     """
     validate_tenant(tenant_id)
     found = DroppedFiles()
+    with ledger.connect() as conn, conn.transaction():
+        refuse_erased(ledger, conn, tenant_id)  # before anything is read (checked again as each file is recorded)
     scan = zone.scan(tenant_id)
     found.refused.update(scan.refused)
     month = current_month()

@@ -72,18 +72,27 @@ def _own_peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+class TenantWasErased(Failure):
+    """The tenant was erased (or is being erased) when its lock was taken: nothing was written for it."""
+
+
 @contextmanager
 def tenant_session(store: Ledger, keyring: TenantKeyring, tenant: str) -> Iterator[TenantSession]:
     """Be the tenant's one writer (a connection holding its lock), with the tenant's keys opened on it.
 
-    A new tenant gets random keys here. A wrong, unreadable or missing master key, or a tenant being
-    erased, fails the run before anything is written, without retries. `session.keys` are read under
-    the lock, so a key rotation or retirement by another process is always seen.
+    A new tenant gets random keys here. A wrong, unreadable or missing master key fails the run before
+    anything is written, without retries; so does a tenant erased (or being erased), even by an erasure
+    that finished while this run was queued or waited for the lock (TenantWasErased: it is never created
+    again). `session.keys` are read under the lock, so a key rotation or retirement by another process is
+    always seen.
     """
     with store.tenant_writer(tenant) as session:
         try:
             session.keys = keyring.open_tenant(session.conn, tenant)
-        except (MasterKeyError, PermissionError, ConfigurationError, TenantKeyMismatch, TenantErased) as exc:
+        except TenantErased as exc:
+            raise TenantWasErased(description=f"{exc}; nothing was written", metadata={"tenant_erased": True},
+                                  allow_retries=False) from None
+        except (MasterKeyError, PermissionError, ConfigurationError, TenantKeyMismatch) as exc:
             raise fail_fast(str(exc)) from None
         yield session
 

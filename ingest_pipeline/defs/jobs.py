@@ -5,6 +5,7 @@ from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.defs.assets import GROUP, STORAGE_RETRY, tenant_session
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
+from ingest_pipeline.erasure import tag_run_with_tenant
 from ingest_pipeline.indexing import IndexWriter
 
 # The four stages form a chain, so one process per run loses no parallelism and saves a process start (and
@@ -33,6 +34,7 @@ def rebuild_index_from_cold_copy(
     beside the live one, and swap when it is complete. Search keeps answering from the live index
     meanwhile; a retried or re-run rebuild resumes after the last batch it wrote."""
     tenant = validate_tenant(config.tenant)
+    tag_run_with_tenant(context, tenant)
     store = ledger.ledger
     with tenant_session(store, keyring, tenant) as session:
         writer = IndexWriter(store, cyborgdb.indexes, keyring, session, config.upsert_batch_size)

@@ -6,6 +6,7 @@ from pydantic import Field
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.defs.assets import STORAGE_RETRY, fail_fast
 from ingest_pipeline.defs.resources import PostgresLedger, TenantKeyring
+from ingest_pipeline.erasure import tag_run_with_tenant
 from ingest_pipeline.faults import fault_point
 from ingest_pipeline.keystore import TenantErased, UnknownTenant
 from ingest_pipeline.ledger import TenantKeyMismatch
@@ -26,6 +27,7 @@ def reencrypt_tenant_rows(
     its active key, in batches that each commit on the tenant's lock, then retire the versions no row
     needs. Search keeps working throughout; a retried or re-run job resumes where it stopped."""
     tenant = validate_tenant(config.tenant)
+    tag_run_with_tenant(context, tenant)
     store = ledger.ledger
     try:
         if config.rotate_first:

@@ -20,8 +20,9 @@ from pydantic import Field
 
 from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.core.ids import InvalidName, validate_tenant
-from ingest_pipeline.defs.assets import STORAGE_RETRY, fail_fast, tenant_session
+from ingest_pipeline.defs.assets import STORAGE_RETRY, TenantWasErased, fail_fast, tenant_session
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
+from ingest_pipeline.erasure import tag_run_with_tenant
 from ingest_pipeline.reconciliation import (
     DEFAULT_MAX_ORPHAN_SHARE,
     REPORT_COLUMNS,
@@ -98,6 +99,11 @@ def reconcile_tenants(
         tenants = [validate_tenant(tenant) for tenant in config.tenants] or registered
     except InvalidName as exc:
         raise fail_fast(str(exc)) from None
+    erased = sorted(set(tenants) & store.erased_tenants()) if config.tenants else []
+    if erased:
+        raise fail_fast(f"tenant(s) {', '.join(erased)} were erased: nothing was reconciled")
+    if len(config.tenants) == 1:
+        tag_run_with_tenant(context, tenants[0])  # erasing that tenant deletes this run too
     unknown = sorted(set(tenants) - set(registered))
     if unknown:
         raise fail_fast(f"no ledger row for tenant(s) {', '.join(unknown)}: nothing was reconciled")
@@ -109,6 +115,9 @@ def reconcile_tenants(
                     store, cyborgdb.indexes, keyring, session, config.repair, config.upsert_batch_size,
                     max_orphan_share=config.max_orphan_share, allow_mass_delete=config.allow_mass_delete,
                 )
+        except TenantWasErased as exc:  # since the tenants were listed: nothing to reconcile, nothing written
+            context.log.warning(f"tenant {tenant}: skipped: {exc.description}")
+            continue
         except TENANT_ERRORS as exc:
             message = exc.description if isinstance(exc, Failure) else str(exc)
             result = TenantReconciliation(tenant, dry_run=not config.repair, error=message or type(exc).__name__)

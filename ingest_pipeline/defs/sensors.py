@@ -23,6 +23,7 @@ from ingest_pipeline.core.ids import TENANT_PATTERN
 from ingest_pipeline.defs.jobs import ingest_job
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_partitions
 from ingest_pipeline.defs.resources import LandingZoneResource, PostgresLedger
+from ingest_pipeline.keystore import TenantErased
 from ingest_pipeline.landing import LandingZoneUnavailable
 from ingest_pipeline.uploads import record_dropped_files
 
@@ -92,7 +93,7 @@ def upload_sensor(
                 break
             try:
                 found = record_dropped_files(store, zone, tenant, limit=budget)
-            except LandingZoneUnavailable as exc:
+            except (LandingZoneUnavailable, TenantErased) as exc:
                 notes.append(str(exc))
                 continue
             dropped += len(found.recorded)
@@ -126,6 +127,11 @@ def upload_sensor(
     for (tenant, month), names in missing.items():
         wanted.setdefault(f"{tenant}|{month}", removed_files_run_key(tenant, month, names))
 
+    # A tenant erased since its uploads were read (or while held back): no run, and no partition added again.
+    erased = {key.split("|")[0] for key in wanted} & store.erased_tenants() if wanted else set()
+    if erased:
+        wanted = {key: run_key for key, run_key in wanted.items() if key.split("|")[0] not in erased}
+        notes.append(f"tenant(s) {', '.join(sorted(erased))} erased: no run requested")
     busy = tenants_with_runs_in_progress(context) if wanted else set()
     deferred = {key: run_key for key, run_key in wanted.items() if key.split("|")[0] in busy}
     requests = [

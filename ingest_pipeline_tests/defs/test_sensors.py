@@ -109,6 +109,32 @@ def test_a_tenant_with_a_run_in_progress_is_not_requested_twice(embedded_pipelin
     assert UploadCursor.parse(released.cursor).deferred == {}
 
 
+def test_an_erased_tenant_gets_no_run_and_no_partition_even_if_held_back_before_its_erasure(embedded_pipeline, docs):
+    from ingest_pipeline import cli_keys
+
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    instance = dagster_instance()
+    running = instance.create_run_for_job(job_def=build_definitions().resolve_job_def("ingest_job"),
+                                          tags={"dagster/partition/tenant": acme}, status=DagsterRunStatus.STARTED)
+    held = tick()
+    assert list(UploadCursor.parse(held.cursor).deferred) == [f"{acme}|{current_month()}"]
+    instance.delete_run(running.run_id)
+    assert cli_keys.erase(acme)["completed"]
+    # Files dropped into its folder again after the erasure are not recorded either.
+    folder = pipeline.home / "landing" / acme
+    folder.mkdir()
+    (folder / "again.md").write_text("# Again\n\nDropped after the erasure.\n")
+    after = tick(held.cursor)
+    assert isinstance(after, SkipReason) and "was erased" in after.skip_message
+    assert UploadCursor.parse(after.cursor).deferred == {}
+    assert not instance.has_dynamic_partition("tenants", acme)
+    ledger = pipeline.ledger()
+    with ledger.connect() as conn:
+        assert not ledger.latest_uploads(conn, acme)
+
+
 def test_a_burst_of_10000_uploads_across_200_tenants_is_paged_over_small_ticks(embedded_pipeline):
     _, ledger = prepare_environment()
     tenants = [f"burst-{i:03d}" for i in range(200)]

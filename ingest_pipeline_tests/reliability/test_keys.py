@@ -269,3 +269,185 @@ def test_erase_tenant_destroys_keys_first_and_an_interrupted_erasure_finishes(pi
     # The other tenant is untouched.
     assert search_fingerprint(pipeline, globex) == globex_before
     scenario.add_invariant(assert_invariant(globex, {"apache-license-2.0.txt"}))
+
+
+# ---- an erased tenant stays erased ---------------------------------------------------------------------------
+
+TENANT_TABLES = ("chunks", "documents", "uploads", "quarantine", "embedding_log", "tenants", "tenant_keys")
+
+
+def tenant_rows(pipeline, tenant: str) -> dict[str, int]:
+    """The tenant's rows per ledger table, and its wrapped keys in the vault: all 0 when nothing of it is left."""
+    with pipeline.ledger().connect() as conn:
+        counts = {table: conn.execute(f"SELECT count(*) AS n FROM ingest.{table} WHERE tenant_id = %s",  # noqa: S608
+                                      (tenant,)).fetchone()["n"] for table in TENANT_TABLES}
+    return {**counts, "vault_keys": len(vault_rows(tenant))}
+
+
+def tenant_runs(tenant: str) -> list:
+    return [record for tag in ("dagster/partition/tenant", "ingest/tenant")
+            for record in dagster_instance().get_run_records(filters=RunsFilter(tags={tag: tenant}))]
+
+
+def test_writers_that_read_the_tenant_before_its_erasure_write_nothing_after_it(embedded_pipeline, docs, tmp_path,
+                                                                               scenario):
+    from dagster import MultiPartitionKey, build_asset_context, build_sensor_context
+    from dagster._core.errors import DagsterUnknownPartitionError
+
+    from ingest_pipeline import cli as cli_module
+    from ingest_pipeline import cli_keys
+    from ingest_pipeline.definitions import build_definitions
+    from ingest_pipeline.defs.assets import RawDocumentsConfig, TenantWasErased, raw_documents
+    from ingest_pipeline.landing import LandingZone
+    from ingest_pipeline.uploads import current_month, record_dropped_files, record_file
+    from ingest_pipeline_tests.helpers import materialize_partition
+
+    scenario.category = "keys"
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    landed = pipeline.home / "landing" / acme / "apache-license-2.0.txt"
+    stat = landed.stat()  # what a sensor tick or an upload that read the tenant before the erasure holds
+    assert cli_keys.erase(acme)["completed"]
+    nothing = dict.fromkeys([*TENANT_TABLES, "vault_keys"], 0)
+    assert tenant_rows(pipeline, acme) == nothing
+
+    resources = build_resources()
+    ledger, store = resources["ledger"].ledger, resources["keyring"].store
+    # Creating keys under the tenant's lock, as a queued run's first stage does.
+    with ledger.tenant_writer(acme) as session, pytest.raises(TenantErased, match="was erased"):
+        store.open(session.conn, acme, create=True)
+    # Recording the upload of a file hashed before the erasure (the sensor, `upload`).
+    with ledger.connect() as conn, pytest.raises(TenantErased, match="was erased"):
+        record_file(ledger, conn, acme, "apache-license-2.0.txt", stat, "0" * 64, current_month())
+    # Files dropped into the tenant's folder again: neither the sensor nor `ingest` records them, and no run.
+    landed.parent.mkdir(parents=True)
+    landed.write_text("Licensed under the Apache License.\n")
+    with pytest.raises(TenantErased):
+        record_dropped_files(ledger, LandingZone(pipeline.home / "landing"), acme, limit=10)
+    with build_sensor_context(instance=dagster_instance(), resources=resources) as context:
+        from ingest_pipeline.defs.sensors import upload_sensor
+
+        ticked = upload_sensor(context)
+    assert not getattr(ticked, "run_requests", None) and "was erased" in ticked.skip_message
+    # The first stage of a run that was queued before the erasure: it fails at once, clearly, without retries
+    # and without writing. (Dagster itself refuses to start a new run of the partition the erasure deleted.)
+    partition = MultiPartitionKey({"tenant": acme, "month": current_month()})
+    with build_asset_context(partition_key=partition, instance=dagster_instance()) as context, \
+            pytest.raises(TenantWasErased, match="was erased") as failed:
+        raw_documents(context, RawDocumentsConfig(), ledger=resources["ledger"], landing=resources["landing"],
+                      keyring=resources["keyring"])
+    assert failed.value.allow_retries is False and "nothing was written" in failed.value.description
+    with pytest.raises(DagsterUnknownPartitionError):
+        materialize_partition(acme)
+    # Reconcile, rebuild and re-encryption of the tenant say so and write nothing.
+    definitions = build_definitions()
+    reconciled = definitions.resolve_job_def("reconcile_job").execute_in_process(
+        run_config={"ops": {"reconcile_tenants": {"config": {"tenants": [acme]}}}}, instance=dagster_instance(),
+        raise_on_error=False)
+    assert not reconciled.success
+    rebuilt = definitions.resolve_job_def("rebuild_tenant_index").execute_in_process(
+        run_config={"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": acme}}}},
+        instance=dagster_instance(), raise_on_error=False)
+    assert not rebuilt.success
+    rotated = cli_keys.rotate_key(acme)
+    assert not rotated["success"] and "was erased" in rotated["error"]
+    # The commands refuse, and say why; `upload` leaves no file behind.
+    landed.unlink()
+    with pytest.raises(TenantErased, match="was erased"):
+        pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    assert not landed.exists()
+    for verb in (lambda: cli_module.ingest(acme, show_progress=False), lambda: pipeline.search(acme, QUERY),
+                 lambda: pipeline.status(acme)):
+        with pytest.raises(TenantErased, match="was erased"):
+            verb()
+    # Not even a database client writing uploads by hand gets a row in.
+    with ledger.connect() as conn, pytest.raises(psycopg.errors.CheckViolation, match="was erased"):
+        conn.execute("INSERT INTO ingest.uploads (tenant_id, doc_id, doc_name, partition_month) VALUES"
+                     " (%s, gen_random_uuid(), 'x.md', %s)", (acme, current_month()))
+    assert tenant_rows(pipeline, acme) == nothing
+    assert not instance_partition(acme)
+
+
+def instance_partition(tenant: str) -> bool:
+    return dagster_instance().has_dynamic_partition("tenants", tenant)
+
+
+def test_a_run_waiting_for_the_lock_through_an_erasure_writes_nothing_until_the_tenant_is_readmitted(
+        embedded_pipeline, docs, tmp_path, capsys, scenario):
+    import threading
+    import time
+
+    from ingest_pipeline import cli as cli_module
+    from ingest_pipeline import cli_keys
+    from ingest_pipeline.definitions import build_definitions
+    from ingest_pipeline.erasure import TENANT_JOB_TAG
+    from ingest_pipeline_tests.helpers import materialize_partition
+
+    scenario.category = "keys"
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    document = docs / "apache-license-2.0.txt"
+    pipeline.upload(acme, document)
+    pipeline.ingest()
+    assert pipeline.search(acme, QUERY, 1)
+    ledger = pipeline.ledger()
+
+    # The erasure stops with its keys destroyed, holding the tenant's lock; meanwhile a run for the tenant starts
+    # (queued before the erasure, or a backfill) and waits for that lock.
+    (tmp_path / "late.md").write_text("# Late\n\nAn upload the erasure overtakes.\n")
+    pipeline.upload(acme, tmp_path / "late.md")
+    held = tmp_path / "faults" / "erase__after-keys.held"
+    erasure = subprocess.Popen([sys.executable, "-m", "ingest_pipeline.cli", "erase-tenant", "--tenant", acme, "--yes"],
+                               env=faults(pipeline, tmp_path, "erase:after-keys=hold"), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not held.exists():
+        assert erasure.poll() is None and time.monotonic() < deadline, erasure.communicate()
+        time.sleep(0.1)
+    outcome = {}
+    waiting_run = threading.Thread(target=lambda: outcome.update(run=materialize_partition(acme)))
+    waiting_run.start()
+    with ledger.connect() as conn:
+        while not conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                               " AND classid = 7534").fetchone()["n"]:
+            assert waiting_run.is_alive() and time.monotonic() < deadline, outcome
+            time.sleep(0.1)
+    held.unlink()  # the erasure finishes, then the run gets the lock
+    assert erasure.wait(timeout=120) == 0, erasure.stderr.read()[-2000:]
+    waiting_run.join(timeout=300)
+    run = outcome["run"]
+    failures = [event for event in run.all_events if event.is_step_failure]
+    assert not run.success and [event.step_key for event in failures] == ["raw_documents"]
+    assert "was erased" in failures[0].step_failure_data.user_failure_data.description
+    assert tenant_rows(pipeline, acme) == dict.fromkeys([*TENANT_TABLES, "vault_keys"], 0)
+    with pytest.raises(TenantErased, match="was erased"):
+        pipeline.search(acme, QUERY)
+    assert cli_module.ingest(show_progress=False)["runs"] == []
+    scenario.survived()
+
+    # An operator re-admits the tenant: the record says who and when, and uploads create it anew.
+    assert cli_module.main(["readmit-tenant", "--tenant", acme]) == 2
+    assert cli_module.main(["readmit-tenant", "--tenant", acme, "--yes", "--by", "ops@example", "--json"]) == 0
+    readmitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert readmitted["readmitted"] and readmitted["readmitted_by"] == "ops@example" and readmitted["erased_at"]
+    pipeline.upload(acme, document)
+    pipeline.ingest()
+    assert pipeline.search(acme, QUERY, 1)[0]["source"] == document.name
+
+    # A rebuild's runs carry the tenant, from the CLI and from the launchpad (no tags given): the erasure of the
+    # re-created tenant deletes them with the rest.
+    assert cli_module.rebuild(acme)["success"]
+    launched = build_definitions().resolve_job_def("rebuild_tenant_index").execute_in_process(
+        run_config={"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": acme}}}},
+        instance=dagster_instance())
+    assert launched.success
+    rebuilds = [r for r in dagster_instance().get_run_records(filters=RunsFilter(job_name="rebuild_tenant_index"))]
+    assert len(rebuilds) == 2 and all(r.dagster_run.tags.get(TENANT_JOB_TAG) == acme for r in rebuilds)
+    report = cli_keys.erase(acme)
+    assert report["completed"] and report["keys_destroyed"] == 2 and not report["resumed"]
+    assert not tenant_runs(acme)
+    assert not dagster_instance().get_run_records(filters=RunsFilter(job_name="rebuild_tenant_index"))
+    assert tenant_rows(pipeline, acme) == dict.fromkeys([*TENANT_TABLES, "vault_keys"], 0)
+    with pytest.raises(TenantErased, match="was erased"):
+        pipeline.search(acme, QUERY)
