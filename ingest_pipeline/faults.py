@@ -29,7 +29,11 @@ Seams (where `fault_point` is called):
 - `index:after-upsert`: after the CyborgDB upsert, before the Postgres commit that marks it indexed;
 - `index:after-commit`: the cyborgdb_index asset has committed everything, before Dagster records success;
 - `reencrypt:after-batch`: the re-encryption job has committed a batch of rows under the new data key;
-- `erase:after-keys`, `erase:after-rows`: an erasure has destroyed the tenant's keys, then deleted its rows.
+- `erase:after-keys`, `erase:after-rows`: an erasure has destroyed the tenant's keys, then deleted its rows;
+- `extract:fork` (`raise`): starting an extraction worker fails, as a fork refused by the system would;
+- `extract:worker-start` (`kill`): an extraction worker dies before it is ready;
+- `extract:document` (`kill`): an extraction worker is killed while it reads a document, as the system's
+  out-of-memory killer would kill it.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ STATE_ENV = "INGEST_FAULTS_STATE"
 ACTIONS = ("kill", "raise", "hold")
 HOLD_LIMIT_S = 120.0
 SEAMS = ("embed:before-commit", "embed:after-commit", "index:before-upsert", "index:after-upsert",
-         "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows")
+         "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows", "extract:fork",
+         "extract:worker-start", "extract:document")
 
 
 class InjectedFault(RuntimeError):
