@@ -230,9 +230,25 @@ def test_a_corrupt_document_stays_quarantined_under_any_limits_until_retried_by_
     assert len(summary["runs"]) == 1 and summary["totals"]["documents_quarantined"] == 1
     assert [q["document"] for q in summary["quarantined"][acme]] == ["corrupt.pdf"]
 
-    # Without names every quarantined document of the tenant is cleared; a name not in quarantine is reported.
+    # A name not in quarantine is reported.
     capsys.readouterr()
     assert cli.main(["quarantine", "retry", "--tenant", acme, "apache-license-2.0.txt"]) == 1
     assert "not quarantined" in capsys.readouterr().out
+
+    # An installation from before causes were told apart: the old code quarantined a document whose worker did not
+    # start as `unreadable (RuntimeError)`. Its upgrade (migration 0008) gives that one another try, not the corrupt.
+    ledger = pipeline.ledger()
+    with ledger.connect() as conn, conn.transaction():
+        apache = conn.execute("SELECT * FROM ingest.documents WHERE tenant_id = %s AND doc_name = %s",
+                              (acme, "apache-license-2.0.txt")).fetchone()
+        ledger.quarantine_document(conn, apache, apache["content_sha256"], "unreadable (RuntimeError)", "parser-error")
+        conn.execute("ALTER TABLE ingest.quarantine DROP COLUMN limits")
+        conn.execute("DELETE FROM ingest.schema_migrations WHERE version = 8")
+    assert ledger.migrate() == [8]
+    assert [q["doc_name"] for q in ledger.quarantined(acme)] == ["corrupt.pdf"]
+    assert ledger.tenant_status(acme)["pending_documents"] == 1
+
+    # Without names every quarantined document of the tenant is cleared.
+    capsys.readouterr()
     assert cli.main(["quarantine", "retry", "--tenant", acme]) == 0
     assert "cleared [corrupt-pdf]" in capsys.readouterr().out
