@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from datetime import UTC
 
 from rich.console import Console
 from rich.markup import escape
@@ -39,7 +40,7 @@ def quarantined(tenant: str | None = None) -> dict:
     tenants = [validate_tenant(tenant)] if tenant else ledger.tenants()
     return {"quarantined": [
         {"tenant": tenant_id, "document": row["doc_name"], "code": row["reason_code"], "reason": row["reason"],
-         "limits": row["limits"], "quarantined_at": row["quarantined_at"].isoformat()}
+         "limits": row["limits"], "quarantined_at": row["quarantined_at"].astimezone(UTC).isoformat()}
         for tenant_id in tenants for row in ledger.quarantined(tenant_id)
     ]}
 
@@ -70,7 +71,7 @@ def _print_list(report: dict) -> None:
         table.add_column(column, overflow="fold")
     for row in report["quarantined"]:
         table.add_row(row["tenant"], escape(row["document"]), row["code"] or "", escape(row["reason"]),
-                      _limits_text(row["limits"]), row["quarantined_at"])
+                      _limits_text(row["limits"]), row["quarantined_at"][:19].replace("T", " ") + " UTC")
     out.print(table if report["quarantined"] else "no quarantined documents")
 
 
