@@ -15,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,7 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ingest_pipeline import cli_keys, cli_reconcile
+from ingest_pipeline import cli_keys, cli_quarantine, cli_reconcile
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
 from ingest_pipeline.instance import dagster_instance, monitored_run_tags, prepare_environment
 from ingest_pipeline.keystore import TenantErased, UnknownTenant
@@ -229,7 +230,10 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
     defs, resources = _definitions()
     job = defs.resolve_job_def("ingest_job")
     _record_dropped_files(ledger, settings.landing_dir, tenant)
-    partitions = sorted(set(ledger.pending_partitions(tenant)) | set(_partitions_with_removed_files(ledger, tenant)))
+    # Documents quarantined under a smaller extraction limit than this run's are tried again.
+    limits = cli_quarantine.current_limits(resources["landing"])
+    partitions = sorted(set(ledger.pending_partitions(tenant, limits))
+                        | set(_partitions_with_removed_files(ledger, tenant)))
     tenants = sorted({t for t, _ in partitions})
     missing = [t for t in tenants if not instance.has_dynamic_partition(tenant_partitions.name, t)]
     if missing:
@@ -280,7 +284,8 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
         if totals["embedding_seconds"] else None,
         "seconds": round(time.perf_counter() - started, 2),
         "stage_seconds": {stage: round(seconds, 2) for stage, seconds in stage_seconds.items()},
-        "quarantined": {t: [{"document": q["doc_name"], "code": q["reason_code"], "reason": q["reason"]}
+        "quarantined": {t: [{"document": q["doc_name"], "code": q["reason_code"], "reason": q["reason"],
+                             **({"limits": q["limits"]} if q["limits"] else {})}
                             for q in ledger.quarantined(t)] for t in tenants},
     }
 
@@ -403,8 +408,9 @@ def _print_ingest(summary: dict) -> None:
     )
     for tenant, items in summary["quarantined"].items():
         for item in items:
-            code = f" [{item['code']}]" if item.get("code") else ""
-            out.print(f"[yellow]quarantined[/yellow]{code} {tenant}/{item['document']}: {item['reason']}")
+            code = f" [{item['code']}]" if item.get("code") else ""  # escaped: rich would take it for markup
+            out.print(f"[yellow]quarantined[/yellow]{escape(code)} {tenant}/{escape(item['document'])}: "
+                      f"{escape(item['reason'])}")
     for run in summary["runs"]:
         for check in run["checks_failed"]:
             out.print(f"[red]check failed[/red] {run['tenant']} {run['month']}: {check}")
@@ -491,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
 
     cli_reconcile.add_parser(commands)
+    cli_quarantine.add_parser(commands)
     cli_keys.add_parsers(commands)
     commands.add_parser("env", help="print shell exports that point the dagster CLI at this instance")
     commands.add_parser("stop-postgres", help="stop the embedded PostgreSQL server")
@@ -535,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if result["success"] else 1
         if args.command == "reconcile":
             return cli_reconcile.run(args)
+        if args.command == "quarantine":
+            return cli_quarantine.run(args)
         if args.command in {"rotate-key", "rotate-master-key", "erase-tenant", "readmit-tenant"}:
             return cli_keys.run(args)
         if args.command == "env":

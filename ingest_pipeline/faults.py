@@ -33,7 +33,11 @@ Seams (where `fault_point` is called):
 - `keys:create-after-vault`: a new tenant's keys are in the vault, its ledger rows not yet committed;
 - `retire:before-vault`: a retired key version's registration is committed, its wrapped key not yet deleted;
 - `rewrap:between-tenants`: a master-key rotation has re-wrapped a tenant's keys, before the next tenant's;
-- `reencrypt:after-rotate`: the re-encryption job has rotated the tenant's data key, before moving rows.
+- `reencrypt:after-rotate`: the re-encryption job has rotated the tenant's data key, before moving rows;
+- `extract:fork` (`raise`): starting an extraction worker fails, as a fork refused by the system would;
+- `extract:worker-start` (`kill`): an extraction worker dies before it is ready;
+- `extract:document` (`kill`): an extraction worker is killed while it reads a document, as the system's
+  out-of-memory killer would kill it.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ ACTIONS = ("kill", "raise", "hold")
 HOLD_LIMIT_S = 120.0
 SEAMS = ("embed:before-commit", "embed:after-commit", "index:before-upsert", "index:after-upsert",
          "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows",
-         "keys:create-after-vault", "retire:before-vault", "rewrap:between-tenants", "reencrypt:after-rotate")
+         "keys:create-after-vault", "retire:before-vault", "rewrap:between-tenants", "reencrypt:after-rotate",
+         "extract:fork", "extract:worker-start", "extract:document")
 
 
 class InjectedFault(RuntimeError):

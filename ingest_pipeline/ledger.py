@@ -17,11 +17,22 @@ from importlib import resources
 
 import psycopg
 from psycopg.rows import dict_row, tuple_row
+from psycopg.types.json import Jsonb
 
 _LOCK_CLASS = 0x1D6E  # namespaces this project's advisory locks
 # Admission of a tenant's new rows (per tenant): shared by writers of uploads, exclusive while an erasure records its
 # request or a re-admission lifts it. Migration 0009's trigger takes it too.
 _ADMISSION_LOCK_CLASS = 0x1D6F
+# A quarantine record `q` made under a limit smaller than the same limit in %(limits)s (a JSON object of the
+# current limits by name, or NULL): the document deserves another try under the larger limit.
+_UNDER_A_SMALLER_LIMIT = (
+    "EXISTS (SELECT 1 FROM jsonb_each(q.limits) recorded WHERE jsonb_typeof(recorded.value) = 'number'"
+    " AND recorded.value::numeric < (%(limits)s::jsonb ->> recorded.key)::numeric)"
+)
+_RETRYABLE_QUARANTINE = (
+    "d.status = 'quarantined' AND EXISTS (SELECT 1 FROM ingest.quarantine q WHERE q.doc_id = d.doc_id"
+    f" AND q.content_sha256 = d.content_sha256 AND {_UNDER_A_SMALLER_LIMIT})"
+)
 
 
 class TenantKeyMismatch(ValueError):
@@ -343,8 +354,10 @@ class Ledger:
             ).fetchall()
         return [_upload(row) for row in rows]
 
-    def pending_partitions(self, tenant_id: str | None = None) -> list[tuple[str, str]]:
-        """(tenant, month) partitions with an upload not yet registered or work not yet indexed."""
+    def pending_partitions(self, tenant_id: str | None = None, limits: dict | None = None) -> list[tuple[str, str]]:
+        """(tenant, month) partitions with an upload not yet registered or work not yet indexed, and, given the
+        current extraction `limits` (SandboxLimits.as_dict), those with a document quarantined under a smaller
+        limit."""
         with self.connect() as conn:
             rows = conn.execute(
                 """
@@ -356,10 +369,11 @@ class Ledger:
                   AND (d.doc_id IS NULL OR d.upload_id <> u.upload_id
                        OR d.status = 'registered'
                        OR EXISTS (SELECT 1 FROM ingest.chunks c
-                                  WHERE c.doc_id = d.doc_id AND c.state <> 'indexed'))
+                                  WHERE c.doc_id = d.doc_id AND c.state <> 'indexed')
+                       OR """ + _RETRYABLE_QUARANTINE + """)
                 ORDER BY 1, 2
                 """,
-                {"tenant": tenant_id},
+                {"tenant": tenant_id, "limits": Jsonb(limits) if limits else None},
             ).fetchall()
         return [(row["tenant_id"], row["partition_month"]) for row in rows]
 
@@ -414,28 +428,33 @@ class Ledger:
                 {"tenant": tenant_id},
             ).fetchall()
 
-    def documents_to_chunk(self, tenant_id: str, month: str) -> list[dict]:
+    def documents_to_chunk(self, tenant_id: str, month: str, limits: dict | None = None) -> list[dict]:
+        """The partition's registered documents and, given the current extraction `limits`
+        (SandboxLimits.as_dict), those quarantined under a smaller limit than the same limit now."""
         with self.connect() as conn:
             return conn.execute(
                 "SELECT d.* FROM ingest.documents d"
-                " WHERE d.tenant_id = %s AND d.partition_month = %s AND d.status = 'registered'"
+                " WHERE d.tenant_id = %(tenant)s AND d.partition_month = %(month)s"
+                f" AND (d.status = 'registered' OR {_RETRYABLE_QUARANTINE})"
                 " ORDER BY d.doc_name",
-                (tenant_id, month),
+                {"tenant": tenant_id, "month": month, "limits": Jsonb(limits) if limits else None},
             ).fetchall()
 
     def quarantine_document(
         self, conn: psycopg.Connection, document: dict, content_sha256: str, reason: str,
-        reason_code: str = "unreadable",
+        reason_code: str = "unreadable", limits: dict | None = None,
     ) -> None:
-        """Quarantine these bytes of the document, with the human reason and its machine code (a ReasonCode);
-        its chunks are marked stale, so they leave the index."""
+        """Quarantine these bytes of the document, with the human reason, its machine code (a ReasonCode) and,
+        when a limit refused it rather than its content, the limits it failed under ({"timeout_s": 60}): a run
+        under a larger limit tries it again. Its chunks are marked stale, so they leave the index."""
         conn.execute(
             "INSERT INTO ingest.quarantine"
-            " (tenant_id, doc_id, content_sha256, doc_name, upload_id, reason, reason_code)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (doc_id, content_sha256)"
-            " DO UPDATE SET reason = EXCLUDED.reason, reason_code = EXCLUDED.reason_code, quarantined_at = now()",
+            " (tenant_id, doc_id, content_sha256, doc_name, upload_id, reason, reason_code, limits)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (doc_id, content_sha256)"
+            " DO UPDATE SET reason = EXCLUDED.reason, reason_code = EXCLUDED.reason_code, limits = EXCLUDED.limits,"
+            " quarantined_at = now()",
             (document["tenant_id"], document["doc_id"], content_sha256, document["doc_name"],
-             document["upload_id"], reason, str(reason_code)),
+             document["upload_id"], reason, str(reason_code), Jsonb(limits) if limits else None),
         )
         conn.execute(
             "UPDATE ingest.documents SET status = 'quarantined', content_sha256 = %s, chunk_count = 0,"
@@ -655,13 +674,33 @@ class Ledger:
 
     def quarantined(self, tenant_id: str) -> list[dict]:
         """The tenant's quarantined documents: doc_name, reason, reason_code (NULL if quarantined before codes
-        were kept) and quarantined_at."""
+        were kept), limits (the limits a limit refused it under; NULL when its content is at fault) and
+        quarantined_at."""
         with self.connect() as conn:
             return conn.execute(
-                "SELECT q.doc_name, q.reason, q.reason_code, q.quarantined_at FROM ingest.quarantine q"
+                "SELECT q.doc_name, q.reason, q.reason_code, q.limits, q.quarantined_at FROM ingest.quarantine q"
                 " JOIN ingest.documents d ON d.doc_id = q.doc_id AND d.content_sha256 = q.content_sha256"
                 " WHERE q.tenant_id = %s AND d.status = 'quarantined' ORDER BY q.doc_name",
                 (tenant_id,),
+            ).fetchall()
+
+    def release_quarantined(self, conn: psycopg.Connection, tenant_id: str, names: list[str] | None = None
+                            ) -> list[dict]:
+        """Clear the quarantine records of the tenant's quarantined documents (those named, or all) and register
+        them again, so the next run tries them. Returns what was cleared: doc_name, reason_code, limits."""
+        with conn.transaction():
+            return conn.execute(
+                "WITH released AS ("
+                " UPDATE ingest.documents d SET status = 'registered', updated_at = now()"
+                " WHERE d.tenant_id = %(tenant)s AND d.status = 'quarantined'"
+                " AND (%(names)s::text[] IS NULL OR d.doc_name = ANY(%(names)s::text[]))"
+                " RETURNING d.doc_id, d.doc_name, d.content_sha256),"
+                " cleared AS (DELETE FROM ingest.quarantine q USING released r"
+                " WHERE q.doc_id = r.doc_id AND q.content_sha256 = r.content_sha256"
+                " RETURNING q.doc_id, q.reason_code, q.limits)"
+                " SELECT r.doc_name, c.reason_code, c.limits FROM released r LEFT JOIN cleared c USING (doc_id)"
+                " ORDER BY r.doc_name",
+                {"tenant": tenant_id, "names": names},
             ).fetchall()
 
 

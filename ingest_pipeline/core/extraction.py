@@ -61,6 +61,8 @@ class UnreadableDocument(ValueError):
     """A document that cannot be turned into text. The message names the reason, never the content.
 
     `code` is a stable `ReasonCode`; `content_sha256` is the hash of the bytes refused, when they were read.
+    `limits` is None when the content is at fault; the sandbox sets it to the limits a refusal was made under
+    when a limit made it (time-limit, memory-limit, crashed, too-large), e.g. {"timeout_s": 60}.
     """
 
     def __init__(self, document_name: str, reason: str, code: ReasonCode | str = ReasonCode.UNREADABLE,
@@ -70,6 +72,7 @@ class UnreadableDocument(ValueError):
         self.reason = reason
         self.code = ReasonCode(code)
         self.content_sha256 = content_sha256
+        self.limits: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

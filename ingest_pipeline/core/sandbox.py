@@ -9,9 +9,20 @@ with the standard library's 'spawn' context:
   (MemoryError), never in the step;
 - each document gets `cpu_seconds` of CPU (RLIMIT_CPU, raised per document from what the worker has used)
   and `timeout_s` of wall-clock time, after which the worker is killed;
-- a document refused for memory or time, or a worker that died, is answered with an `UnreadableDocument`
+- a document refused for memory or time, or a worker that crashed, is answered with an `UnreadableDocument`
   (code memory-limit, time-limit or crashed) and the next document gets a fresh worker. A healthy worker is
   reused, so the per-document cost is one round trip over a pipe.
+
+Every outcome is one of three kinds, so a caller can tell what is the document's fault:
+
+- the content is at fault (corrupt, encrypted, empty, unsupported, a decompression bomb caught by the parser):
+  an `UnreadableDocument` whose `limits` is None; the same bytes fail the same way under any settings;
+- a limit refused it (time-limit, memory-limit, crashed under the memory limit, too-large): an
+  `UnreadableDocument` whose `limits` names the limit(s) in force (`SandboxLimits.as_dict` keys), so a caller
+  can try it again once a limit is larger;
+- no verdict at all (the worker did not start, a fork failed, the pipe to it broke, or it was killed by a
+  signal that is none of our limits, such as the out-of-memory killer's SIGKILL): `ExtractionUnavailable`;
+  the document is not at fault and should be tried again later.
 
 The worker is given the file's folder and name, never its bytes, and opens it itself without following
 symbolic links (`read_document`). It returns the content hash, the format and the chunks (or the text), and
@@ -46,6 +57,7 @@ from ingest_pipeline.core.extraction import (
     extract_text,
     read_document,
 )
+from ingest_pipeline.faults import InjectedFault, fault_point
 
 T = TypeVar("T")
 
@@ -57,6 +69,28 @@ _STARTUP_WAIT_S = 120.0
 _SPAWNING = threading.Lock()
 # A worker that answered with one of these is replaced before the next document.
 _REPLACE_AFTER = {ReasonCode.MEMORY_LIMIT, ReasonCode.PARSER_ERROR, ReasonCode.TOO_DEEPLY_NESTED}
+# Refusals made by a limit, not by the content, and the limits (SandboxLimits.as_dict keys) they were made under.
+# A native crash is taken for the memory limit: under RLIMIT_AS, that is what makes native code abort or fault.
+LIMITED_BY = {
+    ReasonCode.TIME_LIMIT: ("timeout_s",),
+    ReasonCode.MEMORY_LIMIT: ("memory_mb",),
+    ReasonCode.CRASHED: ("memory_mb",),
+    ReasonCode.TOO_LARGE: ("max_document_bytes",),
+}
+# A worker killed by one of these was stopped from outside (the out-of-memory killer, an operator, a shutdown):
+# that says nothing of the document.
+_KILLED_FROM_OUTSIDE = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
+
+
+class ExtractionUnavailable(RuntimeError):
+    """No verdict on the document: the worker did not start, the pipe to it broke, or it was killed by a signal
+    that is none of our limits (the out-of-memory killer, an operator). Not the document's fault: try it again
+    later. The message names the cause, never the content."""
+
+
+class WorkerStartFailed(ExtractionUnavailable):
+    """A worker could not be started (a fork error, or it died before it was ready): no document can be read
+    until that is fixed."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +111,18 @@ class SandboxLimits:
     @property
     def cpu_budget(self) -> int:
         return self.cpu_seconds if self.cpu_seconds is not None else max(1, math.ceil(self.timeout_s))
+
+    def as_dict(self) -> dict[str, float]:
+        """The limits by name, as a refusal's `limits` records them: timeout_s, cpu_seconds, memory_mb,
+        max_document_bytes."""
+        return {"timeout_s": self.timeout_s, "cpu_seconds": self.cpu_budget,
+                "memory_mb": self.memory_bytes // 2**20, "max_document_bytes": self.max_document_bytes}
+
+    def refusal_limits(self, code: ReasonCode, *names: str) -> dict[str, float] | None:
+        """The limits a refusal with `code` was made under (`names`, else those of LIMITED_BY), or None when
+        the content is at fault."""
+        names = names or LIMITED_BY.get(code, ())
+        return {name: self.as_dict()[name] for name in names} or None
 
 
 @dataclass(frozen=True)
@@ -116,7 +162,8 @@ class ExtractionSandbox:
     """Extracts (and chunks) documents one at a time in a resource-limited worker process. Use as a context
     manager, or call close(): the worker is started at the first document and stopped at the end.
 
-    `run` returns a SandboxResult, or raises UnreadableDocument (with its code) or FileNotFoundError.
+    `run` returns a SandboxResult, or raises UnreadableDocument (with its code, and the limits it was refused
+    under when a limit refused it), ExtractionUnavailable (no verdict: try again later) or FileNotFoundError.
     `peak_rss_bytes` is the highest peak resident memory of any worker so far; `workers_started` counts
     the workers (one, plus one after each document that hit a limit or crashed its worker).
     """
@@ -136,24 +183,33 @@ class ExtractionSandbox:
     def run(self, folder: str | Path, document_name: str) -> SandboxResult:
         """Read `folder/document_name` (never following a link), extract its text and chunk it, within the limits."""
         worker = self._ensure_worker()
-        worker.conn.send((str(folder), document_name, self.limits.max_document_bytes, self.limits.cpu_budget,
-                          self.chunking))
+        try:
+            worker.conn.send((str(folder), document_name, self.limits.max_document_bytes, self.limits.cpu_budget,
+                              self.chunking))
+        except OSError as exc:  # the worker died since it last answered
+            exitcode = self._stop(kill=True)
+            raise ExtractionUnavailable(f"the pipe to the extraction worker broke ({type(exc).__name__}; "
+                                        f"{_describe_exit(exitcode)})") from None
         if not worker.conn.poll(self.limits.timeout_s):
             self._note_peak(_peak_rss_of(worker.process.pid))
             self._stop(kill=True)
-            raise UnreadableDocument(
+            raise self._refused(
                 document_name, f"extraction took longer than {self.limits.timeout_s:g} s (the time limit); stopped",
-                ReasonCode.TIME_LIMIT,
+                ReasonCode.TIME_LIMIT, limits=("timeout_s",),
             )
         try:
             kind, payload, peak = worker.conn.recv()
         except (EOFError, OSError):
             exitcode = self._stop(kill=True)
             if exitcode == -signal.SIGXCPU:
-                raise UnreadableDocument(
+                raise self._refused(
                     document_name, f"extraction used more than {self.limits.cpu_budget} s of CPU (the time limit); "
-                    "stopped", ReasonCode.TIME_LIMIT) from None
-            raise UnreadableDocument(
+                    "stopped", ReasonCode.TIME_LIMIT, limits=("cpu_seconds",)) from None
+            if exitcode is not None and -exitcode in _KILLED_FROM_OUTSIDE:
+                raise ExtractionUnavailable(
+                    f"the extraction worker was killed from outside ({_describe_exit(exitcode)}: the system's "
+                    "out-of-memory killer, or an operator) while it read the document") from None
+            raise self._refused(
                 document_name, f"the extraction process died ({_describe_exit(exitcode)}); the memory limit is "
                 f"{self.limits.memory_bytes // 2**20} MiB", ReasonCode.CRASHED) from None
         self._note_peak(peak)
@@ -166,7 +222,14 @@ class ExtractionSandbox:
             self._stop(kill=False)
         if code == ReasonCode.MEMORY_LIMIT:
             reason = f"{reason} (the limit is {self.limits.memory_bytes // 2**20} MiB)"
-        raise UnreadableDocument(document_name, reason, code, content_sha256)
+        raise self._refused(document_name, reason, code, content_sha256)
+
+    def _refused(self, document_name: str, reason: str, code: ReasonCode, content_sha256: str | None = None,
+                 limits: tuple[str, ...] = ()) -> UnreadableDocument:
+        """A refusal, with the limits it was made under when a limit (not the content) made it."""
+        refusal = UnreadableDocument(document_name, reason, code, content_sha256)
+        refusal.limits = self.limits.refusal_limits(refusal.code, *limits)
+        return refusal
 
     def close(self) -> None:
         """Stop the worker, if one is running."""
@@ -186,8 +249,15 @@ class ExtractionSandbox:
             # A daemonic process may not have children; otherwise the worker must not outlive its parent.
             daemon=not multiprocessing.current_process().daemon,
         )
-        with _SPAWNING, _main_module_hidden():
-            process.start()
+        try:
+            with _SPAWNING, _main_module_hidden():
+                fault_point("extract:fork")  # test-only seam: a fork that fails (EAGAIN, ENOMEM)
+                process.start()
+        except (OSError, InjectedFault) as exc:
+            ours.close()
+            theirs.close()
+            raise WorkerStartFailed(f"the extraction worker could not be started ({type(exc).__name__}: "
+                                    f"{getattr(exc, 'strerror', None) or exc})") from None
         theirs.close()
         self._worker = _Worker(process, ours)
         self.workers_started += 1
@@ -198,8 +268,11 @@ class ExtractionSandbox:
             ready = False
         if not ready:
             exitcode = self._stop(kill=True)
-            raise RuntimeError(f"the extraction worker did not start ({_describe_exit(exitcode)}); is the memory "
-                               f"limit ({self.limits.memory_bytes // 2**20} MiB) too small to start Python?")
+            if exitcode is not None and -exitcode in _KILLED_FROM_OUTSIDE:
+                hint = "killed from outside while it started"
+            else:
+                hint = f"is the memory limit ({self.limits.memory_bytes // 2**20} MiB) too small to start Python?"
+            raise WorkerStartFailed(f"the extraction worker did not start ({_describe_exit(exitcode)}); {hint}")
         return self._worker
 
     def _stop(self, kill: bool) -> int | None:
@@ -227,9 +300,10 @@ class SandboxPool:
     """Several ExtractionSandboxes side by side, so documents are extracted and chunked on several cores at
     once, each within the same limits. `map` hands out the documents to whichever worker is free and yields
     them back in their original order, each with a Future whose `result()` is the SandboxResult or raises
-    what `ExtractionSandbox.run` raised. At most one document more than there are workers is in flight or
-    waiting to be consumed, so memory stays bounded however many documents there are. Use as a context
-    manager: closing the pool cancels what has not started, waits for what has, then stops the workers.
+    what `ExtractionSandbox.run` raised (ExtractionUnavailable once the pool is closed). At most one document
+    more than there are workers is in flight or waiting to be consumed, so memory stays bounded however many
+    documents there are. Use as a context manager: closing the pool cancels what has not started, waits for
+    what has, then stops the workers.
 
     The workers share the machine, so a document's wall-clock limit is measured while its siblings run too.
     """
@@ -278,7 +352,7 @@ class SandboxPool:
 
     def _run(self, folder: str | Path, document_name: str) -> SandboxResult:
         if self._closed.is_set():
-            raise RuntimeError("the extraction pool is closed")
+            raise ExtractionUnavailable("the extraction pool is closed")
         sandbox = self._idle.get()
         try:
             return sandbox.run(folder, document_name)
@@ -346,6 +420,7 @@ def _serve(conn, memory_bytes: int) -> None:
     limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     chunkers: dict = {}
+    fault_point("extract:worker-start")  # test-only seam: a worker that dies before it is ready
     conn.send("ready")
     while True:
         try:
@@ -355,6 +430,7 @@ def _serve(conn, memory_bytes: int) -> None:
         if request is None:
             return
         folder, document_name, max_bytes, cpu_seconds, chunking = request
+        fault_point("extract:document")  # test-only seam: a worker killed mid-document (the OOM killer's SIGKILL)
         _limit_cpu(cpu_seconds)
         try:
             payload = ("ok", _process(folder, document_name, max_bytes, chunking, chunkers))

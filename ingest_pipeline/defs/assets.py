@@ -29,7 +29,7 @@ from pydantic import Field
 from ingest_pipeline.core.crypto import DecryptionError, MasterKeyError
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
 from ingest_pipeline.core.ids import chunk_id, validate_tenant
-from ingest_pipeline.core.sandbox import ChunkingSpec
+from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionUnavailable, WorkerStartFailed
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_month_partitions
 from ingest_pipeline.defs.resources import (
     CyborgDB,
@@ -241,12 +241,18 @@ def document_chunks(
     quarantined as memory-limit or time-limit, never takes the step down. The metadata lists the quarantined
     documents with their codes, a count per code, and the
     peak memory of the workers and of the step's own process.
+
+    A document refused by a limit rather than its content is quarantined with the limits it failed under, and
+    tried again by the first run whose limit is larger. One the sandbox could not judge (a worker that did not
+    start or was killed from outside, a broken pipe) is no verdict on it: it stays registered, the others are
+    stored, and the step fails at the end (retried by its retry policy, else by the next run), listing it.
     """
     tenant, month = tenant_and_month(context)
     store = ledger.ledger
     counts: Counter[str] = Counter()
     max_tokens = 0
     quarantined: list[dict[str, str]] = []
+    retryable: list[dict[str, str]] = []  # not judged (an infrastructure failure): left registered, tried again
     started = time.perf_counter()
     step_rss_at_start = _own_peak_rss_mb()
     # The worker, and the tokenizer in it, start at the first document there is to chunk, not before.
@@ -256,7 +262,7 @@ def document_chunks(
         conn = session.conn
         encryptor = session.keys.encryptor()
         folder = landing.zone.tenant_folder(tenant)
-        documents = store.documents_to_chunk(tenant, month)
+        documents = store.documents_to_chunk(tenant, month, sandbox.limits.as_dict())
         model_preloaded = bool(documents) and _steps_share_this_process(context)
         if model_preloaded:
             # The next stage will need the model: load it meanwhile (the workers chunk in their own processes).
@@ -274,18 +280,25 @@ def document_chunks(
                 context.log.warning(f"{name}: removed from the landing zone since registration; skipped")
                 counts["missing"] += 1
                 continue
+            except ExtractionUnavailable as exc:  # no verdict on the document: it stays registered
+                context.log.warning(f"{name}: not extracted, tried again later: {exc}")
+                retryable.append({"document": name, "cause": str(exc)})
+                if isinstance(exc, WorkerStartFailed):
+                    break  # no worker starts: the documents after this one would fail the same way
+                continue
             except UnreadableDocument as exc:
-                reason, code = exc.reason, exc.code
+                reason, code, limits = exc.reason, exc.code, exc.limits
                 content_sha256 = exc.content_sha256 or content_sha256
             except Exception as exc:  # a bug must not stop the other documents; its message may quote them
-                reason, code = f"unreadable ({type(exc).__name__})", ReasonCode.PARSER_ERROR
+                reason, code, limits = f"unreadable ({type(exc).__name__})", ReasonCode.PARSER_ERROR, None
             else:
-                reason = code = None
+                reason = code = limits = None
             if reason is not None:
                 with conn.transaction():
-                    store.quarantine_document(conn, document, content_sha256, reason, code)
-                context.log.warning(f"quarantined {name} [{code}]: {reason}")
-                quarantined.append({"document": name, "code": str(code)})
+                    store.quarantine_document(conn, document, content_sha256, reason, code, limits)
+                under = f" (under {', '.join(f'{k}={v}' for k, v in limits.items())})" if limits else ""
+                context.log.warning(f"quarantined {name} [{code}]{under}: {reason}")
+                quarantined.append({"document": name, "code": str(code), **({"limits": limits} if limits else {})})
                 continue
             doc_id = str(document["doc_id"])
             embedded = store.document_embeddings(conn, doc_id)
@@ -305,6 +318,17 @@ def document_chunks(
             counts["documents"] += 1
             counts["chunks"] += len(rows)
             counts["tokens"] += sum(row[2] for row in rows)
+    if retryable:
+        raise Failure(
+            description=(
+                f"tenant {tenant} month {month}: {len(retryable)} document(s) could not be extracted for a reason "
+                f"that is not theirs ({retryable[0]['cause']}); they stay pending and are tried again (this "
+                f"step's retries, then the next run). {counts['documents']} chunked, {len(quarantined)} "
+                "quarantined meanwhile."
+            ),
+            metadata={"documents_retryable": len(retryable), "retryable_documents": MetadataValue.json(retryable),
+                      "documents_chunked": counts["documents"], "documents_quarantined": len(quarantined)},
+        )
     return MaterializeResult(
         metadata={
             "documents_chunked": counts["documents"],

@@ -194,8 +194,9 @@ class LandingZoneResource(SettingsFromEnvironment):
 
     Each document is read, extracted and chunked in a worker process (core/sandbox.py) whose address space
     is capped at `extraction_memory_mb` and whose time is capped at `extraction_timeout_s` (wall clock, and
-    as much CPU): a document that needs more is quarantined as memory-limit or time-limit, and the step
-    carries on with a fresh worker. `extraction_workers` such workers run side by side, each within those bounds.
+    as much CPU): a document that needs more is quarantined as memory-limit or time-limit, with the limit it
+    failed under (a run with a larger limit tries it again), and the step carries on with a fresh worker.
+    `extraction_workers` such workers run side by side, each within those bounds.
     """
 
     max_document_bytes: int = Field(default=50 * 1024 * 1024, description="Larger documents are quarantined.")

@@ -4,8 +4,11 @@ and wall-clock limits, against real hostile files (PDF bombs, a long single line
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -13,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
-from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionSandbox, SandboxLimits, SandboxPool
+from ingest_pipeline.core.sandbox import (
+    ChunkingSpec,
+    ExtractionSandbox,
+    ExtractionUnavailable,
+    SandboxLimits,
+    SandboxPool,
+    WorkerStartFailed,
+)
 
 MiB = 2**20
 SECRET = "HOSTILE-SECRET-7f3a"
@@ -182,6 +192,7 @@ def test_a_single_line_that_cannot_be_chunked_in_time_is_stopped_and_the_next_ge
         assert sandbox.run(folder, "good.txt").chunks  # a fresh worker
         assert sandbox.workers_started == 2
     assert error.code == ReasonCode.TIME_LIMIT and "2 s" in error.reason
+    assert error.limits == {"timeout_s": 2}  # the limit it failed under: a larger one deserves another try
     assert elapsed < 10
 
 
@@ -191,6 +202,7 @@ def test_the_cpu_limit_stops_a_busy_worker(folder, chunking):
         error = refused(sandbox, folder, "line.txt")
         assert sandbox.run(folder, "good.txt").chunks
     assert error.code == ReasonCode.TIME_LIMIT and "CPU" in error.reason
+    assert error.limits == {"cpu_seconds": 1}
 
 
 def test_a_pdf_bomb_past_the_parser_limit_is_refused_without_inflating(folder):
@@ -199,6 +211,7 @@ def test_a_pdf_bomb_past_the_parser_limit_is_refused_without_inflating(folder):
     with ExtractionSandbox() as sandbox:
         error = refused(sandbox, folder, "bomb.pdf")
     assert error.code == ReasonCode.DECOMPRESSION_LIMIT
+    assert error.limits is None  # the content is at fault: no setting makes it readable
     assert sandbox.peak_rss_bytes < 512 * MiB  # far below the 2 GiB the stream would need
 
 
@@ -211,6 +224,7 @@ def test_a_pdf_bomb_spread_over_pages_hits_the_memory_limit(folder):
         assert sandbox.run(folder, "good.txt").text  # a fresh worker after the limit
         assert sandbox.workers_started == 2
     assert error.code == ReasonCode.MEMORY_LIMIT and "384 MiB" in error.reason
+    assert error.limits == {"memory_mb": 384}
     assert sandbox.peak_rss_bytes < limits.memory_bytes
 
 
@@ -227,6 +241,45 @@ def test_deeply_nested_html_is_extracted_or_refused_never_crashes(folder):
         assert sandbox.run(folder, "good.txt").text
 
 
+@pytest.mark.parametrize(("sent", "verdict"), [(signal.SIGKILL, None), (signal.SIGTERM, None),
+                                               (signal.SIGSEGV, ReasonCode.CRASHED)])
+def test_a_worker_killed_from_outside_mid_document_gives_no_verdict_and_a_crash_counts_under_the_memory_limit(
+        folder, chunking, sent, verdict):
+    """SIGKILL is what the out-of-memory killer sends: that says nothing of the document, unlike a crash."""
+    (folder / "line.txt").write_bytes(single_line(8 * MiB))  # keeps the worker busy for seconds
+    with ExtractionSandbox(SandboxLimits(timeout_s=30), chunking) as sandbox:
+        sandbox.run(folder, "good.txt")
+        pid = sandbox._worker.process.pid
+        threading.Timer(0.5, os.kill, (pid, sent)).start()
+        with pytest.raises((ExtractionUnavailable, UnreadableDocument)) as info:
+            sandbox.run(folder, "line.txt")
+        assert sandbox.run(folder, "good.txt").chunks  # a fresh worker
+    if verdict is None:
+        assert isinstance(info.value, ExtractionUnavailable) and signal.Signals(sent).name in str(info.value)
+    else:
+        assert info.value.code == verdict and info.value.limits == {"memory_mb": SandboxLimits().memory_bytes // MiB}
+
+
+def test_a_broken_pipe_or_a_worker_that_does_not_start_gives_no_verdict(folder, chunking, monkeypatch):
+    main = sys.modules["__main__"]
+    with ExtractionSandbox(SandboxLimits(), chunking) as sandbox:
+        sandbox.run(folder, "good.txt")
+        # The pipe to the idle worker breaks (as when it dies between two documents).
+        socket.socket(fileno=os.dup(sandbox._worker.conn.fileno())).shutdown(socket.SHUT_WR)
+        with pytest.raises(ExtractionUnavailable, match="pipe"):
+            sandbox.run(folder, "good.txt")
+        for fault in ("extract:fork=raise", "extract:worker-start=kill"):
+            monkeypatch.setenv("INGEST_FAULTS", fault)
+            with pytest.raises(WorkerStartFailed, match="could not be started|did not start"):
+                sandbox.run(folder, "good.txt")
+        monkeypatch.setenv("INGEST_FAULTS", "extract:document=kill")
+        with pytest.raises(ExtractionUnavailable, match="SIGKILL"):
+            sandbox.run(folder, "good.txt")
+        monkeypatch.delenv("INGEST_FAULTS")
+        assert sandbox.run(folder, "good.txt").chunks
+    assert sys.modules["__main__"] is main  # put back after the failed start
+
+
 # --- what the worker refuses to open -------------------------------------------------------------------
 
 
@@ -235,6 +288,7 @@ def test_a_too_large_file_is_refused_before_it_is_read(folder):
     with ExtractionSandbox(SandboxLimits(max_document_bytes=1000)) as sandbox:
         error = refused(sandbox, folder, "big.txt")
     assert error.code == ReasonCode.TOO_LARGE and "4096" in error.reason
+    assert error.limits == {"max_document_bytes": 1000}
 
 
 def test_a_symlink_is_never_followed(folder, tmp_path_factory):

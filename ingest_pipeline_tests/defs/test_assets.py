@@ -2,6 +2,7 @@
 
 import json
 
+from ingest_pipeline import cli
 from ingest_pipeline.core.ids import chunk_id, document_id
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
@@ -164,3 +165,125 @@ def test_a_section_inserted_at_the_start_embeds_only_the_new_text(embedded_pipel
         moved["chunk_id"], moved["text_ciphertext"], moved["text_mac"], moved["seal_format"])
     top = pipeline.search(acme, text, 1)[0]
     assert top["chunk_id"] == moved["chunk_id"] and top["score"] > 0.99
+
+
+# --- quarantine: what the document caused, and what the machine caused ------------------------------------------
+
+
+def _quarantine_cli(capsys, *args: str) -> tuple[int, dict]:
+    capsys.readouterr()
+    code = cli.main(["quarantine", *args, "--json"])
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_a_document_quarantined_by_a_tiny_time_limit_is_ingested_once_the_limit_is_back(
+        embedded_pipeline, docs, monkeypatch, capsys):
+    """The user's reproduction: `INGEST_EXTRACTION_TIMEOUT_S=0.01 ingest`, then `ingest` with the default."""
+    pipeline, acme = embedded_pipeline, embedded_pipeline.tenant("acme")
+    names = ["apache-license-2.0.txt", "pip-dependency-resolution.md"]
+    pipeline.upload(acme, *(docs / name for name in names))
+    # Far less than a fresh worker needs to load its tokenizer: every document runs out of time.
+    monkeypatch.setenv("INGEST_EXTRACTION_TIMEOUT_S", "0.01")
+    summary = pipeline.ingest(acme)
+    assert {q["document"]: (q["code"], q["limits"]) for q in summary["quarantined"][acme]} == \
+        {name: ("time-limit", {"timeout_s": 0.01}) for name in names}
+    code, listed = _quarantine_cli(capsys, "--tenant", acme)
+    assert code == 0
+    assert [(q["tenant"], q["document"], q["code"], q["limits"]) for q in listed["quarantined"]] == \
+        [(acme, name, "time-limit", {"timeout_s": 0.01}) for name in names]
+    assert all(q["reason"] and q["quarantined_at"] for q in listed["quarantined"])
+
+    # The same settings skip them, as before; re-uploading the same bytes changes nothing.
+    assert pipeline.ingest(acme)["runs"] == []
+    assert sorted(pipeline.upload(acme, *(docs / name for name in names))["unchanged"]) == names
+
+    # The default limit is larger than the one they failed under: the next run tries them again.
+    monkeypatch.delenv("INGEST_EXTRACTION_TIMEOUT_S")
+    summary = pipeline.ingest(acme)
+    assert summary["quarantined"][acme] == [] and summary["totals"]["chunks_upserted"] > 0
+    status = pipeline.status(acme)
+    assert status["quarantined"] == 0 and status["chunks"] == status["indexed"] == status["index_vectors"] > 0
+    assert pipeline.search(acme, "What does the Apache License say about patents?", 1)[0]["source"] == names[0]
+    assert _quarantine_cli(capsys, "--tenant", acme)[1] == {"quarantined": []}
+
+
+def test_a_worker_that_cannot_start_or_is_killed_leaves_documents_pending_never_quarantined(
+        embedded_pipeline, docs, monkeypatch, tmp_path):
+    pipeline, acme = embedded_pipeline, embedded_pipeline.tenant("acme")
+    names = ["apache-license-2.0.txt", "pip-dependency-resolution.md"]
+    pipeline.upload(acme, *(docs / name for name in names))
+
+    # No worker starts (as with a fork refused by the system): the run fails after its retries, naming why,
+    # and the documents are still pending, not quarantined.
+    monkeypatch.setenv("INGEST_FAULTS", "extract:worker-start=kill")
+    summary = cli.ingest(acme, show_progress=False)
+    assert summary["failed_runs"] == 1  # `ingest` exits 1
+    assert "did not start" in summary["runs"][0]["error"] and "tried again" in summary["runs"][0]["error"]
+    assert summary["quarantined"][acme] == []
+    counts = pipeline.ledger().tenant_status(acme)
+    assert counts["quarantined"] == 0 and counts["pending_documents"] == len(names)
+
+    # A worker killed mid-document (the out-of-memory killer's SIGKILL), once: the step's retry policy tries it
+    # again in the same run, and the run succeeds with every document indexed.
+    monkeypatch.setenv("INGEST_FAULTS", "extract:document=kill-once")
+    monkeypatch.setenv("INGEST_FAULTS_STATE", str(tmp_path / "faults"))
+    summary = pipeline.ingest(acme)
+    assert (tmp_path / "faults" / "extract__document").exists()  # the fault did fire
+    assert summary["quarantined"][acme] == []
+    status = pipeline.status(acme)
+    assert status["documents"] == len(names) and status["quarantined"] == 0
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
+    assert pipeline.search(acme, "What does the Apache License say about patents?", 1)[0]["source"] == names[0]
+
+
+def test_a_corrupt_document_stays_quarantined_under_any_limits_until_retried_by_hand(
+        embedded_pipeline, docs, monkeypatch, capsys, tmp_path):
+    pipeline, acme = embedded_pipeline, embedded_pipeline.tenant("acme")
+    (tmp_path / "corrupt.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 40)
+    pipeline.upload(acme, tmp_path / "corrupt.pdf", docs / "apache-license-2.0.txt")
+    summary = pipeline.ingest(acme)
+    assert [(q["document"], q["code"], q.get("limits")) for q in summary["quarantined"][acme]] == \
+        [("corrupt.pdf", "corrupt-pdf", None)]
+
+    # Larger limits are no reason to read the same corrupt bytes again.
+    monkeypatch.setenv("INGEST_EXTRACTION_TIMEOUT_S", "120")
+    monkeypatch.setenv("INGEST_EXTRACTION_MEMORY_MB", "2048")
+    assert pipeline.ingest(acme)["runs"] == []
+    code, listed = _quarantine_cli(capsys, "--tenant", acme)
+    assert [(q["document"], q["code"], q["limits"]) for q in listed["quarantined"]] == \
+        [("corrupt.pdf", "corrupt-pdf", None)]
+
+    # `quarantine retry` clears the record: the next ingest reads the document again (and quarantines it again).
+    capsys.readouterr()
+    assert cli.main(["quarantine", "retry", "--tenant", acme, "corrupt.pdf", "--json"]) == 0
+    cleared = json.loads(capsys.readouterr().out)
+    assert cleared == {"tenant": acme, "cleared": [{"document": "corrupt.pdf", "code": "corrupt-pdf", "limits": None}],
+                       "not_quarantined": []}
+    assert _quarantine_cli(capsys, "--tenant", acme)[1] == {"quarantined": []}
+    assert pipeline.ledger().tenant_status(acme)["pending_documents"] == 1
+    summary = pipeline.ingest(acme)
+    assert len(summary["runs"]) == 1 and summary["totals"]["documents_quarantined"] == 1
+    assert [q["document"] for q in summary["quarantined"][acme]] == ["corrupt.pdf"]
+
+    # A name not in quarantine is reported.
+    capsys.readouterr()
+    assert cli.main(["quarantine", "retry", "--tenant", acme, "apache-license-2.0.txt"]) == 1
+    assert "not quarantined" in capsys.readouterr().out
+
+    # An installation from before causes were told apart: the old code quarantined a document whose worker did not
+    # start as `unreadable (RuntimeError)`. Its upgrade (migration 0010) gives that one another try, not the corrupt.
+    ledger = pipeline.ledger()
+    with ledger.connect() as conn, conn.transaction():
+        apache = conn.execute("SELECT * FROM ingest.documents WHERE tenant_id = %s AND doc_name = %s",
+                              (acme, "apache-license-2.0.txt")).fetchone()
+        ledger.quarantine_document(conn, apache, apache["content_sha256"], "unreadable (RuntimeError)", "parser-error")
+        conn.execute("ALTER TABLE ingest.quarantine DROP COLUMN limits")
+        conn.execute("DELETE FROM ingest.schema_migrations WHERE version = 10")
+    assert ledger.migrate() == [10]
+    assert [q["doc_name"] for q in ledger.quarantined(acme)] == ["corrupt.pdf"]
+    assert ledger.tenant_status(acme)["pending_documents"] == 1
+
+    # Without names every quarantined document of the tenant is cleared.
+    capsys.readouterr()
+    assert cli.main(["quarantine", "retry", "--tenant", acme]) == 0
+    assert "cleared [corrupt-pdf]" in capsys.readouterr().out

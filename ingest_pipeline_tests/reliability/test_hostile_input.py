@@ -135,6 +135,14 @@ def test_hostile_input_is_quarantined_with_codes_bounded_and_the_rest_indexed(
         assert found.get(name) in accepted, (name, found.get(name))
     assert not GOOD & found.keys()
     assert all(item["reason"] for item in summary["quarantined"][tenant])
+    # A limit's refusal records the limit it was made under (a larger one tries it again); the content's, none.
+    for item in summary["quarantined"][tenant]:
+        limited = item["code"] in {"time-limit", "memory-limit", "crashed", "too-large"}
+        assert bool(item.get("limits")) == limited, item
+        if item["code"] == "time-limit":
+            assert item["limits"] in ({"timeout_s": TIMEOUT_S}, {"cpu_seconds": TIMEOUT_S}), item
+        if item["code"] == "memory-limit":
+            assert item["limits"] == {"memory_mb": MEMORY_LIMIT_MB}, item
     readable = GOOD | ({"deep.html"} if "deep.html" not in found else set())
 
     # The run's metadata lists them, with their codes and a count per code, and the memory figures.

@@ -1,0 +1,109 @@
+"""`ingest-pipeline quarantine`: list the quarantined documents, and clear records so the next ingest retries them.
+
+A document is quarantined by `document_chunks` with a reason code, and with the limits it failed under when a
+limit (time, memory, size) refused it rather than its content. Records never hold document text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ingest_pipeline.core.ids import validate_document_name, validate_tenant
+from ingest_pipeline.environment import ConfigurationError
+from ingest_pipeline.instance import prepare_environment
+
+out = Console()
+
+
+def current_limits(landing) -> dict | None:
+    """The extraction limits a run with this LandingZoneResource would use (SandboxLimits.as_dict), or None when
+    a setting is invalid: the run itself then fails and names it."""
+    try:
+        return landing.sandbox_limits().as_dict()
+    except ConfigurationError:
+        return None
+
+
+def quarantined(tenant: str | None = None) -> dict:
+    """{"quarantined": [{tenant, document, code, reason, limits, quarantined_at}]}, by tenant and document.
+
+    `limits` is null when the content is at fault (the same bytes stay quarantined under any settings), else
+    the limits the document failed under: a run with a larger one tries it again.
+    """
+    _, ledger = prepare_environment()
+    tenants = [validate_tenant(tenant)] if tenant else ledger.tenants()
+    return {"quarantined": [
+        {"tenant": tenant_id, "document": row["doc_name"], "code": row["reason_code"], "reason": row["reason"],
+         "limits": row["limits"], "quarantined_at": row["quarantined_at"].astimezone(UTC).isoformat()}
+        for tenant_id in tenants for row in ledger.quarantined(tenant_id)
+    ]}
+
+
+def retry(tenant: str, names: list[str] | None = None) -> dict:
+    """Clear the quarantine records of the tenant's named documents (all of its quarantined documents when no
+    name is given) and register them again, so the next `ingest` tries them.
+
+    {"tenant", "cleared": [{document, code, limits}], "not_quarantined": [names given that are not quarantined]}
+    """
+    tenant = validate_tenant(tenant)
+    names = [validate_document_name(name) for name in names] if names else None
+    _, ledger = prepare_environment()
+    with ledger.tenant_writer(tenant) as session:  # never while a run writes the tenant's documents
+        rows = ledger.release_quarantined(session.conn, tenant, names)
+    cleared = [{"document": row["doc_name"], "code": row["reason_code"], "limits": row["limits"]} for row in rows]
+    done = {row["document"] for row in cleared}
+    return {"tenant": tenant, "cleared": cleared, "not_quarantined": [n for n in names or [] if n not in done]}
+
+
+def _limits_text(limits: dict | None) -> str:
+    return ", ".join(f"{name}={value}" for name, value in limits.items()) if limits else "-"
+
+
+def _print_list(report: dict) -> None:
+    table = Table(title="quarantined documents", title_justify="left")
+    for column in ("tenant", "document", "code", "reason", "limits", "quarantined at"):
+        table.add_column(column, overflow="fold")
+    for row in report["quarantined"]:
+        table.add_row(row["tenant"], escape(row["document"]), row["code"] or "", escape(row["reason"]),
+                      _limits_text(row["limits"]), row["quarantined_at"][:19].replace("T", " ") + " UTC")
+    out.print(table if report["quarantined"] else "no quarantined documents")
+
+
+def _print_retry(result: dict) -> None:
+    for row in result["cleared"]:
+        code = escape(f"[{row['code'] or 'no code'}]")
+        limits = _limits_text(row["limits"])
+        out.print(f"cleared {code} {result['tenant']}/{escape(row['document'])} (limits: {limits})")
+    for name in result["not_quarantined"]:
+        out.print(f"[yellow]not quarantined[/yellow] {result['tenant']}/{escape(name)}")
+    out.print(f"{len(result['cleared'])} document(s) cleared: the next `ingest-pipeline ingest` tries them again")
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("quarantine", help="list quarantined documents (reason, code, limits); "
+                                 "`quarantine retry` clears records so the next ingest tries them again")
+    parser.add_argument("--tenant", help="only this tenant (default: every tenant)")
+    parser.add_argument("--json", action="store_true")
+    actions = parser.add_subparsers(dest="quarantine_command")
+    retry_parser = actions.add_parser("retry", help="clear quarantine records so the next ingest tries the "
+                                      "documents again")
+    retry_parser.add_argument("--tenant", required=True)
+    retry_parser.add_argument("--json", action="store_true")
+    retry_parser.add_argument("names", nargs="*", metavar="NAME",
+                              help="document names (default: all of the tenant's quarantined documents)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.quarantine_command == "retry":
+        result = retry(args.tenant, args.names)
+        print(json.dumps(result)) if args.json else _print_retry(result)
+        return 1 if result["not_quarantined"] else 0
+    report = quarantined(args.tenant)
+    print(json.dumps(report)) if args.json else _print_list(report)
+    return 0
