@@ -15,7 +15,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from ingest_pipeline.core.ids import validate_document_name, validate_tenant
-from ingest_pipeline.environment import ConfigurationError
 from ingest_pipeline.instance import prepare_environment
 
 out = Console()
@@ -24,10 +23,7 @@ out = Console()
 def current_limits(landing) -> dict | None:
     """The extraction limits a run with this LandingZoneResource would use (SandboxLimits.as_dict), or None when
     a setting is invalid: the run itself then fails and names it."""
-    try:
-        return landing.sandbox_limits().as_dict()
-    except ConfigurationError:
-        return None
+    return landing.current_limits()
 
 
 def quarantined(tenant: str | None = None) -> dict:

@@ -217,6 +217,14 @@ class LandingZoneResource(SettingsFromEnvironment):
     def zone(self) -> LandingZone:
         return LandingZone(Settings.from_env().landing_dir)
 
+    def current_limits(self) -> dict | None:
+        """The extraction limits a run would use (SandboxLimits.as_dict), or None when a setting is invalid (the
+        run itself then fails and names it): documents quarantined under smaller ones are due another try."""
+        try:
+            return self.sandbox_limits().as_dict()
+        except ConfigurationError:
+            return None
+
     def sandbox_limits(self) -> SandboxLimits:
         """The extraction bounds: these fields, else the environment, else the defaults."""
         memory_mb = self.extraction_memory_mb or _positive_from_env("INGEST_EXTRACTION_MEMORY_MB", int)

@@ -16,7 +16,7 @@ from dagster import (
 from ingest_pipeline.defs.jobs import ingest_job
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION
 from ingest_pipeline.defs.reconciliation import reconcile_job
-from ingest_pipeline.defs.resources import PostgresLedger
+from ingest_pipeline.defs.resources import LandingZoneResource, PostgresLedger
 from ingest_pipeline.defs.sensors import tenants_with_runs_in_progress
 
 # Late arrivals and failed partitions are looked for in the current month and the two before it.
@@ -39,11 +39,12 @@ def recent_months(now: datetime, count: int = RECENT_MONTHS) -> set[str]:
     description="Every night: a run for each partition of the last three months that still has pending work "
     "(late arrivals, partitions whose run failed), unless its tenant already has a run in progress.",
 )
-def pending_work_schedule(context: ScheduleEvaluationContext, ledger: PostgresLedger):
-    """Re-materialize recent partitions of every tenant with pending work."""
+def pending_work_schedule(context: ScheduleEvaluationContext, ledger: PostgresLedger, landing: LandingZoneResource):
+    """Re-materialize recent partitions of every tenant with pending work, and those with a document quarantined
+    under a smaller extraction limit than today's."""
     now = context.scheduled_execution_time or datetime.now(UTC)
     months = recent_months(now)
-    pending = [(t, m) for t, m in ledger.ledger.pending_partitions() if m in months]
+    pending = [(t, m) for t, m in ledger.ledger.pending_partitions(limits=landing.current_limits()) if m in months]
     busy = tenants_with_runs_in_progress(context) if pending else set()
     requests = [
         RunRequest(run_key=f"{tenant}|{month}|nightly|{now:%Y-%m-%d}",

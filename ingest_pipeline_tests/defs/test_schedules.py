@@ -48,6 +48,14 @@ def test_the_nightly_schedule_requests_recent_partitions_with_pending_work_only(
     skipped = evaluate(pending_work_schedule, now)
     assert isinstance(skipped, SkipReason) and skipped.skip_message.startswith("no pending work in")
 
+    # A document quarantined under a smaller time limit than today's is due another try.
+    with ledger.connect() as conn, conn.transaction():
+        document = conn.execute("SELECT * FROM ingest.documents WHERE tenant_id = %s", (globex,)).fetchone()
+        ledger.quarantine_document(conn, document, document["content_sha256"], "ran out of time", "time-limit",
+                                   {"timeout_s": 0.01})
+    requests = evaluate(pending_work_schedule, now)
+    assert [r.partition_key.keys_by_dimension["tenant"] for r in requests] == [globex]
+
 
 def test_the_weekly_schedule_runs_the_reconciliation_once_per_week(embedded_pipeline):
     prepare_environment()
