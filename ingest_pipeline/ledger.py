@@ -371,7 +371,7 @@ class Ledger:
         """Documents that should have a file in the landing zone (not deleted)."""
         with self.connect() as conn:
             return conn.execute(
-                "SELECT tenant_id, doc_name, partition_month FROM ingest.documents WHERE status <> 'deleted'"
+                "SELECT tenant_id, doc_name, partition_month, upload_id FROM ingest.documents WHERE status <> 'deleted'"
                 " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)",
                 {"tenant": tenant_id},
             ).fetchall()

@@ -56,8 +56,12 @@ def tenants_with_runs_in_progress(context: SensorEvaluationContext) -> set[str]:
     return {run.tags[TENANT_TAG] for run in runs if TENANT_TAG in run.tags}
 
 
-def removed_files_run_key(tenant: str, month: str, names: list[str]) -> str:
-    digest = hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()[:16]
+def removed_files_run_key(tenant: str, month: str, documents: list[dict]) -> str:
+    """The run key of a partition whose live documents lost their file: the same on every tick that sees the same
+    removals, and new for each removal event. A document's latest upload id is part of it, so a file removed,
+    put back and removed again in one month is a new key (Dagster drops a request whose key it has run)."""
+    removals = sorted(f"{doc['upload_id']}:{doc['doc_name']}" for doc in documents)
+    digest = hashlib.sha256("\n".join(removals).encode()).hexdigest()[:16]
     return f"{tenant}|{month}|removed|{digest}"
 
 
@@ -109,7 +113,7 @@ def upload_sensor(
     next_upload_id = page[-1].upload_id if page else cursor.upload_id
 
     # Live documents whose file is gone: the partition's run decides (and refuses a mass deletion).
-    missing: dict[tuple[str, str], list[str]] = {}
+    missing: dict[tuple[str, str], list[dict]] = {}
     by_tenant: dict[str, list[dict]] = {}
     for doc in store.live_documents():
         by_tenant.setdefault(doc["tenant_id"], []).append(doc)
@@ -122,9 +126,9 @@ def upload_sensor(
             continue  # an outage, never a deletion
         for doc in documents:
             if doc["doc_name"] not in present:
-                missing.setdefault((tenant, doc["partition_month"]), []).append(doc["doc_name"])
-    for (tenant, month), names in missing.items():
-        wanted.setdefault(f"{tenant}|{month}", removed_files_run_key(tenant, month, names))
+                missing.setdefault((tenant, doc["partition_month"]), []).append(doc)
+    for (tenant, month), gone in missing.items():
+        wanted.setdefault(f"{tenant}|{month}", removed_files_run_key(tenant, month, gone))
 
     busy = tenants_with_runs_in_progress(context) if wanted else set()
     deferred = {key: run_key for key, run_key in wanted.items() if key.split("|")[0] in busy}

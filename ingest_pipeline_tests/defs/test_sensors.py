@@ -4,7 +4,7 @@ import shutil
 import threading
 import time
 
-from dagster import DagsterRunStatus, SensorResult, SkipReason, build_sensor_context
+from dagster import DagsterRunStatus, MultiPartitionKey, RunsFilter, SensorResult, SkipReason, build_sensor_context
 
 from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_definitions, build_resources
@@ -19,6 +19,23 @@ def tick(cursor: str | None = None) -> SensorResult | SkipReason:
         if isinstance(result, SkipReason):
             result.cursor = context.cursor  # a skipped tick still moves the cursor
     return result
+
+
+def launch(result: SensorResult) -> list[str]:
+    """Run what the tick requested as the sensor daemon does: a request whose run key already has a run of this
+    sensor is dropped. Returns the run keys that became runs."""
+    instance = dagster_instance()
+    job = build_definitions().resolve_job_def("ingest_job")
+    launched = []
+    for request in result.run_requests:
+        tags = {"dagster/run_key": request.run_key, "dagster/sensor_name": upload_sensor.name}
+        if instance.get_runs(RunsFilter(tags=tags)):
+            continue
+        keys = request.partition_key.keys_by_dimension
+        run = job.execute_in_process(partition_key=MultiPartitionKey(keys), instance=instance, tags=tags)
+        assert run.success
+        launched.append(request.run_key)
+    return launched
 
 
 def partitions(result: SensorResult) -> list[tuple[str, str]]:
@@ -88,6 +105,31 @@ def test_files_dropped_into_or_removed_from_the_landing_zone_become_runs(embedde
     removed = tick(cursor)
     assert partitions(removed) == [(acme, month)] and "|removed|" in removed.run_requests[0].run_key
     assert [r.run_key for r in tick(removed.cursor).run_requests] == [removed.run_requests[0].run_key]
+
+
+def test_a_file_removed_put_back_and_removed_again_in_one_month_is_deleted_each_time(embedded_pipeline, docs):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
+    result = tick()
+    launch(result)
+    landing_file = pipeline.home / "landing" / acme / "pip-dependency-resolution.md"
+    query = "How does pip resolve dependency conflicts?"
+    assert pipeline.search(acme, query, 1)[0]["source"] == landing_file.name
+
+    removals = []
+    for step in ("remove", "put back", "remove"):
+        if step == "remove":
+            landing_file.unlink()
+        else:
+            shutil.copyfile(docs / landing_file.name, landing_file)
+        result = tick(result.cursor)
+        if step == "remove":
+            removals += [r.run_key for r in result.run_requests if "|removed|" in r.run_key]
+        assert launch(result), f"{step}: no run"
+        sources = {hit["source"] for hit in pipeline.search(acme, query, 5)}
+        assert (landing_file.name in sources) == (step == "put back"), step
+    assert len(removals) == len(set(removals)) == 2
 
 
 def test_a_tenant_with_a_run_in_progress_is_not_requested_twice(embedded_pipeline, docs):
