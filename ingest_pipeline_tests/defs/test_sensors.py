@@ -1,5 +1,6 @@
 """The upload sensor, ticked against the real ledger, landing zone and Dagster instance."""
 
+import os
 import shutil
 import threading
 import time
@@ -8,6 +9,7 @@ from dagster import DagsterRunStatus, MultiPartitionKey, RunsFilter, SensorResul
 
 from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_definitions, build_resources
+from ingest_pipeline.defs import sensors
 from ingest_pipeline.defs.sensors import UPLOADS_PER_TICK, UploadCursor, upload_sensor
 from ingest_pipeline.instance import dagster_instance, prepare_environment
 from ingest_pipeline.uploads import current_month
@@ -202,3 +204,70 @@ def test_upload_events_become_visible_in_id_order_so_the_cursor_never_skips_one(
         racer.join(10)
     assert first < later["id"]
     assert [u.upload_id for u in ledger.uploads_after(0, 10)] == [first, later["id"]]
+
+
+def _age(folder, seconds: float = 3600) -> None:
+    """Back-date every file and folder under `folder` (deepest first): written long before the tick."""
+    when = time.time_ns() - int(seconds * 1e9)
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        os.utime(path, ns=(when, when), follow_symlinks=False)
+    os.utime(folder, ns=(when, when))
+
+
+def test_a_tick_walks_only_the_tenants_whose_folders_changed_and_finds_files_deep_down(embedded_pipeline,
+                                                                                      monkeypatch):
+    pipeline = embedded_pipeline
+    tenants = [pipeline.tenant(name) for name in ("acme", "globex", "initech")]
+    landing = pipeline.home / "landing"
+    for tenant in tenants:
+        (landing / tenant / "a" / "b" / "c").mkdir(parents=True)
+        (landing / tenant / "top.txt").write_text(f"{tenant}: a note at the top.\n")
+        (landing / tenant / "a" / "b" / "c" / "deep.txt").write_text(f"{tenant}: a note deep down.\n")
+        _age(landing / tenant)
+    prepare_environment()
+    cursor = tick().cursor
+
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def spy(path="."):
+        listed.append(os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", spy)
+    monkeypatch.setattr(sensors, "VERIFY_TENANTS_PER_TICK", 0)
+
+    def walked() -> set[str]:
+        found = {tenant for tenant in tenants for path in listed if path.startswith(str(landing / tenant))}
+        listed.clear()
+        return found
+
+    # Nothing changed: no tenant folder is listed, no file looked at.
+    result = tick(cursor)
+    assert isinstance(result, SkipReason) and walked() == set()
+    # A file dropped three folders down (only that folder's mtime changes): found, and only its tenant walked.
+    acme = tenants[0]
+    (landing / acme / "a" / "b" / "c" / "new.txt").write_text("A new note, deep down.\n")
+    result = tick(result.cursor)
+    assert partitions(result) == [(acme, current_month())] and walked() == {acme}
+    _, ledger = prepare_environment()
+    with ledger.connect() as conn:
+        assert "a/b/c/new.txt" in ledger.latest_uploads(conn, acme)
+    # A new subfolder with a file in it, under another tenant.
+    (landing / tenants[1] / "a" / "fresh").mkdir()
+    (landing / tenants[1] / "a" / "fresh" / "x.txt").write_text("In a new folder.\n")
+    result = tick(result.cursor)
+    assert partitions(result) == [(tenants[1], current_month())] and walked() >= {tenants[1]}
+
+    # Each tick also walks a bounded number of unchanged tenants in turn, so every one is verified in time.
+    _age(landing / acme)
+    _age(landing / tenants[1])
+    cursor = tick(tick(result.cursor).cursor).cursor  # settled again
+    monkeypatch.setattr(sensors, "VERIFY_TENANTS_PER_TICK", 1)
+    listed.clear()
+    turns = []
+    for _ in range(3):
+        result = tick(cursor)
+        cursor = result.cursor
+        turns.append(walked())
+    assert sorted(turn.pop() for turn in turns) == sorted(tenants) and all(not turn for turn in turns)
