@@ -85,6 +85,14 @@ def _files(paths: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
     return found, refused
 
 
+def _landed_digest(landed: Path) -> str | None:
+    """The landed file's SHA-256; None when there is none, or a link or FIFO took its place (replaced by store)."""
+    try:
+        return sha256_file(landed)
+    except (FileNotFoundError, RefusedFile):
+        return None
+
+
 def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, list[str]]:
     """Register documents for a tenant: copy into the landing zone and record the upload event."""
     from ingest_pipeline.defs.partitions import tenant_partitions
@@ -114,7 +122,7 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
                 continue
             digest = sha256_file(source)
             landed = zone.path(tenant, name)
-            if is_current(latest, digest) and landed.exists() and sha256_file(landed) == digest:
+            if is_current(latest, digest) and _landed_digest(landed) == digest:
                 outcome["unchanged"].append(name)
                 continue
             zone.store(tenant, name, source)

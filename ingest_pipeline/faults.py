@@ -29,7 +29,8 @@ Seams (where `fault_point` is called):
 - `index:after-upsert`: after the CyborgDB upsert, before the Postgres commit that marks it indexed;
 - `index:after-commit`: the cyborgdb_index asset has committed everything, before Dagster records success;
 - `reencrypt:after-batch`: the re-encryption job has committed a batch of rows under the new data key;
-- `erase:after-keys`, `erase:after-rows`: an erasure has destroyed the tenant's keys, then deleted its rows.
+- `erase:after-keys`, `erase:after-rows`: an erasure has destroyed the tenant's keys, then deleted its rows;
+- `landing:after-scan`: raw_documents has listed the tenant's landing folder, before it hashes any file.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ STATE_ENV = "INGEST_FAULTS_STATE"
 ACTIONS = ("kill", "raise", "hold")
 HOLD_LIMIT_S = 120.0
 SEAMS = ("embed:before-commit", "embed:after-commit", "index:before-upsert", "index:after-upsert",
-         "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows")
+         "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows", "landing:after-scan")
 
 
 class InjectedFault(RuntimeError):

@@ -6,7 +6,6 @@ tenant's rows hold that tenant's advisory lock, so two runs for one tenant never
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -634,8 +633,11 @@ def _upload(row: dict) -> Upload:
 
 
 def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's SHA-256, read without following a symbolic link and without blocking on a FIFO.
+
+    Raises landing.RefusedFile (code symlink or special-file, naming the file) for anything that is not a
+    regular file when opened, whatever it was when a folder was listed.
+    """
+    from ingest_pipeline.landing import hash_file
+
+    return hash_file(path)[1]

@@ -142,6 +142,7 @@ def raw_documents(
             except LandingZoneUnavailable as exc:
                 raise fail_fast(f"tenant {tenant} month {month}: {exc}") from None
             present, changed, vanished = changes.present, changes.changed, changes.missing
+            fault_point("landing:after-scan")  # test-only seam: a file swapped for a link or a FIFO meanwhile
         if vanished and len(vanished) > config.max_removed_share * len(wanted) and not config.allow_mass_delete:
             raise Failure(
                 description=(
