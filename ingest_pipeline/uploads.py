@@ -51,7 +51,7 @@ class DroppedFiles:
     # The live documents given whose file is gone (as given: tenant_id, doc_name, partition_month, upload_id).
     removed: list[dict] = field(default_factory=list)
     complete: bool = True  # False when `limit` stopped the recording: more files wait
-    scan: LandingScan | None = None  # the folder as listed
+    scan: LandingScan | None = field(default=None, repr=False)  # the folder as listed
 
 
 def record_dropped_files(
