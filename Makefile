@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test reliability dev lint bench bench-large bench-empty bench-backends recall stop screenshot validate
+.PHONY: install run test reliability dev lint bench bench-large bench-empty bench-sensor bench-backends recall stop screenshot validate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-large: install  ## the same with 8,000 chunks too (about 35 minutes on 2 c
 
 bench-empty: install  ## a backfill over partitions with no pending work: ms per partition, no model load
 	$(PY) benchmarks/empty_partitions.py
+
+bench-sensor: install  ## one upload-sensor tick over 200 tenants x 1,000 files: nothing changed, one new file, the old full walk
+	$(PY) benchmarks/sensor_tick.py
 
 bench-backends: install  ## the int8 ONNX backend against bare PyTorch: chunks/s and answer-in-top-5, side by side
 	$(PY) benchmarks/embedding_backends.py

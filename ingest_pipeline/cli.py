@@ -86,6 +86,14 @@ def _files(paths: list[str]) -> tuple[list[tuple[str, Path]], list[str]]:
     return found, refused
 
 
+def _landed_digest(landed: Path) -> str | None:
+    """The landed file's SHA-256; None when there is none, or a link or FIFO took its place (replaced by store)."""
+    try:
+        return sha256_file(landed)
+    except (FileNotFoundError, RefusedFile):
+        return None
+
+
 def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, list[str]]:
     """Register documents for a tenant: copy into the landing zone and record the upload event."""
     from ingest_pipeline.defs.partitions import tenant_partitions
@@ -118,7 +126,7 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
                 continue
             digest = sha256_file(source)
             landed = zone.path(tenant, name)
-            if is_current(latest, digest) and landed.exists() and sha256_file(landed) == digest:
+            if is_current(latest, digest) and _landed_digest(landed) == digest:
                 outcome["unchanged"].append(name)
                 continue
             zone.store(tenant, name, source)
@@ -169,43 +177,40 @@ class _ProgressPoller(threading.Thread):
                 self.poll()
 
 
-def _partitions_with_removed_files(ledger, tenant: str | None) -> set[tuple[str, str]]:
-    """Partitions of live documents whose file was removed from the landing zone (a deletion by removal).
+def _scan_landing_zone(ledger, landing_dir: Path, tenant: str | None) -> set[tuple[str, str]]:
+    """Files copied straight into the landing zone become uploads, as the upload sensor records them; returns
+    the partitions of live documents whose file was removed (a deletion by removal). One walk per tenant.
 
     Raises LandingZoneUnavailable when the landing zone or the folder of a tenant with live documents
     is missing or unreadable: that is an outage to fix, never a reason to delete.
     """
-    from ingest_pipeline.environment import Settings
-    from ingest_pipeline.landing import LandingZone
-
-    zone = LandingZone(Settings.from_env().landing_dir)
-    live: dict[str, list[dict]] = {}
-    for doc in ledger.live_documents(tenant):
-        live.setdefault(doc["tenant_id"], []).append(doc)
-    removed = set()
-    for tenant_id, documents in live.items():
-        present = zone.tenant_files(tenant_id)
-        removed |= {(tenant_id, doc["partition_month"]) for doc in documents if doc["doc_name"] not in present}
-    return removed
-
-
-def _record_dropped_files(ledger, landing_dir: Path, tenant: str | None) -> None:
-    """Files copied straight into the landing zone become uploads, as the upload sensor records them."""
     from ingest_pipeline.core.ids import TENANT_PATTERN
     from ingest_pipeline.landing import LandingZone
     from ingest_pipeline.uploads import record_dropped_files
 
     zone = LandingZone(landing_dir)
-    if not zone.root.is_dir():
-        return  # the health check that follows says why nothing can be ingested
+    live: dict[str, list[dict]] = {}
+    for doc in ledger.live_documents(tenant):
+        live.setdefault(doc["tenant_id"], []).append(doc)
     folders = [tenant] if tenant else sorted(p.name for p in zone.root.iterdir()
-                                             if p.is_dir() and TENANT_PATTERN.fullmatch(p.name))
-    for folder in folders:
-        with contextlib.suppress(LandingZoneUnavailable):
-            try:
-                record_dropped_files(ledger, zone, folder, limit=1_000_000)
-            except TenantErased as exc:
-                err.print(f"[yellow]skipped[/yellow] {exc}: the files in its landing folder are not recorded")
+                                             if p.is_dir() and TENANT_PATTERN.fullmatch(p.name)) \
+        if zone.root.is_dir() else []
+    removed: set[tuple[str, str]] = set()
+    outage: LandingZoneUnavailable | None = None
+    for tenant_id in sorted(set(folders) | set(live)):
+        try:
+            found = record_dropped_files(ledger, zone, tenant_id, limit=1_000_000, live_documents=live.get(tenant_id))
+        except TenantErased as exc:
+            err.print(f"[yellow]skipped[/yellow] {exc}: the files in its landing folder are not recorded")
+            continue
+        except LandingZoneUnavailable as exc:
+            if tenant_id in live:  # a tenant without documents has nothing to lose
+                outage = outage or exc
+            continue
+        removed |= {(tenant_id, doc["partition_month"]) for doc in found.removed}
+    if outage is not None:
+        raise outage
+    return removed
 
 
 def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_delete: bool = False) -> dict:
@@ -229,11 +234,10 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
     instance = dagster_instance()
     defs, resources = _definitions()
     job = defs.resolve_job_def("ingest_job")
-    _record_dropped_files(ledger, settings.landing_dir, tenant)
+    removed = _scan_landing_zone(ledger, settings.landing_dir, tenant)
     # Documents quarantined under a smaller extraction limit than this run's are tried again.
     limits = cli_quarantine.current_limits(resources["landing"])
-    partitions = sorted(set(ledger.pending_partitions(tenant, limits))
-                        | set(_partitions_with_removed_files(ledger, tenant)))
+    partitions = sorted(set(ledger.pending_partitions(tenant, limits)) | removed)
     tenants = sorted({t for t, _ in partitions})
     missing = [t for t in tenants if not instance.has_dynamic_partition(tenant_partitions.name, t)]
     if missing:

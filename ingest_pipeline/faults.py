@@ -37,7 +37,8 @@ Seams (where `fault_point` is called):
 - `extract:fork` (`raise`): starting an extraction worker fails, as a fork refused by the system would;
 - `extract:worker-start` (`kill`): an extraction worker dies before it is ready;
 - `extract:document` (`kill`): an extraction worker is killed while it reads a document, as the system's
-  out-of-memory killer would kill it.
+  out-of-memory killer would kill it;
+- `landing:after-scan`: raw_documents has listed the tenant's landing folder, before it hashes any file.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ HOLD_LIMIT_S = 120.0
 SEAMS = ("embed:before-commit", "embed:after-commit", "index:before-upsert", "index:after-upsert",
          "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows",
          "keys:create-after-vault", "retire:before-vault", "rewrap:between-tenants", "reencrypt:after-rotate",
-         "extract:fork", "extract:worker-start", "extract:document")
+         "extract:fork", "extract:worker-start", "extract:document", "landing:after-scan")
 
 
 class InjectedFault(RuntimeError):

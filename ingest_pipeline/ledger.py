@@ -6,7 +6,6 @@ tenant's rows hold that tenant's advisory lock, so two runs for one tenant never
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -316,9 +315,13 @@ class Ledger:
         ).fetchone()
         return row["upload_id"]
 
-    def note_file_seen(self, conn: psycopg.Connection, upload_id: int, file_mtime_ns: int) -> None:
-        """The landed file was found identical to this upload under a new modification time: remember it."""
-        conn.execute("UPDATE ingest.uploads SET file_mtime_ns = %s WHERE upload_id = %s", (file_mtime_ns, upload_id))
+    def note_file_seen(
+        self, conn: psycopg.Connection, upload_id: int, file_mtime_ns: int, size_bytes: int | None = None
+    ) -> None:
+        """The landed file was found identical to this upload under a new modification time (or with a size the
+        upload did not record): remember it, so it is not hashed again."""
+        conn.execute("UPDATE ingest.uploads SET file_mtime_ns = %s, size_bytes = coalesce(%s, size_bytes)"
+                     " WHERE upload_id = %s", (file_mtime_ns, size_bytes, upload_id))
 
     def record_removal(self, conn: psycopg.Connection, upload: Upload) -> Upload:
         """Record that the file of `upload` left the landing zone: a delete event in the same partition."""
@@ -382,6 +385,11 @@ class Ledger:
     def document(self, conn: psycopg.Connection, doc_id: str) -> dict | None:
         return conn.execute("SELECT * FROM ingest.documents WHERE doc_id = %s", (doc_id,)).fetchone()
 
+    def documents_by_id(self, conn: psycopg.Connection, doc_ids: list[str]) -> dict[str, dict]:
+        """The documents of these ids that exist, by id (one query)."""
+        rows = conn.execute("SELECT * FROM ingest.documents WHERE doc_id = ANY(%s::uuid[])", (list(doc_ids),))
+        return {str(row["doc_id"]): row for row in rows.fetchall()}
+
     def register_document(self, conn: psycopg.Connection, upload: Upload, content_sha256: str) -> None:
         conn.execute(
             "INSERT INTO ingest.documents (doc_id, tenant_id, doc_name, upload_id, partition_month,"
@@ -421,12 +429,11 @@ class Ledger:
 
     def live_documents(self, tenant_id: str | None = None) -> list[dict]:
         """Documents that should have a file in the landing zone (not deleted)."""
+        sql = "SELECT tenant_id, doc_name, partition_month, upload_id FROM ingest.documents WHERE status <> 'deleted'"
         with self.connect() as conn:
-            return conn.execute(
-                "SELECT tenant_id, doc_name, partition_month FROM ingest.documents WHERE status <> 'deleted'"
-                " AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)",
-                {"tenant": tenant_id},
-            ).fetchall()
+            if tenant_id is None:
+                return conn.execute(sql).fetchall()
+            return conn.execute(sql + " AND tenant_id = %s", (tenant_id,)).fetchall()  # by the tenant's index
 
     def documents_to_chunk(self, tenant_id: str, month: str, limits: dict | None = None) -> list[dict]:
         """The partition's registered documents and, given the current extraction `limits`
@@ -714,8 +721,11 @@ def _upload(row: dict) -> Upload:
 
 
 def sha256_file(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """The file's SHA-256, read without following a symbolic link and without blocking on a FIFO.
+
+    Raises landing.RefusedFile (code symlink or special-file, naming the file) for anything that is not a
+    regular file when opened, whatever it was when a folder was listed.
+    """
+    from ingest_pipeline.landing import hash_file
+
+    return hash_file(path)[1]

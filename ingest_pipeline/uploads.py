@@ -6,19 +6,15 @@ the upload sensor, for files dropped straight into `$INGEST_HOME/landing/<tenant
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import os
-import stat as stat_module
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from ingest_pipeline.core.extraction import ReasonCode
-from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
+from ingest_pipeline.core.ids import document_id, validate_tenant
 from ingest_pipeline.keystore import TenantErased
-from ingest_pipeline.landing import LandingZone
+from ingest_pipeline.landing import LandingScan, LandingZone, RefusedFile, compare, hash_file
 from ingest_pipeline.ledger import Ledger, Upload, erasure_message
 
 log = logging.getLogger(__name__)
@@ -65,37 +61,17 @@ class DroppedFiles:
     # Files the pipeline does not accept, by name as found, with why: bad-name (control characters, '..',
     # or a name that does not map back to the file), symlink (never followed) or special-file (FIFO, device).
     refused: dict[str, ReasonCode] = field(default_factory=dict)
+    # The live documents given whose file is gone (as given: tenant_id, doc_name, partition_month, upload_id).
+    removed: list[dict] = field(default_factory=list)
+    complete: bool = True  # False when `limit` stopped the recording: more files wait
+    scan: LandingScan | None = field(default=None, repr=False)  # the folder as listed
 
 
-class _NotRegular(Exception):
-    def __init__(self, code: ReasonCode):
-        self.code = code
-
-
-def _hash_regular_file(path: Path) -> tuple[os.stat_result, str]:
-    """The file's stat and SHA-256, read through one descriptor opened without following a symbolic link.
-
-    Raises _NotRegular for a link or a FIFO, socket or device (which could hang a reader), and
-    FileNotFoundError for a file removed meanwhile.
-    """
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _NotRegular(ReasonCode.SYMLINK) from None
-        raise
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(descriptor)
-        if not stat_module.S_ISREG(info.st_mode):
-            raise _NotRegular(ReasonCode.SPECIAL_FILE)
-        digest = hashlib.sha256()
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return info, digest.hexdigest()
-
-
-def record_dropped_files(ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int) -> DroppedFiles:
-    """Record an upload for each file in the tenant's landing folder that the ledger does not know in this form.
+def record_dropped_files(
+    ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int, live_documents: list[dict] | None = None
+) -> DroppedFiles:
+    """Record an upload for each file in the tenant's landing folder that the ledger does not know in this form,
+    and find which of `live_documents` (the tenant's, read before this call) lost their file: one walk.
 
     A file is hashed only when it is new, or its size or modification time differs from those recorded with
     its latest upload; identical bytes are never recorded twice. Raises LandingZoneUnavailable when
@@ -108,44 +84,33 @@ def record_dropped_files(ledger: Ledger, zone: LandingZone, tenant_id: str, limi
     recorded: they are listed in `refused` with their code and logged by name, never read.
     """
     validate_tenant(tenant_id)
-    found = DroppedFiles()
     with ledger.connect() as conn, conn.transaction():
         refuse_erased(ledger, conn, tenant_id)  # before anything is read (checked again as each file is recorded)
+    live_documents = live_documents or []
     scan = zone.scan(tenant_id)
-    found.refused.update(scan.refused)
     month = current_month()
     with ledger.connect() as conn:
         latest = ledger.latest_uploads(conn, tenant_id)
-        for raw_name in sorted(scan.files):
+        changes = compare(scan, latest, [doc["doc_name"] for doc in live_documents])
+        missing = set(changes.missing)
+        found = DroppedFiles(refused=changes.refused, scan=scan,
+                             removed=[doc for doc in live_documents if doc["doc_name"] in missing])
+        for name in sorted(changes.changed):
+            if len(found.recorded) >= limit:
+                found.complete = False
+                break
+            upload = latest.get(name)
             try:
-                name = validate_document_name(raw_name)
-            except InvalidName:
-                name = None
-            if name != raw_name:  # refused, or normalised to a name that is not this file's
-                found.refused[raw_name] = ReasonCode.BAD_NAME
-                continue
-            path = zone.path(tenant_id, name)
-            try:
-                stat = path.lstat()
+                stat, digest = hash_file(zone.path(tenant_id, name), name)
             except FileNotFoundError:
                 continue  # removed while we looked
-            upload = latest.get(name)
-            if (upload is not None and not upload.is_delete and upload.size_bytes == stat.st_size
-                    and upload.file_mtime_ns == stat.st_mtime_ns and stat_module.S_ISREG(stat.st_mode)):
-                continue
-            try:
-                stat, digest = _hash_regular_file(path)
-            except FileNotFoundError:
-                continue
-            except _NotRegular as refusal:  # replaced by a link or a FIFO since the folder was listed
-                found.refused[raw_name] = refusal.code
+            except RefusedFile as refusal:  # replaced by a link or a FIFO since the folder was listed
+                found.refused[name] = refusal.code
                 continue
             if is_current(upload, digest):
                 with conn.transaction():  # the same bytes, touched: do not hash them again
                     ledger.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns)
                 continue
-            if len(found.recorded) >= limit:
-                break
             record_file(ledger, conn, tenant_id, name, stat, digest, month)
             found.recorded.append(name)
     if found.refused:

@@ -6,23 +6,33 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import psycopg
 import pytest
-from dagster import DagsterEventType
+from dagster import DagsterEventType, MultiPartitionKey, materialize
 
 from ingest_pipeline import cli
 from ingest_pipeline.core.embedding import bundled_model_path
 from ingest_pipeline.definitions import build_resources
+from ingest_pipeline.defs.assets import raw_documents
 from ingest_pipeline.indexing import IndexWriter
+from ingest_pipeline.instance import dagster_instance
 from ingest_pipeline.keystore import KeyVault
-from ingest_pipeline.ledger import _LOCK_CLASS, Ledger, TenantBusy
+from ingest_pipeline.landing import RefusedFile
+from ingest_pipeline.ledger import _LOCK_CLASS, Ledger, TenantBusy, sha256_file
 from ingest_pipeline.search import EmbeddingModelMismatch
+from ingest_pipeline.uploads import current_month
 from ingest_pipeline.vector_index import IndexUnavailable, TenantIndex
-from ingest_pipeline_tests.helpers import ledger_chunks, materialize_partition, step_events
+from ingest_pipeline_tests.helpers import (
+    ledger_chunks,
+    materialization_metadata,
+    materialize_partition,
+    step_events,
+)
 
 MAGIC_QUERY = "What is the default priority of a magic rule?"
 
@@ -123,6 +133,62 @@ def test_a_partition_losing_most_of_its_documents_at_once_stops_until_confirmed(
     assert pipeline.upload(acme, kept, delete=True)["deleted"] == [kept]
     assert pipeline.ingest()["totals"]["documents_deleted"] == 1
     assert pipeline.status(acme)["documents"] == pipeline.status(acme)["index_vectors"] == 0
+
+
+def test_hashing_never_follows_a_link_nor_blocks_on_a_fifo_swapped_in_after_the_scan(embedded_pipeline, docs,
+                                                                                     tmp_path, monkeypatch):
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not in the landing zone\n")
+    (tmp_path / "link.txt").symlink_to(secret)
+    os.mkfifo(tmp_path / "pipe.txt")
+    with pytest.raises(RefusedFile, match="link.txt.*symbolic link") as refused:
+        sha256_file(tmp_path / "link.txt")
+    assert refused.value.code == "symlink"
+    pipe, found = tmp_path / "pipe.txt", {}
+
+    def hash_pipe() -> None:
+        try:
+            found["digest"] = sha256_file(pipe)
+        except RefusedFile as exc:
+            found["refused"] = exc
+
+    reader = threading.Thread(target=hash_pipe, daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():  # blocked in open() waiting for a writer: let it go, then fail
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("hashing a FIFO blocked")
+    assert found["refused"].code == "special-file"
+    assert "pipe.txt" in str(found["refused"]) and "not a regular file" in str(found["refused"])
+
+    # A run lists the folder, then a file it must hash becomes a FIFO: skipped and reported, never read.
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
+    landed = pipeline.home / "landing" / acme / "pip-dependency-resolution.md"
+    os.utime(landed, ns=(1_700_000_000_000_000_000,) * 2)  # touched: the run must hash it
+    state = tmp_path / "faults"
+    monkeypatch.setenv("INGEST_FAULTS", "landing:after-scan=hold-once")
+    monkeypatch.setenv("INGEST_FAULTS_STATE", str(state))
+    runs: list = []
+    partition = MultiPartitionKey({"tenant": acme, "month": current_month()})
+    worker = threading.Thread(target=lambda: runs.append(materialize(
+        [raw_documents], partition_key=partition, resources=build_resources(), instance=dagster_instance())))
+    worker.start()
+    held = state / "landing__after-scan.held"
+    deadline = time.monotonic() + 120
+    while not held.exists() and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert held.exists(), "the run never reached the seam"
+    landed.unlink()
+    os.mkfifo(landed)
+    held.unlink()
+    worker.join(300)
+    assert not worker.is_alive(), "the run blocked on the FIFO"
+    [run] = runs
+    assert run.success
+    metadata = materialization_metadata(run, "raw_documents")
+    assert metadata["files_refused"] == 1 and metadata["documents_new"] == 1
 
 
 # ---- 2. configuration is read where and when the step runs -----------------------------------------

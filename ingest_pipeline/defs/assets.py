@@ -43,8 +43,8 @@ from ingest_pipeline.environment import ConfigurationError
 from ingest_pipeline.faults import fault_point
 from ingest_pipeline.indexing import IndexWriter
 from ingest_pipeline.keystore import TenantErased
-from ingest_pipeline.landing import LandingZoneUnavailable
-from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, TenantSession, sha256_file
+from ingest_pipeline.landing import LandingZoneUnavailable, RefusedFile, hash_file, scan_changes
+from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, TenantSession
 from ingest_pipeline.vector_index import PermanentIndexError
 
 GROUP = "ingestion"
@@ -117,7 +117,9 @@ def raw_documents(
     Each document whose latest upload falls in this partition is classified as new, changed,
     unchanged or deleted (an explicit delete, or its file removed from the landing zone). New and
     changed documents are registered for chunking; a deleted one is tombstoned and its chunks are
-    marked stale for removal from the index. Unchanged documents are left alone.
+    marked stale for removal from the index. Unchanged documents are left alone. A file is hashed only when
+    its size or modification time differs from those recorded with its upload (`files_hashed`); a file that
+    became a symbolic link or a FIFO since the folder was listed is skipped, never read (`files_refused`).
 
     A removal counts only while the landing zone is demonstrably healthy: a missing or unreadable
     landing zone or tenant folder fails the run and deletes nothing, and so does a partition that
@@ -130,7 +132,8 @@ def raw_documents(
     with tenant_session(store, keyring, tenant) as session:
         conn = session.conn
         uploads = store.partition_uploads(conn, tenant, month)
-        documents = {upload.doc_id: store.document(conn, upload.doc_id) for upload in uploads}
+        found = store.documents_by_id(conn, [upload.doc_id for upload in uploads])
+        documents = {upload.doc_id: found.get(upload.doc_id) for upload in uploads}
 
         def already_deleted(upload) -> bool:  # by an earlier run that found its file gone
             document = documents[upload.doc_id]
@@ -139,12 +142,16 @@ def raw_documents(
 
         wanted = [upload for upload in uploads if not upload.is_delete and not already_deleted(upload)]
         present: set[str] = set()
+        changed: dict = {}
+        vanished: list[str] = []
         if wanted:
             try:
-                present = landing.zone.tenant_files(tenant)
+                changes = scan_changes(landing.zone, tenant, {upload.doc_name: upload for upload in wanted},
+                                       [upload.doc_name for upload in wanted])
             except LandingZoneUnavailable as exc:
                 raise fail_fast(f"tenant {tenant} month {month}: {exc}") from None
-        vanished = [upload.doc_name for upload in wanted if upload.doc_name not in present]
+            present, changed, vanished = changes.present, changes.changed, changes.missing
+            fault_point("landing:after-scan")  # test-only seam: a file swapped for a link or a FIFO meanwhile
         if vanished and len(vanished) > config.max_removed_share * len(wanted) and not config.allow_mass_delete:
             raise Failure(
                 description=(
@@ -174,7 +181,18 @@ def raw_documents(
                     else:
                         store.tombstone(conn, upload)
                     continue
-                content_sha256 = sha256_file(landing.zone.path(tenant, upload.doc_name))
+                if upload.doc_name in present and upload.doc_name not in changed and upload.content_sha256:
+                    content_sha256 = upload.content_sha256  # the file as it was hashed when recorded
+                else:
+                    try:
+                        info, content_sha256 = hash_file(landing.zone.path(tenant, upload.doc_name), upload.doc_name)
+                    except RefusedFile as exc:  # a link or a FIFO swapped in since the folder was listed
+                        context.log.warning(f"{exc} [{exc.code}]; skipped")
+                        counts["refused"] += 1
+                        continue
+                    counts["hashed"] += 1
+                    if content_sha256 == upload.content_sha256 and not upload.is_delete:
+                        store.note_file_seen(conn, upload.upload_id, info.st_mtime_ns, info.st_size)  # not hashed again
                 if document is None or document["status"] == "deleted":
                     store.register_document(conn, upload, content_sha256)
                     counts["new"] += 1
@@ -193,6 +211,8 @@ def raw_documents(
             "documents_deleted": counts["deleted"],
             "documents_removed_from_landing_zone": counts["removed_from_landing"],
             "documents_pending_from_earlier_run": counts["pending"],
+            "files_hashed": counts["hashed"],
+            "files_refused": counts["refused"],
             "duration_s": round(time.perf_counter() - started, 3),
         }
     )

@@ -1,10 +1,17 @@
 """The asset graph end to end on real engines, on both CyborgDB backends."""
 
 import json
+import os
+
+from dagster import MultiPartitionKey, materialize
 
 from ingest_pipeline import cli
 from ingest_pipeline.core.ids import chunk_id, document_id
 from ingest_pipeline.definitions import build_resources
+from ingest_pipeline.defs.assets import raw_documents
+from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline.landing import hash_file
+from ingest_pipeline.uploads import current_month
 from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
 
 MAGIC_QUERY = "What is the default priority of a magic rule?"
@@ -287,3 +294,39 @@ def test_a_corrupt_document_stays_quarantined_under_any_limits_until_retried_by_
     capsys.readouterr()
     assert cli.main(["quarantine", "retry", "--tenant", acme]) == 0
     assert "cleared [corrupt-pdf]" in capsys.readouterr().out
+
+
+def test_a_rerun_hashes_only_the_files_whose_size_or_time_changed(embedded_pipeline, tmp_path):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for n in range(6):
+        (folder / f"note-{n}.txt").write_text(f"Note {n}: the quarterly figures are in the shared drive.\n")
+    pipeline.upload(acme, *sorted(folder.iterdir()))
+    partition = MultiPartitionKey({"tenant": acme, "month": current_month()})
+
+    def run() -> dict:
+        result = materialize([raw_documents], partition_key=partition, resources=build_resources(),
+                             instance=dagster_instance())
+        return materialization_metadata(result, "raw_documents")
+
+    # Uploaded files were hashed when recorded, with their size and time: the run hashes none of them.
+    first = run()
+    assert first["documents_new"] == 6 and first["files_hashed"] == 0
+
+    # One more file, recorded by another system without its size or time; and one file touched, same bytes.
+    landing = pipeline.home / "landing" / acme
+    (landing / "added.txt").write_text("A seventh note, written straight into the landing zone.\n")
+    ledger = pipeline.ledger()
+    with ledger.connect() as conn, conn.transaction():
+        ledger.record_upload(conn, tenant_id=acme, doc_id=document_id(acme, "added.txt"), doc_name="added.txt",
+                             content_sha256=hash_file(landing / "added.txt")[1], size_bytes=None, is_delete=False,
+                             partition_month=current_month())
+    second = run()
+    assert second["documents_new"] == 1 and second["files_hashed"] == 1
+    os.utime(landing / "note-3.txt", ns=(1_700_000_000_000_000_000,) * 2)
+    third = run()
+    assert third["files_hashed"] == 1 and third["documents_changed"] == 0
+    # What was hashed and found the same is remembered: the next run hashes nothing.
+    assert run()["files_hashed"] == 0

@@ -1,13 +1,15 @@
 """The upload sensor, ticked against the real ledger, landing zone and Dagster instance."""
 
+import os
 import shutil
 import threading
 import time
 
-from dagster import DagsterRunStatus, SensorResult, SkipReason, build_sensor_context
+from dagster import DagsterRunStatus, MultiPartitionKey, RunsFilter, SensorResult, SkipReason, build_sensor_context
 
 from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_definitions, build_resources
+from ingest_pipeline.defs import sensors
 from ingest_pipeline.defs.sensors import UPLOADS_PER_TICK, UploadCursor, upload_sensor
 from ingest_pipeline.instance import dagster_instance, prepare_environment
 from ingest_pipeline.uploads import current_month
@@ -19,6 +21,23 @@ def tick(cursor: str | None = None) -> SensorResult | SkipReason:
         if isinstance(result, SkipReason):
             result.cursor = context.cursor  # a skipped tick still moves the cursor
     return result
+
+
+def launch(result: SensorResult) -> list[str]:
+    """Run what the tick requested as the sensor daemon does: a request whose run key already has a run of this
+    sensor is dropped. Returns the run keys that became runs."""
+    instance = dagster_instance()
+    job = build_definitions().resolve_job_def("ingest_job")
+    launched = []
+    for request in result.run_requests:
+        tags = {"dagster/run_key": request.run_key, "dagster/sensor_name": upload_sensor.name}
+        if instance.get_runs(RunsFilter(tags=tags)):
+            continue
+        keys = request.partition_key.keys_by_dimension
+        run = job.execute_in_process(partition_key=MultiPartitionKey(keys), instance=instance, tags=tags)
+        assert run.success
+        launched.append(request.run_key)
+    return launched
 
 
 def partitions(result: SensorResult) -> list[tuple[str, str]]:
@@ -88,6 +107,31 @@ def test_files_dropped_into_or_removed_from_the_landing_zone_become_runs(embedde
     removed = tick(cursor)
     assert partitions(removed) == [(acme, month)] and "|removed|" in removed.run_requests[0].run_key
     assert [r.run_key for r in tick(removed.cursor).run_requests] == [removed.run_requests[0].run_key]
+
+
+def test_a_file_removed_put_back_and_removed_again_in_one_month_is_deleted_each_time(embedded_pipeline, docs):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
+    result = tick()
+    launch(result)
+    landing_file = pipeline.home / "landing" / acme / "pip-dependency-resolution.md"
+    query = "How does pip resolve dependency conflicts?"
+    assert pipeline.search(acme, query, 1)[0]["source"] == landing_file.name
+
+    removals = []
+    for step in ("remove", "put back", "remove"):
+        if step == "remove":
+            landing_file.unlink()
+        else:
+            shutil.copyfile(docs / landing_file.name, landing_file)
+        result = tick(result.cursor)
+        if step == "remove":
+            removals += [r.run_key for r in result.run_requests if "|removed|" in r.run_key]
+        assert launch(result), f"{step}: no run"
+        sources = {hit["source"] for hit in pipeline.search(acme, query, 5)}
+        assert (landing_file.name in sources) == (step == "put back"), step
+    assert len(removals) == len(set(removals)) == 2
 
 
 def test_a_tenant_with_a_run_in_progress_is_not_requested_twice(embedded_pipeline, docs):
@@ -186,3 +230,70 @@ def test_upload_events_become_visible_in_id_order_so_the_cursor_never_skips_one(
         racer.join(10)
     assert first < later["id"]
     assert [u.upload_id for u in ledger.uploads_after(0, 10)] == [first, later["id"]]
+
+
+def _age(folder, seconds: float = 3600) -> None:
+    """Back-date every file and folder under `folder` (deepest first): written long before the tick."""
+    when = time.time_ns() - int(seconds * 1e9)
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        os.utime(path, ns=(when, when), follow_symlinks=False)
+    os.utime(folder, ns=(when, when))
+
+
+def test_a_tick_walks_only_the_tenants_whose_folders_changed_and_finds_files_deep_down(embedded_pipeline,
+                                                                                      monkeypatch):
+    pipeline = embedded_pipeline
+    tenants = [pipeline.tenant(name) for name in ("acme", "globex", "initech")]
+    landing = pipeline.home / "landing"
+    for tenant in tenants:
+        (landing / tenant / "a" / "b" / "c").mkdir(parents=True)
+        (landing / tenant / "top.txt").write_text(f"{tenant}: a note at the top.\n")
+        (landing / tenant / "a" / "b" / "c" / "deep.txt").write_text(f"{tenant}: a note deep down.\n")
+        _age(landing / tenant)
+    prepare_environment()
+    cursor = tick().cursor
+
+    listed: list[str] = []
+    scandir = os.scandir
+
+    def spy(path="."):
+        listed.append(os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", spy)
+    monkeypatch.setattr(sensors, "VERIFY_TENANTS_PER_TICK", 0)
+
+    def walked() -> set[str]:
+        found = {tenant for tenant in tenants for path in listed if path.startswith(str(landing / tenant))}
+        listed.clear()
+        return found
+
+    # Nothing changed: no tenant folder is listed, no file looked at.
+    result = tick(cursor)
+    assert isinstance(result, SkipReason) and walked() == set()
+    # A file dropped three folders down (only that folder's mtime changes): found, and only its tenant walked.
+    acme = tenants[0]
+    (landing / acme / "a" / "b" / "c" / "new.txt").write_text("A new note, deep down.\n")
+    result = tick(result.cursor)
+    assert partitions(result) == [(acme, current_month())] and walked() == {acme}
+    _, ledger = prepare_environment()
+    with ledger.connect() as conn:
+        assert "a/b/c/new.txt" in ledger.latest_uploads(conn, acme)
+    # A new subfolder with a file in it, under another tenant.
+    (landing / tenants[1] / "a" / "fresh").mkdir()
+    (landing / tenants[1] / "a" / "fresh" / "x.txt").write_text("In a new folder.\n")
+    result = tick(result.cursor)
+    assert partitions(result) == [(tenants[1], current_month())] and walked() >= {tenants[1]}
+
+    # Each tick also walks a bounded number of unchanged tenants in turn, so every one is verified in time.
+    _age(landing / acme)
+    _age(landing / tenants[1])
+    cursor = tick(tick(result.cursor).cursor).cursor  # settled again
+    monkeypatch.setattr(sensors, "VERIFY_TENANTS_PER_TICK", 1)
+    listed.clear()
+    turns = []
+    for _ in range(3):
+        result = tick(cursor)
+        cursor = result.cursor
+        turns.append(walked())
+    assert sorted(turn.pop() for turn in turns) == sorted(tenants) and all(not turn for turn in turns)
