@@ -285,9 +285,20 @@ class TenantIndex:
         return set(self._call("list_ids", "list_ids"))
 
     def count(self) -> int:
+        """How many vectors the index holds: one call that returns a number on either backend."""
         if self._embedded:
             return int(self._call("count", "get_num_vectors"))
-        return len(self.list_ids())
+        return int(_guarded("count", self.tenant_id, _service_num_vectors, self._handle, timeout_s=self._timeout_s,
+                            budget_s=self._retry_budget_s))
+
+    def present(self, ids: list[str]) -> set[str]:
+        """Which of these ids the index holds (fetched by id, without their vectors), 500 per call."""
+        found: set[str] = set()
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            items = self._call("get", "get", ids[start:start + 500], include=[])
+            found.update(item["id"] for item in items)
+        return found
 
     def drop(self) -> None:
         self._call("delete_index", "delete_index")
@@ -306,6 +317,27 @@ class TenantIndex:
         minutes on a large index, so it is not bounded by the per-call timeout."""
         _guarded("train", self.tenant_id, self._handle.train, timeout_s=None, budget_s=self._retry_budget_s,
                  **self._kw())
+
+
+def _service_num_vectors(handle) -> int:
+    """cyborgdb-service's count of an index's vectors (POST /v1/vectors/num_vectors). The SDK's EncryptedIndex has
+    no method for it, so this calls the SDK's generated client as its own methods do (raw: the generated response
+    model drops the `result` field)."""
+    import json
+
+    import urllib3.exceptions
+    from cyborgdb.exceptions import translate_api_error
+    from cyborgdb.openapi_client.exceptions import ApiException
+
+    try:
+        response = handle._api.get_index_size_v1_vectors_num_vectors_post_without_preload_content(
+            index_operation_request=handle._ior(), _headers=handle._request_headers())
+        body = response.data
+        if response.status >= 400:
+            ApiException.from_response(http_resp=response, body=body.decode(errors="replace"), data=None)
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        raise translate_api_error(exc, "Failed to count vectors") from exc
+    return int(json.loads(body)["result"])
 
 
 def check_service_url(url: str) -> str:
