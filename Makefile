@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test reliability dev lint bench bench-large bench-empty bench-backends recall stop screenshot validate
+.PHONY: install run test reliability dev lint bench bench-large bench-empty bench-backends bench-checks recall stop screenshot validate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-large: install  ## the same with 8,000 chunks too (about 35 minutes on 2 c
 
 bench-empty: install  ## a backfill over partitions with no pending work: ms per partition, no model load
 	$(PY) benchmarks/empty_partitions.py
+
+bench-checks: install  ## the two index checks on a tenant of 200,000 synthetic chunks (no model), before and after: s and peak RSS
+	$(PY) benchmarks/checks_at_scale.py
 
 bench-backends: install  ## the int8 ONNX backend against bare PyTorch: chunks/s and answer-in-top-5, side by side
 	$(PY) benchmarks/embedding_backends.py

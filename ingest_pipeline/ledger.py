@@ -552,15 +552,15 @@ class Ledger:
         return conn.execute("SELECT count(*) AS n FROM ingest.chunks WHERE tenant_id = %s AND state = 'indexed'",
                             (tenant_id,)).fetchone()["n"]
 
-    _SAMPLED = ("SELECT chunk_id::text AS chunk_id, text_mac, embedding_ciphertext, key_version, seal_format, state"
-                " FROM ingest.chunks")
+    _SAMPLED = ("SELECT c.chunk_id::text AS chunk_id, c.text_mac, c.embedding_ciphertext, c.key_version,"
+                " c.seal_format, c.state FROM ingest.chunks c")
 
     def indexed_chunks(self, conn: psycopg.Connection, tenant_id: str, chunk_ids: list[str]) -> list[dict]:
         """Those of these chunks that are indexed, with their sealed embeddings (no row lock)."""
         if not chunk_ids:
             return []
-        return conn.execute(self._SAMPLED + " WHERE tenant_id = %s AND state = 'indexed'"
-                            " AND chunk_id = ANY(%s::uuid[])", (tenant_id, list(chunk_ids))).fetchall()
+        return conn.execute(self._SAMPLED + " WHERE c.tenant_id = %s AND c.state = 'indexed'"
+                            " AND c.chunk_id = ANY(%s::uuid[])", (tenant_id, list(chunk_ids))).fetchall()
 
     def sample_indexed_chunks(self, conn: psycopg.Connection, tenant_id: str, size: int, rng,
                               runs: int = 40) -> list[dict]:
@@ -575,11 +575,12 @@ class Ledger:
         found: dict[str, dict] = {}
         for _ in range(runs):
             start = str(uuid.UUID(int=rng.getrandbits(128)))
-            rows = conn.execute(self._SAMPLED + " WHERE tenant_id = %s AND state = 'indexed' AND chunk_id >= %s::uuid"
-                                " ORDER BY chunk_id LIMIT %s", (tenant_id, start, per_run)).fetchall()
+            rows = conn.execute(self._SAMPLED + " WHERE c.tenant_id = %s AND c.state = 'indexed'"
+                                " AND c.chunk_id >= %s::uuid ORDER BY c.chunk_id LIMIT %s",
+                                (tenant_id, start, per_run)).fetchall()
             if len(rows) < per_run:
-                rows += conn.execute(self._SAMPLED + " WHERE tenant_id = %s AND state = 'indexed'"
-                                     " AND chunk_id < %s::uuid ORDER BY chunk_id LIMIT %s",
+                rows += conn.execute(self._SAMPLED + " WHERE c.tenant_id = %s AND c.state = 'indexed'"
+                                     " AND c.chunk_id < %s::uuid ORDER BY c.chunk_id LIMIT %s",
                                      (tenant_id, start, per_run - len(rows))).fetchall()
             for row in rows:
                 found.setdefault(row["chunk_id"], row)
