@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test reliability dev lint bench bench-large bench-empty bench-sensor bench-backends recall stop screenshot validate
+.PHONY: install run test reliability dev lint bench bench-large bench-empty bench-sensor bench-checks bench-backends recall stop screenshot validate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,9 @@ bench-empty: install  ## a backfill over partitions with no pending work: ms per
 
 bench-sensor: install  ## one upload-sensor tick over 200 tenants x 1,000 files: nothing changed, one new file, the old full walk
 	$(PY) benchmarks/sensor_tick.py
+
+bench-checks: install  ## the two index checks on a tenant of 200,000 synthetic chunks (no model), before and after: s and peak RSS
+	$(PY) benchmarks/checks_at_scale.py
 
 bench-backends: install  ## the int8 ONNX backend against bare PyTorch: chunks/s and answer-in-top-5, side by side
 	$(PY) benchmarks/embedding_backends.py

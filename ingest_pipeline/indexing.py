@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from contextlib import contextmanager
 
 from ingest_pipeline.core.crypto import VectorEncryptor
@@ -11,6 +12,29 @@ from ingest_pipeline.ledger import Ledger, TenantSession
 from ingest_pipeline.vector_index import CyborgIndexes, IndexUnavailable, TenantIndex
 
 log = logging.getLogger(__name__)
+
+
+WRITTEN_SAMPLE = 128  # ids of a run's upserts and of its deletes kept for the asset checks
+
+
+class IdSample:
+    """A uniform random sample of at most `size` of the ids seen (reservoir sampling), in bounded memory."""
+
+    def __init__(self, size: int = WRITTEN_SAMPLE):
+        self.size = size
+        self.seen = 0
+        self.ids: list[str] = []
+        self._rng = random.Random()
+
+    def add(self, ids: list[str]) -> None:
+        for chunk in ids:
+            self.seen += 1
+            if len(self.ids) < self.size:
+                self.ids.append(chunk)
+            else:
+                slot = self._rng.randrange(self.seen)
+                if slot < self.size:
+                    self.ids[slot] = chunk
 
 
 def open_live_index(ledger: Ledger, indexes: CyborgIndexes, keys) -> TenantIndex | None:
@@ -41,6 +65,9 @@ class IndexWriter:
             session.keys = keyring.keyset(self.tenant_id, session.conn)
         self._keys = session.keys.keys()
         self._opened: dict[int, TenantIndex | None] = {}
+        # What remove_stale and upsert_embedded wrote: the asset checks verify these ids.
+        self.upserted = IdSample()
+        self.removed = IdSample()
 
     @property
     def conn(self):
@@ -123,6 +150,7 @@ class IndexWriter:
             with self.conn.transaction():
                 self.ledger.remove_chunks(self.conn, ids)
             removed += len(ids)
+            self.removed.add(ids)
         return removed
 
     def upsert_embedded(self, month: str) -> tuple[int, int]:
@@ -142,6 +170,7 @@ class IndexWriter:
                 fault_point("index:after-upsert")  # in CyborgDB, not yet committed in Postgres
             upserted += len(rows)
             batches += 1
+            self.upserted.add([row["chunk_id"] for row in rows])
         return upserted, batches
 
     def rebuild(self) -> tuple[int, int]:

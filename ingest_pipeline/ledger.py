@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -195,6 +196,28 @@ class Ledger:
                 if not conn.closed and not conn.broken:
                     with suppress(psycopg.Error):
                         conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+
+    @contextmanager
+    def tenant_reader(self, tenant_id: str) -> Iterator[psycopg.Connection]:
+        """A connection holding the tenant's lock in shared mode, waited for at most `lock_wait_s`: no writer
+        (they hold it exclusively) changes the tenant's ledger or index while it is held, and readers do not
+        block each other. For reads that must not overlap a write (an embedded index read by one process
+        while another writes it), and that compare the ledger with the index."""
+        with self.connect() as conn:
+            self._set_timeouts(conn, self.lock_wait_s)
+            try:
+                conn.execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+                raise TenantBusy(
+                    f"tenant {tenant_id!r} is being written by another run for more than {self.lock_wait_s:.0f} s"
+                ) from None
+            self._set_timeouts(conn, self.statement_timeout_s)
+            try:
+                yield conn
+            finally:
+                if not conn.closed and not conn.broken:
+                    with suppress(psycopg.Error):
+                        conn.execute("SELECT pg_advisory_unlock_shared(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
 
     # ---- tenants -------------------------------------------------------------------------------
 
@@ -598,6 +621,47 @@ class Ledger:
             (tenant_id,),
         ).fetchall()
         return {row["chunk_id"] for row in rows}
+
+    def indexed_count(self, conn: psycopg.Connection, tenant_id: str) -> int:
+        """How many of the tenant's chunks are indexed (an index-only count, no row is read)."""
+        return conn.execute("SELECT count(*) AS n FROM ingest.chunks WHERE tenant_id = %s AND state = 'indexed'",
+                            (tenant_id,)).fetchone()["n"]
+
+    _SAMPLED = ("SELECT c.chunk_id::text AS chunk_id, c.text_mac, c.embedding_ciphertext, c.key_version,"
+                " c.seal_format, c.state FROM ingest.chunks c")
+
+    def indexed_chunks(self, conn: psycopg.Connection, tenant_id: str, chunk_ids: list[str]) -> list[dict]:
+        """Those of these chunks that are indexed, with their sealed embeddings (no row lock)."""
+        if not chunk_ids:
+            return []
+        return conn.execute(self._SAMPLED + " WHERE c.tenant_id = %s AND c.state = 'indexed'"
+                            " AND c.chunk_id = ANY(%s::uuid[])", (tenant_id, list(chunk_ids))).fetchall()
+
+    def sample_indexed_chunks(self, conn: psycopg.Connection, tenant_id: str, size: int, rng,
+                              runs: int = 40) -> list[dict]:
+        """A random sample of at most `size` of the tenant's indexed chunks, with their sealed embeddings.
+
+        Chunk ids are uuid5 hashes, so the ids that follow a random id are a random subset of the tenant's
+        chunks, unrelated to their content: the sample is `runs` short runs of consecutive ids after random
+        starting ids (wrapping round), each a range scan of `chunks_tenant_state_id_idx`. Its cost depends on
+        `size`, not on the tenant's size (a tenant with fewer chunks is read whole). `rng` is a random.Random.
+        """
+        per_run = max(1, -(-size // runs))
+        found: dict[str, dict] = {}
+        for _ in range(runs):
+            start = str(uuid.UUID(int=rng.getrandbits(128)))
+            rows = conn.execute(self._SAMPLED + " WHERE c.tenant_id = %s AND c.state = 'indexed'"
+                                " AND c.chunk_id >= %s::uuid ORDER BY c.chunk_id LIMIT %s",
+                                (tenant_id, start, per_run)).fetchall()
+            if len(rows) < per_run:
+                rows += conn.execute(self._SAMPLED + " WHERE c.tenant_id = %s AND c.state = 'indexed'"
+                                     " AND c.chunk_id < %s::uuid ORDER BY c.chunk_id LIMIT %s",
+                                     (tenant_id, start, per_run - len(rows))).fetchall()
+            for row in rows:
+                found.setdefault(row["chunk_id"], row)
+            if len(found) >= size:
+                break
+        return list(found.values())[:size]
 
     def partition_chunks(self, conn: psycopg.Connection, tenant_id: str, month: str) -> list[dict]:
         return conn.execute(

@@ -10,7 +10,7 @@ import errno
 import logging
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from tenacity import (
@@ -21,6 +21,8 @@ from tenacity import (
     stop_after_delay,
     wait_exponential_jitter,
 )
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from ingest_pipeline.core.crypto import TenantKeys
 from ingest_pipeline.core.ids import index_name
@@ -283,9 +285,20 @@ class TenantIndex:
         return set(self._call("list_ids", "list_ids"))
 
     def count(self) -> int:
+        """How many vectors the index holds: one call that returns a number on either backend."""
         if self._embedded:
             return int(self._call("count", "get_num_vectors"))
-        return len(self.list_ids())
+        return int(_guarded("count", self.tenant_id, _service_num_vectors, self._handle, timeout_s=self._timeout_s,
+                            budget_s=self._retry_budget_s))
+
+    def present(self, ids: list[str]) -> set[str]:
+        """Which of these ids the index holds (fetched by id, without their vectors), 500 per call."""
+        found: set[str] = set()
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            items = self._call("get", "get", ids[start:start + 500], include=[])
+            found.update(item["id"] for item in items)
+        return found
 
     def drop(self) -> None:
         self._call("delete_index", "delete_index")
@@ -306,17 +319,73 @@ class TenantIndex:
                  **self._kw())
 
 
-def check_service_url(url: str) -> None:
-    """Refuse a CyborgDB URL that would send index keys and vectors in clear over a network."""
-    parsed = urlparse(url.strip())
-    scheme, host = parsed.scheme.lower(), (parsed.hostname or "").lower()
+def _service_num_vectors(handle) -> int:
+    """cyborgdb-service's count of an index's vectors (POST /v1/vectors/num_vectors). The SDK's EncryptedIndex has
+    no method for it, so this calls the SDK's generated client as its own methods do (raw: the generated response
+    model drops the `result` field)."""
+    import json
+
+    import urllib3.exceptions
+    from cyborgdb.exceptions import translate_api_error
+    from cyborgdb.openapi_client.exceptions import ApiException
+
+    try:
+        response = handle._api.get_index_size_v1_vectors_num_vectors_post_without_preload_content(
+            index_operation_request=handle._ior(), _headers=handle._request_headers())
+        body = response.data
+        if response.status >= 400:
+            ApiException.from_response(http_resp=response, body=body.decode(errors="replace"), data=None)
+    except (ApiException, urllib3.exceptions.HTTPError) as exc:
+        raise translate_api_error(exc, "Failed to count vectors") from exc
+    return int(json.loads(body)["result"])
+
+
+def check_service_url(url: str) -> str:
+    """Refuse a CyborgDB URL that would send index keys and vectors in clear over a network, or that parsers
+    could read differently; return it with its scheme and host in lower case (what the SDK is given).
+
+    Plain http is allowed to a loopback host only. Which host that is must not depend on the parser: the URL
+    check (urllib.parse) and the HTTP client (urllib3) disagree on `http://evil\\@127.0.0.1` (127.0.0.1 for
+    one, `evil` for the other), so userinfo, backslashes, whitespace, control and non-ASCII characters, a query
+    or fragment, and anything the parse does not reproduce exactly are refused, and both parsers must name the
+    same host.
+    """
+    if not isinstance(url, str) or not url:
+        raise ValueError("INGEST_CYBORGDB_URL must be an http(s) URL with a host, got an empty value")
+    if any(not (0x21 <= ord(c) <= 0x7e) for c in url) or "\\" in url:
+        raise ValueError("INGEST_CYBORGDB_URL holds whitespace, a backslash, a control or non-ASCII character")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("INGEST_CYBORGDB_URL does not parse as a URL") from None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
     if scheme not in {"http", "https"} or not host:
         raise ValueError(f"INGEST_CYBORGDB_URL must be an http(s) URL with a host, got scheme {scheme!r}")
+    if "@" in parts.netloc or parts.username is not None or parts.password is not None:
+        raise ValueError("INGEST_CYBORGDB_URL must not carry user information (user:password@): "
+                         "the API key goes in INGEST_CYBORGDB_API_KEY")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ValueError("INGEST_CYBORGDB_URL must not carry a query or a fragment")
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None:
+        netloc += f":{port}"
+    normalized = urlunsplit((scheme, netloc, parts.path, "", ""))
+    if normalized.lower() != url.lower():
+        raise ValueError("INGEST_CYBORGDB_URL does not survive a strict parse unchanged; write it as "
+                         "scheme://host[:port][/path]")
+    try:
+        client_host = (parse_url(normalized).host or "").lower().strip("[]")
+    except LocationParseError:
+        client_host = None
+    if client_host != host:
+        raise ValueError("INGEST_CYBORGDB_URL names its host ambiguously")
     if scheme == "http" and host not in LOOPBACK_HOSTS:
         raise ValueError(
             f"refusing plain http to CyborgDB at {host}: index keys and vectors would cross the network "
             "in clear; use https://"
         )
+    return normalized
 
 
 class CyborgIndexes:
@@ -331,11 +400,13 @@ class CyborgIndexes:
         if url:
             import cyborgdb
 
-            check_service_url(url)
+            url = check_service_url(url)
             # The SDK logs every error with the service's response body, and a rejected request's body (422)
             # quotes the request: vectors and contents. Our own messages name the operation, tenant and status.
             logging.getLogger("cyborgdb.exceptions").setLevel(logging.CRITICAL)
-            self._client = cyborgdb.Client(base_url=url, api_key=api_key or None)
+            # The SDK turns certificate checks off by itself for a loopback host unless told otherwise.
+            verify_ssl = True if url.startswith("https://") else None
+            self._client = cyborgdb.Client(base_url=url, api_key=api_key or None, verify_ssl=verify_ssl)
             _with_socket_timeouts(self._client, timeout_s)
             self._embedded = False
         else:

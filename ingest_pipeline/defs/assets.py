@@ -485,6 +485,9 @@ def cyborgdb_index(
             "upsert_batches": batches,
             "index_vectors": index_vectors,
             "index_trained_now": trained_now,
+            # For the asset checks: a random sample of the ids this run upserted and removed (at most 128 each).
+            "upserted_ids_sample": MetadataValue.json(writer.upserted.ids),
+            "removed_ids_sample": MetadataValue.json(writer.removed.ids),
             "backend": cyborgdb.indexes.backend,
             "duration_s": round(time.perf_counter() - started, 3),
         }
