@@ -174,19 +174,25 @@ class Ledger:
         conn.execute("SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
                      (milliseconds, milliseconds))
 
+    def _lock_tenant(self, conn: psycopg.Connection, tenant_id: str, shared: bool) -> None:
+        """Take the tenant's advisory lock on `conn` (shared: readers; exclusive: its one writer), waiting at most
+        `lock_wait_s`; TenantBusy when a writer holds it longer."""
+        self._set_timeouts(conn, self.lock_wait_s)
+        function = "pg_advisory_lock_shared" if shared else "pg_advisory_lock"
+        try:
+            conn.execute(f"SELECT {function}(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
+        except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+            raise TenantBusy(
+                f"tenant {tenant_id!r} is being written by another run for more than {self.lock_wait_s:.0f} s"
+            ) from None
+        self._set_timeouts(conn, self.statement_timeout_s)
+
     @contextmanager
     def tenant_writer(self, tenant_id: str) -> Iterator[TenantSession]:
         """The tenant's one writer: a connection holding the tenant's advisory lock, waited for at most
         `lock_wait_s`. One writer per tenant ledger and index at a time, whoever starts the run."""
         with self.connect() as conn:
-            self._set_timeouts(conn, self.lock_wait_s)
-            try:
-                conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
-                raise TenantBusy(
-                    f"tenant {tenant_id!r} is being written by another run for more than {self.lock_wait_s:.0f} s"
-                ) from None
-            self._set_timeouts(conn, self.statement_timeout_s)
+            self._lock_tenant(conn, tenant_id, shared=False)
             session = TenantSession(conn, tenant_id)
             try:
                 yield session
@@ -204,14 +210,7 @@ class Ledger:
         block each other. For reads that must not overlap a write (an embedded index read by one process
         while another writes it), and that compare the ledger with the index."""
         with self.connect() as conn:
-            self._set_timeouts(conn, self.lock_wait_s)
-            try:
-                conn.execute("SELECT pg_advisory_lock_shared(%s, hashtext(%s))", (_LOCK_CLASS, tenant_id))
-            except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
-                raise TenantBusy(
-                    f"tenant {tenant_id!r} is being written by another run for more than {self.lock_wait_s:.0f} s"
-                ) from None
-            self._set_timeouts(conn, self.statement_timeout_s)
+            self._lock_tenant(conn, tenant_id, shared=True)
             try:
                 yield conn
             finally:
