@@ -126,7 +126,7 @@ def build(chunks: int, spread: str) -> dict:
                     for sequence in range(min(PER_DOC, stop - first)):
                         cid, text = chunk_id(doc, sequence), f"synthetic chunk {sequence} of {name}"
                         rows.append((cid, sequence, 8, encryptor.text_mac(text), encryptor.encrypt_text(cid, text),
-                                     encryptor.key_version))
+                                     encryptor.key_version, None))
                     store.store_chunks(conn, store.document(conn, doc), "0" * 64, rows)
                     vectors = synthetic_vectors(rng, first, len(rows), spread)
                     store.store_embeddings(conn, TENANT, [(encryptor.encrypt_vector(row[0], vector, row[3]), row[0],

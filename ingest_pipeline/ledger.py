@@ -155,6 +155,8 @@ class Ledger:
         applied = []
         with self.connect() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_LOCK_CLASS,))
+            # An index built on a large chunks table may take longer than the statement timeout of every connection.
+            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("CREATE SCHEMA IF NOT EXISTS ingest")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS ingest.schema_migrations "

@@ -109,7 +109,7 @@ def record_dropped_files(
                 continue
             if is_current(upload, digest):
                 with conn.transaction():  # the same bytes, touched: do not hash them again
-                    ledger.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns)
+                    ledger.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns, stat.st_size)
                 continue
             record_file(ledger, conn, tenant_id, name, stat, digest, month)
             found.recorded.append(name)
