@@ -514,10 +514,18 @@ class KeyStore:
                     "SELECT t.key_check FROM ingest.tenants t JOIN ingest.tenant_keys k USING (tenant_id)"
                     " WHERE tenant_id = %s AND k.key_version = %s AND k.scheme = 'derived'",
                     (row["tenant_id"], row["key_version"])).fetchone()
-                if tenant is not None:
-                    target._adopt_derived(session.conn, row["tenant_id"], row["key_version"],
-                                          bytes(tenant["key_check"]), legacy_master=self._master)
-                    count += 1
+                if tenant is None:
+                    continue
+                if row["key_version"] in self.vault.wrapped(row["tenant_id"]):
+                    # An adoption that stopped after its vault commit: the key is there, under the old master
+                    # key; registered as wrapped here, the re-wrap below moves it to the new one.
+                    session.conn.execute("UPDATE ingest.tenant_keys SET scheme = 'wrapped' WHERE tenant_id = %s"
+                                         " AND key_version = %s AND scheme = 'derived'",
+                                         (row["tenant_id"], row["key_version"]))
+                    continue
+                target._adopt_derived(session.conn, row["tenant_id"], row["key_version"],
+                                      bytes(tenant["key_check"]), legacy_master=self._master)
+                count += 1
         with self.vault.connect() as vault:
             tenants = [row["tenant_id"] for row in vault.execute(
                 "SELECT DISTINCT tenant_id FROM ingest_keys.wrapped_keys WHERE master_key_id <> %s ORDER BY 1",

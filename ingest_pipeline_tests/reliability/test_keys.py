@@ -174,7 +174,7 @@ def _legacy_release(tmp_path: Path) -> Path:
 
 
 def test_an_installation_from_before_envelope_encryption_migrates_without_re_embedding(
-        embedded_pipeline, docs, tmp_path, scenario):
+        embedded_pipeline, docs, tmp_path, monkeypatch, scenario):
     scenario.category = "keys"
     acme = embedded_pipeline.tenant("acme")
     legacy = _legacy_release(tmp_path)
@@ -209,6 +209,20 @@ def test_an_installation_from_before_envelope_encryption_migrates_without_re_emb
     assert rotated.returncode == 0, rotated.stderr[-2000:]
     assert json.loads(rotated.stdout)["versions_after"] == [2]
     assert {(r["key_version"], r["seal_format"]) for r in ledger_chunks(ledger, acme).values()} == {(2, 2)}
+    assert embedded_pipeline.search(acme, QUERY, 3) == hits
+
+    # An adoption that stopped between its vault commit and the ledger's update (the vault holds the secret, the
+    # ledger still says derived) does not stop a master-key rotation: it finishes, and the new key opens the tenant.
+    with ledger.connect() as conn:
+        conn.execute("UPDATE ingest.tenant_keys SET scheme = 'derived' WHERE tenant_id = %s AND key_version = 0",
+                     (acme,))
+    new_key = generate_master_key()
+    rotated = cli(embedded_pipeline, "rotate-master-key", "--json",
+                  env={**os.environ, **embedded_pipeline.env, "INGEST_NEW_MASTER_KEY": new_key})
+    assert rotated.returncode == 0, rotated.stderr[-2000:]
+    assert set(vault_rows(acme).values()) == {json.loads(rotated.stdout)["new_master_key_id"]}
+    monkeypatch.setenv("INGEST_MASTER_KEY", new_key)
+    embedded_pipeline.env["INGEST_MASTER_KEY"] = new_key
     assert embedded_pipeline.search(acme, QUERY, 3) == hits
     scenario.add_invariant(assert_invariant(acme, {"apache-license-2.0.txt", "pip-dependency-resolution.md"}))
 
