@@ -420,7 +420,9 @@ class Ledger:
             " content_sha256, status) VALUES (%s, %s, %s, %s, %s, %s, 'registered')"
             " ON CONFLICT (doc_id) DO UPDATE SET upload_id = EXCLUDED.upload_id,"
             " partition_month = EXCLUDED.partition_month, content_sha256 = EXCLUDED.content_sha256,"
-            " status = 'registered', updated_at = now()",
+            " status = 'registered', updated_at = now(), extraction_attempts = CASE"
+            " WHEN documents.content_sha256 IS DISTINCT FROM EXCLUDED.content_sha256 THEN 0"
+            " ELSE documents.extraction_attempts END",
             (upload.doc_id, upload.tenant_id, upload.doc_name, upload.upload_id, upload.partition_month,
              content_sha256),
         )
@@ -471,6 +473,12 @@ class Ledger:
                 {"tenant": tenant_id, "month": month, "limits": Jsonb(limits) if limits else None},
             ).fetchall()
 
+    def count_extraction_without_verdict(self, conn: psycopg.Connection, doc_id: str) -> int:
+        """One more extraction of the document's current bytes ended with no verdict; how many in a row now."""
+        return conn.execute(
+            "UPDATE ingest.documents SET extraction_attempts = extraction_attempts + 1 WHERE doc_id = %s"
+            " RETURNING extraction_attempts", (doc_id,)).fetchone()["extraction_attempts"]
+
     def quarantine_document(
         self, conn: psycopg.Connection, document: dict, content_sha256: str, reason: str,
         reason_code: str = "unreadable", limits: dict | None = None,
@@ -489,7 +497,7 @@ class Ledger:
         )
         conn.execute(
             "UPDATE ingest.documents SET status = 'quarantined', content_sha256 = %s, chunk_count = 0,"
-            " token_count = 0, updated_at = now() WHERE doc_id = %s",
+            " token_count = 0, extraction_attempts = 0, updated_at = now() WHERE doc_id = %s",
             (content_sha256, document["doc_id"]),
         )
         conn.execute("UPDATE ingest.chunks SET state = 'stale', updated_at = now() WHERE doc_id = %s",
@@ -544,7 +552,7 @@ class Ledger:
         )
         conn.execute(
             "UPDATE ingest.documents SET status = 'chunked', content_sha256 = %s, chunk_count = %s,"
-            " token_count = %s, updated_at = now() WHERE doc_id = %s",
+            " token_count = %s, extraction_attempts = 0, updated_at = now() WHERE doc_id = %s",
             (content_sha256, len(rows), sum(r[2] for r in rows), document["doc_id"]),
         )
 

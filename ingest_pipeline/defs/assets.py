@@ -218,6 +218,11 @@ def raw_documents(
     )
 
 
+# A document whose extraction ends this many times in a row with its worker killed from outside (never a limit
+# of ours) is quarantined as crashed, so that it cannot hold its partition back for ever.
+MAX_EXTRACTIONS_WITHOUT_VERDICT = 3
+
+
 def _steps_share_this_process(context: AssetExecutionContext) -> bool:
     """Whether the run's next steps run in this process (the in-process executor): only then is a model loaded
     here of use to the embedding step. The multiprocess executor gives each step a process that exits after it."""
@@ -300,12 +305,20 @@ def document_chunks(
                 context.log.warning(f"{name}: removed from the landing zone since registration; skipped")
                 counts["missing"] += 1
                 continue
-            except ExtractionUnavailable as exc:  # no verdict on the document: it stays registered
+            except WorkerStartFailed as exc:  # the machine's fault: the document stays registered
                 context.log.warning(f"{name}: not extracted, tried again later: {exc}")
                 retryable.append({"document": name, "cause": str(exc)})
-                if isinstance(exc, WorkerStartFailed):
-                    break  # no worker starts: the documents after this one would fail the same way
-                continue
+                break  # no worker starts: the documents after this one would fail the same way
+            except ExtractionUnavailable as exc:  # no verdict on the document: it stays registered, a few times
+                with conn.transaction():
+                    attempts = store.count_extraction_without_verdict(conn, str(document["doc_id"]))
+                if attempts < MAX_EXTRACTIONS_WITHOUT_VERDICT:
+                    context.log.warning(f"{name}: not extracted, tried again later: {exc}")
+                    retryable.append({"document": name, "cause": str(exc)})
+                    continue
+                # Killed while reading it every time: most likely the host's memory, so under the memory limit.
+                reason, code = (f"{exc} ({attempts} times in a row)", ReasonCode.CRASHED)
+                limits = sandbox.limits.refusal_limits(code)
             except UnreadableDocument as exc:
                 reason, code, limits = exc.reason, exc.code, exc.limits
                 content_sha256 = exc.content_sha256 or content_sha256

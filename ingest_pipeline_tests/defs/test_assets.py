@@ -243,6 +243,27 @@ def test_a_worker_that_cannot_start_or_is_killed_leaves_documents_pending_never_
     assert pipeline.search(acme, "What does the Apache License say about patents?", 1)[0]["source"] == names[0]
 
 
+def test_a_document_whose_worker_is_killed_every_time_is_quarantined_as_crashed_not_retried_for_ever(
+        embedded_pipeline, docs, monkeypatch):
+    pipeline, acme = embedded_pipeline, embedded_pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    # The host's out-of-memory killer stops the worker on this document every time: after three tries in a row
+    # (the step's retries, in one run) it is quarantined as crashed under the memory limit, and the run succeeds.
+    monkeypatch.setenv("INGEST_FAULTS", "extract:document=kill")
+    summary = pipeline.ingest(acme)
+    assert [(q["document"], q["code"], q["limits"]) for q in summary["quarantined"][acme]] == \
+        [("apache-license-2.0.txt", "crashed", {"memory_mb": 1024})]
+    assert pipeline.ingest(acme)["runs"] == []  # the same settings leave it alone
+
+    # More memory is a reason to try again: the next run reads it.
+    monkeypatch.delenv("INGEST_FAULTS")
+    monkeypatch.setenv("INGEST_EXTRACTION_MEMORY_MB", "1536")
+    summary = pipeline.ingest(acme)
+    assert summary["quarantined"][acme] == [] and summary["totals"]["chunks_upserted"] > 0
+    assert pipeline.search(acme, "What does the Apache License say about patents?", 1)[0]["source"] == (
+        "apache-license-2.0.txt")
+
+
 def test_a_corrupt_document_stays_quarantined_under_any_limits_until_retried_by_hand(
         embedded_pipeline, docs, monkeypatch, capsys, tmp_path):
     pipeline, acme = embedded_pipeline, embedded_pipeline.tenant("acme")
