@@ -360,7 +360,7 @@ def status(tenant: str | None = None) -> dict:
     return {"tenants": report}
 
 
-def rebuild(tenant: str) -> dict:
+def rebuild(tenant: str, lock_segment_s: float | None = None) -> dict:
     from ingest_pipeline.erasure import TENANT_JOB_TAG
 
     tenant = validate_tenant(tenant)
@@ -368,7 +368,8 @@ def rebuild(tenant: str) -> dict:
     instance = dagster_instance()
     defs, _ = _definitions()
     job = defs.resolve_job_def("rebuild_tenant_index")
-    config = {"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": tenant}}}, **QUIET_LOGGERS}
+    op_config = {"tenant": tenant, **({} if lock_segment_s is None else {"lock_segment_s": lock_segment_s})}
+    config = {"ops": {"rebuild_index_from_cold_copy": {"config": op_config}}, **QUIET_LOGGERS}
     result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False,
                                     tags={**monitored_run_tags(), TENANT_JOB_TAG: tenant})  # erasure finds it
     return {"run_id": result.run_id, "success": result.success, **status(tenant)["tenants"][tenant]}

@@ -38,6 +38,7 @@ Seams (where `fault_point` is called):
 - `extract:worker-start` (`kill`): an extraction worker dies before it is ready;
 - `extract:document` (`kill`): an extraction worker is killed while it reads a document, as the system's
   out-of-memory killer would kill it;
+- `rebuild:between-segments`: a rebuild has let go of the tenant's lock between two segments of its work;
 - `landing:after-scan`: raw_documents has listed the tenant's landing folder, before it hashes any file.
 """
 
@@ -55,7 +56,8 @@ HOLD_LIMIT_S = 120.0
 SEAMS = ("embed:before-commit", "embed:after-commit", "index:before-upsert", "index:after-upsert",
          "index:after-commit", "reencrypt:after-batch", "erase:after-keys", "erase:after-rows",
          "keys:create-after-vault", "retire:before-vault", "rewrap:between-tenants", "reencrypt:after-rotate",
-         "extract:fork", "extract:worker-start", "extract:document", "landing:after-scan")
+         "extract:fork", "extract:worker-start", "extract:document", "landing:after-scan",
+         "rebuild:between-segments")
 
 
 class InjectedFault(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from contextlib import contextmanager
 
 from ingest_pipeline.core.crypto import VectorEncryptor
@@ -173,13 +174,16 @@ class IndexWriter:
             self.upserted.add([row["chunk_id"] for row in rows])
         return upserted, batches
 
-    def rebuild(self) -> tuple[int, int]:
+    def rebuild(self, max_seconds: float | None = None) -> tuple[int, int | None]:
         """Fill a new generation of the index from the cold copy beside the live one, then swap.
 
         Search keeps reading the live index until the swap. Progress is committed after every batch,
-        so an interrupted rebuild resumes after the last chunk written. Returns (chunks written by this
-        call, the new generation).
+        so an interrupted rebuild resumes after the last chunk written. With `max_seconds`, it stops after the
+        batch that ran past them, before the swap: the caller lets go of the tenant's lock, so that ingests can
+        write (to both generations), and calls it again. Returns (chunks written by this call, the new
+        generation, or None when it stopped before the swap).
         """
+        started = time.monotonic()
         live, generation, cursor = self.ledger.index_generations(self.conn, self.tenant_id)
         if generation is None:
             with self.conn.transaction():
@@ -194,6 +198,8 @@ class IndexWriter:
                 cursor = batch[-1]["chunk_id"]
                 self.ledger.advance_rebuild(self.conn, self.tenant_id, cursor)
             written += len(batch)
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                return written, None
         # Between interrupted attempts an ingest may have changed chunks the cursor had passed and stopped before
         # indexing them (now 'chunked' or 'embedded'), or left stale rows: bring the new generation up to the
         # ledger (ingest indexes the 'chunked' ones once embedded), then compare ids.

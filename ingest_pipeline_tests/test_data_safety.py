@@ -405,6 +405,46 @@ def test_rebuild_fills_a_new_index_beside_the_live_one_and_an_interrupted_rebuil
     assert all(check.passed for check in materialize_partition(acme).get_asset_check_evaluations())
 
 
+def test_a_rebuild_lets_go_of_the_tenants_lock_between_segments_so_an_ingest_runs_meanwhile(
+        embedded_pipeline, docs, tmp_path):
+    pipeline = embedded_pipeline
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "shared-mime-info-spec.pdf")
+    pipeline.ingest()
+    before = pipeline.status(acme)
+    state = tmp_path / "faults"
+    rebuild = subprocess.Popen(
+        [sys.executable, "-c", f"from ingest_pipeline import cli; import sys; "
+                               f"sys.exit(0 if cli.rebuild({acme!r}, lock_segment_s=0)['success'] else 1)"],
+        env={**os.environ, **pipeline.env, "INGEST_FAULTS": "rebuild:between-segments=hold-once",
+             "INGEST_FAULTS_STATE": str(state)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    held = state / "rebuild__between-segments.held"
+    deadline = time.monotonic() + 240
+    while not held.exists():
+        assert rebuild.poll() is None and time.monotonic() < deadline, rebuild.communicate()[1][-3000:]
+        time.sleep(0.1)
+    # The rebuild has filled part of the new index and let go of the lock: an ingest runs now (it used to wait
+    # for the whole rebuild, and fail TenantBusy after its lock wait), writing to both generations.
+    ledger = pipeline.ledger()
+    with ledger.connect() as conn:
+        _, rebuilding, cursor = ledger.index_generations(conn, acme)
+    assert rebuilding == 2 and cursor is not None
+    pipeline.upload(acme, docs / "pip-dependency-resolution.md")
+    grown = pipeline.ingest(acme)
+    assert grown["totals"]["documents_new"] == 1
+    held.unlink()
+    _, stderr = rebuild.communicate(timeout=600)
+    assert rebuild.returncode == 0, stderr[-3000:]
+    status = pipeline.status(acme)
+    assert status["documents"] == 3 and status["chunks"] == status["indexed"] == status["index_vectors"]
+    assert status["index_vectors"] > before["index_vectors"]
+    with ledger.connect() as conn:
+        assert ledger.index_generations(conn, acme)[:2] == (2, None)  # swapped to the rebuilt generation
+    assert pipeline.search(acme, "How does pip resolve dependency conflicts?", 1)[0]["source"] == (
+        "pip-dependency-resolution.md")
+    assert pipeline.search(acme, MAGIC_QUERY, 1)[0]["source"] == "shared-mime-info-spec.pdf"
+
+
 # ---- 5. integrity ------------------------------------------------------------------------------------
 
 
