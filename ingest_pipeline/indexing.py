@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 import time
@@ -73,6 +74,12 @@ class IndexWriter:
     @property
     def conn(self):
         return self.session.conn
+
+    def close(self) -> None:
+        """Let go of the indexes opened: an embedded index stays locked to this process while it is held open,
+        so do this before another process is to write it (before the tenant's lock is let go)."""
+        self._opened.clear()
+        gc.collect()  # the engine's store is released when its last reference goes
 
     def _encryptor(self, key_version: int) -> VectorEncryptor:
         return self.session.keys.encryptor(key_version)

@@ -52,6 +52,7 @@ def rebuild_index_from_cold_copy(
             written, segments = written + part, segments + 1
             if generation is not None:
                 count = writer.count()
+            writer.close()  # before the lock goes: an ingest in between opens the indexes itself
     context.log.info(f"rebuilt index of tenant {tenant}: generation {generation} is live with {count} vectors "
                      f"({written} written by this attempt)")
     context.add_output_metadata({"generation": generation, "index_vectors": count, "chunks_written": written,
