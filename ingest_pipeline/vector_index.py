@@ -119,9 +119,13 @@ def is_transient(exc: BaseException) -> bool:
     timeout) are retryable; AuthenticationError (401/403), ValidationError (400/422), NotFoundError (404) and
     ConflictError (409) are not. A call that gave no answer within the timeout, and Python's own connection and
     timeout errors, are transient too. Anything else (an embedded cyborgdb-core error) is not retried within
-    the call; the step's RetryPolicy decides.
+    the call; the step's RetryPolicy decides, except an embedded index held open by another process (cyborgdb-core
+    locks an index's store to one process while it is open: a search while an ingest writes, or the other way
+    round), which is waited for.
     """
     if isinstance(exc, CallTimedOut | ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, ValueError) and ("AlreadyOpen" in str(exc) or "locked by another store" in str(exc)):
         return True
     try:
         from cyborgdb.exceptions import CyborgDBError
