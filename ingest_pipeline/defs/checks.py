@@ -64,11 +64,17 @@ def this_runs_writes(context: AssetCheckExecutionContext) -> RunWrites | None:
                      list(value("upserted_ids_sample", [])), list(value("removed_ids_sample", [])))
 
 
-def _skipped(writes: RunWrites | None) -> AssetCheckResult | None:
+def _judge_the_runs_writes(context: AssetCheckExecutionContext, measure, ledger: PostgresLedger, cyborgdb: CyborgDB,
+                           keyring: TenantKeyring) -> AssetCheckResult:
+    """An index check of this run's writes: `measure(store, indexes, keyring, tenant, writes)` gives (passed,
+    figures); a run that wrote nothing to the index passes at no cost (the weekly reconciliation reads it all)."""
+    tenant, _ = tenant_and_month(context)
+    writes = this_runs_writes(context)
     if writes is not None and writes.nothing:
         return AssetCheckResult(passed=True, metadata={
             "note": "this run wrote nothing to the index; the weekly reconciliation compares every id"})
-    return None
+    passed, figures = measure(ledger.ledger, cyborgdb.indexes, keyring, tenant, writes)
+    return AssetCheckResult(passed=passed, metadata=figures)
 
 
 def compare_index_with_ledger(store, indexes, keyring, tenant: str, writes: RunWrites | None) -> tuple[bool, dict]:
@@ -111,13 +117,7 @@ def index_matches_ledger(
     tenant's CyborgDB index and indexed in the ledger, those it removed are gone from both, and the index holds
     exactly as many vectors as the ledger has indexed chunks. A run that wrote nothing costs nothing here. The
     weekly reconciliation compares every id (`reconcile_job`)."""
-    tenant, _ = tenant_and_month(context)
-    writes = this_runs_writes(context)
-    skipped = _skipped(writes)
-    if skipped is not None:
-        return skipped
-    passed, figures = compare_index_with_ledger(ledger.ledger, cyborgdb.indexes, keyring, tenant, writes)
-    return AssetCheckResult(passed=passed, metadata=figures)
+    return _judge_the_runs_writes(context, compare_index_with_ledger, ledger, cyborgdb, keyring)
 
 
 @asset_check(asset=cyborgdb_index, partitions_def=tenant_month_partitions, blocking=False)
@@ -248,10 +248,4 @@ def sample_recall_at_10(
     index's top 10 over the whole tenant is never compared with an exact top 10 over the sample: those rank
     different sets. A trained (IVF) index probes only some clusters: this shows it still finds its vectors.
     A run that wrote nothing costs nothing here."""
-    tenant, _ = tenant_and_month(context)
-    writes = this_runs_writes(context)
-    skipped = _skipped(writes)
-    if skipped is not None:
-        return skipped
-    passed, figures = sampled_recall(ledger.ledger, cyborgdb.indexes, keyring, tenant, writes)
-    return AssetCheckResult(passed=passed, metadata=figures)
+    return _judge_the_runs_writes(context, sampled_recall, ledger, cyborgdb, keyring)
