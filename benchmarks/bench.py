@@ -58,7 +58,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 def machine() -> dict:
     import torch
 
-    from ingest_pipeline.environment import Settings
+    from ingest_pipeline.runtime.settings import Settings
 
     model = "unknown"
     with open("/proc/cpuinfo") as cpuinfo:
@@ -150,7 +150,7 @@ def stage_corpus(folder: Path, documents: list[tuple[Path, int]], chunks: int) -
 
 def throughput(size: int, documents, embedder, workdir: Path) -> dict:
     from ingest_pipeline.definitions import build_resources
-    from ingest_pipeline.instance import prepare_environment
+    from ingest_pipeline.runtime.instance import prepare_environment
 
     staging = workdir / f"corpus-{size}"
     staging.mkdir()
@@ -220,8 +220,8 @@ def reruns(staging: Path, first_run_s: float) -> dict:
     from dagster import MultiPartitionKey
 
     from ingest_pipeline.definitions import build_definitions, build_resources
-    from ingest_pipeline.instance import dagster_instance, prepare_environment
-    from ingest_pipeline.uploads import current_month
+    from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+    from ingest_pipeline.work.uploads import current_month
 
     prepare_environment()
     ledger = build_resources()["ledger"].ledger
@@ -400,7 +400,7 @@ def recall_at_scale(indexes, base: np.ndarray, count: int, queries: np.ndarray, 
     Strict recall counts the exact top-`top_k` ids found; tie-aware recall counts every id returned whose exact
     cosine is at least the `top_k`-th exact cosine (less 1e-6), so an equally near vector is not a miss.
     """
-    from ingest_pipeline.vector_index import TenantIndex
+    from ingest_pipeline.stores.tenant_index import TenantIndex
 
     vectors = scaled_vectors(base, count)
     scores = queries.astype(np.float32) @ vectors.T
@@ -496,7 +496,7 @@ def main() -> int:
         if corpus_vectors is None:  # --sizes "": the sample corpus's chunks, embedded here
             corpus_vectors = embedder.embed(corpus_texts())
 
-        from ingest_pipeline.vector_index import CyborgIndexes
+        from ingest_pipeline.stores.tenant_index import CyborgIndexes
 
         vectors = scaled_vectors(corpus_vectors, 2048, seed=11)
         embedded = CyborgIndexes(storage_dir=Path(workdir) / "cyborgdb-bench")

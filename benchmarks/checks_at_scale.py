@@ -98,9 +98,9 @@ def build(chunks: int, spread: str) -> dict:
     """Write the tenant: documents, encrypted chunks and embeddings, and its embedded index."""
     from ingest_pipeline.core.ids import chunk_id, document_id
     from ingest_pipeline.definitions import build_resources
-    from ingest_pipeline.indexing import IndexWriter
-    from ingest_pipeline.ledger import Upload
-    from ingest_pipeline.uploads import current_month
+    from ingest_pipeline.stores.ledger import Upload
+    from ingest_pipeline.work.indexing import IndexWriter
+    from ingest_pipeline.work.uploads import current_month
 
     resources = build_resources()
     store, keyring, indexes = resources["ledger"].ledger, resources["keyring"], resources["cyborgdb"].indexes
@@ -192,7 +192,7 @@ def measure(name: str) -> dict:
     """Run one check's function in this (fresh) process: seconds, peak RSS, and how much the check raised it."""
     from ingest_pipeline.definitions import build_resources
     from ingest_pipeline.defs.checks import RunWrites, compare_index_with_ledger, sampled_recall
-    from ingest_pipeline.uploads import current_month
+    from ingest_pipeline.work.uploads import current_month
 
     resources = build_resources()
     store, keyring, indexes = resources["ledger"].ledger, resources["keyring"], resources["cyborgdb"].indexes

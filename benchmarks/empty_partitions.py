@@ -39,7 +39,7 @@ def main() -> int:
         from dagster import MultiPartitionKey
 
         from ingest_pipeline.definitions import build_definitions
-        from ingest_pipeline.instance import dagster_instance, prepare_environment
+        from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 
         prepare_environment()
         instance = dagster_instance()

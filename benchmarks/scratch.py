@@ -13,7 +13,7 @@ from pathlib import Path
 def scratch_installation(prefix: str) -> Iterator[Path]:
     """A temporary INGEST_HOME with its own master key; its embedded Postgres is stopped afterwards."""
     from ingest_pipeline.core.crypto import generate_master_key
-    from ingest_pipeline.environment import stop_embedded_postgres
+    from ingest_pipeline.runtime.settings import stop_embedded_postgres
 
     with tempfile.TemporaryDirectory(prefix=prefix) as home:
         os.environ.update({"INGEST_HOME": home, "INGEST_MASTER_KEY": generate_master_key()})

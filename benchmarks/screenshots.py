@@ -55,7 +55,7 @@ def free_port() -> int:
 def has_materializations() -> bool:
     from dagster import AssetKey
 
-    from ingest_pipeline.instance import dagster_instance, prepare_environment
+    from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 
     prepare_environment()
     return dagster_instance().get_latest_materialization_event(AssetKey("cyborgdb_index")) is not None
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no materialization in {os.environ['INGEST_HOME']} yet: running the demo first")
         subprocess.run([str(BIN / "ingest-pipeline"), "demo"], check=True)
 
-    from ingest_pipeline.instance import prepare_environment
+    from ingest_pipeline.runtime.instance import prepare_environment
 
     prepare_environment()  # DAGSTER_HOME, INGEST_DAGSTER_PG_URL ... for the webserver
     args.out.mkdir(parents=True, exist_ok=True)

@@ -85,10 +85,11 @@ def main() -> int:
 
         from ingest_pipeline.definitions import build_resources
         from ingest_pipeline.defs import sensors
-        from ingest_pipeline.environment import Settings
-        from ingest_pipeline.instance import dagster_instance, prepare_environment
-        from ingest_pipeline.landing import LandingZone, compare
-        from ingest_pipeline.uploads import current_month
+        from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+        from ingest_pipeline.runtime.settings import Settings
+        from ingest_pipeline.stores.landing_zone import LandingZone
+        from ingest_pipeline.work.landing_scan import compare
+        from ingest_pipeline.work.uploads import current_month
 
         _, ledger = prepare_environment()
         landing = Settings.from_env().landing_dir

@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import ingest_pipeline
 from ingest_pipeline import cli
 from ingest_pipeline.core.crypto import generate_master_key
-from ingest_pipeline.environment import stop_embedded_postgres
+from ingest_pipeline.runtime.settings import stop_embedded_postgres
 from ingest_pipeline_tests.daemons import Daemons
 
 CORPUS = Path(ingest_pipeline.__file__).parent / "sample_corpus"
@@ -95,7 +95,7 @@ class Pipeline:
         return cli.status(tenant)["tenants"][tenant]
 
     def ledger(self):
-        from ingest_pipeline.instance import prepare_environment
+        from ingest_pipeline.runtime.instance import prepare_environment
 
         return prepare_environment()[1]
 

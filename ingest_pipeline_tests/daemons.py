@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterRunStatus, MultiPartitionKey
 
-from ingest_pipeline.instance import dagster_instance, prepare_environment
-from ingest_pipeline.uploads import current_month
+from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+from ingest_pipeline.work.uploads import current_month
 
 REPO = Path(__file__).resolve().parents[1]
 WORKSPACE = REPO / "workspace.yaml"

@@ -4,8 +4,8 @@
 from dagster import DagsterEventType, MultiPartitionKey
 
 from ingest_pipeline.definitions import build_definitions
-from ingest_pipeline.instance import dagster_instance, prepare_environment
-from ingest_pipeline.uploads import current_month
+from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+from ingest_pipeline.work.uploads import current_month
 
 
 def materialize_partition(tenant: str, run_config: dict | None = None):

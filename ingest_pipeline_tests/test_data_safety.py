@@ -19,14 +19,14 @@ from ingest_pipeline import cli
 from ingest_pipeline.core.embedding import bundled_model_path
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.defs.assets import raw_documents
-from ingest_pipeline.indexing import IndexWriter
-from ingest_pipeline.instance import dagster_instance
-from ingest_pipeline.keystore import KeyVault
-from ingest_pipeline.landing import RefusedFile
-from ingest_pipeline.ledger import _LOCK_CLASS, Ledger, TenantBusy, sha256_file
-from ingest_pipeline.search import EmbeddingModelMismatch
-from ingest_pipeline.uploads import current_month
-from ingest_pipeline.vector_index import IndexUnavailable, TenantIndex
+from ingest_pipeline.runtime.instance import dagster_instance
+from ingest_pipeline.stores.key_vault import KeyVault
+from ingest_pipeline.stores.landing_zone import RefusedFile
+from ingest_pipeline.stores.ledger import _LOCK_CLASS, Ledger, TenantBusy, sha256_file
+from ingest_pipeline.stores.tenant_index import IndexUnavailable, TenantIndex
+from ingest_pipeline.work.indexing import IndexWriter
+from ingest_pipeline.work.search import EmbeddingModelMismatch
+from ingest_pipeline.work.uploads import current_month
 from ingest_pipeline_tests.helpers import (
     ledger_chunks,
     materialization_metadata,
@@ -222,7 +222,7 @@ def _fresh_worker(pipeline, settings: dict, tenant: str, month: str) -> dict:
 
 def test_settings_are_read_by_the_run_not_at_import_and_never_fall_back_silently(tmp_path, embedded_pipeline,
                                                                                   docs, monkeypatch):
-    from ingest_pipeline.environment import embedded_postgres_uri, stop_embedded_postgres
+    from ingest_pipeline.runtime.settings import embedded_postgres_uri, stop_embedded_postgres
 
     pipeline = embedded_pipeline
     acme = pipeline.tenant("acme")
@@ -501,7 +501,7 @@ _EMPTY_PARTITIONS = """
 import json, sys, time
 from dagster import MultiPartitionKey
 from ingest_pipeline.definitions import build_definitions
-from ingest_pipeline.instance import dagster_instance, prepare_environment
+from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 prepare_environment()
 job, instance = build_definitions().resolve_job_def("ingest_job"), dagster_instance()
 timings = []

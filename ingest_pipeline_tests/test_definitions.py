@@ -16,7 +16,7 @@ from dagster_postgres import PostgresRunStorage
 
 from ingest_pipeline.definitions import build_definitions
 from ingest_pipeline.defs.partitions import tenant_month_partitions, tenant_partitions
-from ingest_pipeline.instance import PROJECT_ROOT, dagster_instance
+from ingest_pipeline.runtime.instance import PROJECT_ROOT, dagster_instance
 from ingest_pipeline_tests.conftest import _free_port
 
 ASSETS = ["raw_documents", "document_chunks", "chunk_embeddings", "cyborgdb_index"]
@@ -83,7 +83,7 @@ def test_runs_land_in_the_postgres_instance_the_ui_reads(embedded_pipeline, docs
 def test_an_external_postgres_by_dsn_holds_the_ledger_and_the_dagster_instance(tmp_path, monkeypatch, docs):
     from ingest_pipeline import cli
     from ingest_pipeline.core.crypto import generate_master_key
-    from ingest_pipeline.environment import embedded_postgres_uri, stop_embedded_postgres
+    from ingest_pipeline.runtime.settings import embedded_postgres_uri, stop_embedded_postgres
 
     server_home = tmp_path / "db-server"  # a PostgreSQL server that is not under INGEST_HOME
     dsn = embedded_postgres_uri(server_home)

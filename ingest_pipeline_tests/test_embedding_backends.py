@@ -3,7 +3,7 @@
 import pytest
 
 from ingest_pipeline import cli
-from ingest_pipeline.search import EmbeddingModelMismatch
+from ingest_pipeline.work.search import EmbeddingModelMismatch
 from ingest_pipeline_tests.helpers import materialize_partition, step_events
 
 MAGIC_QUERY = "What is the default priority of a magic rule?"

@@ -11,7 +11,7 @@ from dagster import DagsterEventType
 from pypdf import PdfReader, PdfWriter
 
 from ingest_pipeline.core.crypto import generate_master_key
-from ingest_pipeline.vector_index import TenantIndex
+from ingest_pipeline.stores.tenant_index import TenantIndex
 from ingest_pipeline_tests.conftest import CORPUS
 from ingest_pipeline_tests.helpers import ledger_chunks, materialize_partition, step_events
 

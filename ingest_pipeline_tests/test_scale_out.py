@@ -4,9 +4,9 @@ executor."""
 
 from dagster import DagsterEventType, DagsterRunStatus
 
-from ingest_pipeline.environment import embedded_postgres_uri, stop_embedded_postgres
-from ingest_pipeline.instance import dagster_instance
-from ingest_pipeline.keystore import KeyVault
+from ingest_pipeline.runtime.instance import dagster_instance
+from ingest_pipeline.runtime.settings import embedded_postgres_uri, stop_embedded_postgres
+from ingest_pipeline.stores.key_vault import KeyVault
 from ingest_pipeline_tests.conftest import _pipeline
 from ingest_pipeline_tests.daemons import FINISHED, launch_partition_run, run_status, stop_upload_sensor, wait_for
 from ingest_pipeline_tests.helpers import step_events

@@ -12,7 +12,7 @@ from psycopg import sql
 from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.core.ids import index_name
 from ingest_pipeline.definitions import build_resources
-from ingest_pipeline.vector_index import IndexKeyMismatch, TenantIndex
+from ingest_pipeline.stores.tenant_index import IndexKeyMismatch, TenantIndex
 from ingest_pipeline_tests.helpers import ledger_chunks, materialize_partition, step_events
 
 SAFE_SNIPPET = re.compile(r"[A-Za-z0-9 ,.;:()-]+")

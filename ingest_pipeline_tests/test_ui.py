@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from ingest_pipeline.environment import stop_embedded_postgres
-from ingest_pipeline.instance import PROJECT_ROOT, prepare_environment
+from ingest_pipeline.runtime.instance import PROJECT_ROOT, prepare_environment
+from ingest_pipeline.runtime.settings import stop_embedded_postgres
 from ingest_pipeline_tests.conftest import CORPUS, _free_port, _pipeline
 
 ASSETS = ["raw_documents", "document_chunks", "chunk_embeddings", "cyborgdb_index"]

@@ -57,7 +57,7 @@ from ingest_pipeline.core.extraction import (
     extract_text,
     read_document,
 )
-from ingest_pipeline.faults import InjectedFault, fault_point
+from ingest_pipeline.core.faults import InjectedFault, fault_point
 
 T = TypeVar("T")
 

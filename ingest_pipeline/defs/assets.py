@@ -28,6 +28,7 @@ from pydantic import Field
 
 from ingest_pipeline.core.crypto import DecryptionError, MasterKeyError
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
+from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.core.ids import chunk_id, validate_tenant
 from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionUnavailable, WorkerStartFailed
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_month_partitions
@@ -38,14 +39,14 @@ from ingest_pipeline.defs.resources import (
     PostgresLedger,
     TenantKeyring,
 )
-from ingest_pipeline.embedding_stage import embed_pending
-from ingest_pipeline.environment import ConfigurationError
-from ingest_pipeline.faults import fault_point
-from ingest_pipeline.indexing import IndexWriter
-from ingest_pipeline.keystore import TenantErased
-from ingest_pipeline.landing import LandingZoneUnavailable, RefusedFile, hash_file, scan_changes
-from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, TenantSession
-from ingest_pipeline.vector_index import PermanentIndexError
+from ingest_pipeline.runtime.settings import ConfigurationError
+from ingest_pipeline.stores.key_vault import TenantErased
+from ingest_pipeline.stores.landing_zone import LandingZoneUnavailable, RefusedFile, hash_file
+from ingest_pipeline.stores.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, TenantSession
+from ingest_pipeline.stores.tenant_index import PermanentIndexError
+from ingest_pipeline.work.embedding_stage import embed_pending
+from ingest_pipeline.work.indexing import IndexWriter
+from ingest_pipeline.work.landing_scan import scan_changes
 
 GROUP = "ingestion"
 OWNERS = ["team:data-platform"]

@@ -3,12 +3,12 @@
 from dagster import AssetSelection, Config, OpExecutionContext, define_asset_job, job, op
 from pydantic import Field
 
+from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.defs.assets import GROUP, STORAGE_RETRY, tenant_session
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
-from ingest_pipeline.erasure import tag_run_with_tenant
-from ingest_pipeline.faults import fault_point
-from ingest_pipeline.indexing import IndexWriter
+from ingest_pipeline.work.erasure import tag_run_with_tenant
+from ingest_pipeline.work.indexing import IndexWriter
 
 # The four stages form a chain, so one process per run loses no parallelism and saves a process start (and
 # imports) per step. A run may still choose the multiprocess executor in its run config (launchpad, RunRequest).

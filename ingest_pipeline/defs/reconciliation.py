@@ -22,8 +22,9 @@ from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.core.ids import InvalidName, validate_tenant
 from ingest_pipeline.defs.assets import STORAGE_RETRY, TenantWasErased, fail_fast, tenant_session
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
-from ingest_pipeline.erasure import tag_run_with_tenant
-from ingest_pipeline.reconciliation import (
+from ingest_pipeline.stores.tenant_index import IndexDimensionMismatch, IndexKeyMismatch
+from ingest_pipeline.work.erasure import tag_run_with_tenant
+from ingest_pipeline.work.reconciliation import (
     DEFAULT_MAX_ORPHAN_SHARE,
     REPORT_COLUMNS,
     TenantReconciliation,
@@ -32,7 +33,6 @@ from ingest_pipeline.reconciliation import (
     report_records,
     report_totals,
 )
-from ingest_pipeline.vector_index import IndexDimensionMismatch, IndexKeyMismatch
 
 REPORT_METADATA_KEY = "report"
 # A tenant that fails for one of these is reported and the others go on; anything else (a busy tenant, a

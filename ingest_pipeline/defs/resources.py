@@ -39,11 +39,11 @@ from ingest_pipeline.core.sandbox import (
     SandboxLimits,
     SandboxPool,
 )
-from ingest_pipeline.environment import ConfigurationError, Settings, development_master_key, postgres_dsn
-from ingest_pipeline.keystore import KeyStore, KeyVault, TenantKeySet
-from ingest_pipeline.landing import LandingZone
-from ingest_pipeline.ledger import Ledger
-from ingest_pipeline.vector_index import DEFAULT_CALL_TIMEOUT_S, CyborgIndexes
+from ingest_pipeline.runtime.settings import ConfigurationError, Settings, development_master_key, postgres_dsn
+from ingest_pipeline.stores.key_vault import KeyStore, KeyVault, TenantKeySet
+from ingest_pipeline.stores.landing_zone import LandingZone
+from ingest_pipeline.stores.ledger import Ledger
+from ingest_pipeline.stores.tenant_index import DEFAULT_CALL_TIMEOUT_S, CyborgIndexes
 
 
 class SettingsFromEnvironment(ConfigurableResource):

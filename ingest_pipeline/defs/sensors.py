@@ -24,9 +24,9 @@ from ingest_pipeline.core.ids import TENANT_PATTERN
 from ingest_pipeline.defs.jobs import ingest_job
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_partitions
 from ingest_pipeline.defs.resources import LandingZoneResource, PostgresLedger
-from ingest_pipeline.keystore import TenantErased
-from ingest_pipeline.landing import LandingScan, LandingZone, LandingZoneUnavailable
-from ingest_pipeline.uploads import record_dropped_files
+from ingest_pipeline.stores.key_vault import TenantErased
+from ingest_pipeline.stores.landing_zone import LandingScan, LandingZone, LandingZoneUnavailable
+from ingest_pipeline.work.uploads import record_dropped_files
 
 # A tick reads at most this many upload events and records at most this many dropped files, so that a
 # burst (10,000 uploads across 200 tenants) is paged over ticks, each well under the tick timeout.

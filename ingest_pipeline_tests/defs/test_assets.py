@@ -9,9 +9,9 @@ from ingest_pipeline import cli
 from ingest_pipeline.core.ids import chunk_id, document_id
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.defs.assets import raw_documents
-from ingest_pipeline.instance import dagster_instance
-from ingest_pipeline.landing import hash_file
-from ingest_pipeline.uploads import current_month
+from ingest_pipeline.runtime.instance import dagster_instance
+from ingest_pipeline.stores.landing_zone import hash_file
+from ingest_pipeline.work.uploads import current_month
 from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
 
 MAGIC_QUERY = "What is the default priority of a magic rule?"

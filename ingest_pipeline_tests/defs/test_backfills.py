@@ -4,7 +4,7 @@ the daemon, as from the UI's Materialize -> Launch backfill."""
 from dagster import DagsterRunStatus, RunsFilter
 
 from ingest_pipeline.defs.partitions import month_partitions
-from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline.runtime.instance import dagster_instance
 from ingest_pipeline_tests.daemons import FINISHED, dagster_cli, stop_upload_sensor, wait_for
 
 # Backfill statuses (dagster's BulkActionStatus values) after which no run is launched any more.

@@ -7,8 +7,8 @@ from dagster import DagsterRunStatus, RunRequest, SkipReason, build_schedule_con
 from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_definitions, build_resources
 from ingest_pipeline.defs.schedules import pending_work_schedule, weekly_reconciliation_schedule
-from ingest_pipeline.instance import dagster_instance, prepare_environment
-from ingest_pipeline.uploads import current_month
+from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+from ingest_pipeline.work.uploads import current_month
 from ingest_pipeline_tests.helpers import materialize_partition
 
 

@@ -11,8 +11,8 @@ from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_definitions, build_resources
 from ingest_pipeline.defs import sensors
 from ingest_pipeline.defs.sensors import UPLOADS_PER_TICK, UploadCursor, upload_sensor
-from ingest_pipeline.instance import dagster_instance, prepare_environment
-from ingest_pipeline.uploads import current_month
+from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+from ingest_pipeline.work.uploads import current_month
 
 
 def tick(cursor: str | None = None) -> SensorResult | SkipReason:
@@ -154,7 +154,7 @@ def test_a_tenant_with_a_run_in_progress_is_not_requested_twice(embedded_pipelin
 
 
 def test_an_erased_tenant_gets_no_run_and_no_partition_even_if_held_back_before_its_erasure(embedded_pipeline, docs):
-    from ingest_pipeline import cli_keys
+    from ingest_pipeline.cli import keys as cli_keys
 
     pipeline = embedded_pipeline
     acme = pipeline.tenant("acme")

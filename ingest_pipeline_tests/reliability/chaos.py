@@ -1,6 +1,6 @@
 """Test-only fault machinery around the real engines: a fault-injecting HTTP proxy in front of the real
 cyborgdb-service, a cyborgdb-service process a test may SIGKILL and restart on the same port and storage, a
-restart of the embedded PostgreSQL server, and helpers for the seams of `ingest_pipeline.faults`.
+restart of the embedded PostgreSQL server, and helpers for the seams of `ingest_pipeline.core.faults`.
 
 Only the proxy's faults are fake (it answers 503, stalls or drops connections instead of forwarding);
 everything it forwards reaches the real service.
@@ -23,7 +23,7 @@ import urllib.request
 from collections import Counter, deque
 from pathlib import Path
 
-from ingest_pipeline import faults
+from ingest_pipeline.core import faults
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "te",
               "trailer", "upgrade"}
@@ -263,7 +263,7 @@ def stop_postgres(home: Path) -> None:
         subprocess.run([sys.executable, "-c", _POSTGRES, str(home / "pgdata"), "stop"], check=True, timeout=120)
 
 
-# ---- the seams of ingest_pipeline.faults -----------------------------------------------------------------
+# ---- the seams of ingest_pipeline.core.faults -----------------------------------------------------------------
 
 
 def wait_held(seam: str, timeout_s: float = 300, process: subprocess.Popen | None = None) -> None:

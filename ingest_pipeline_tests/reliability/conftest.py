@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ingest_pipeline import faults
+from ingest_pipeline.core import faults
 from ingest_pipeline.core.crypto import generate_master_key
-from ingest_pipeline.environment import stop_embedded_postgres
+from ingest_pipeline.runtime.settings import stop_embedded_postgres
 from ingest_pipeline_tests.conftest import CORPUS
 from ingest_pipeline_tests.reliability.chaos import FaultProxy, ServiceProcess
 

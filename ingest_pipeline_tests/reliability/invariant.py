@@ -11,8 +11,8 @@ from collections import Counter
 
 from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.definitions import build_resources
-from ingest_pipeline.indexing import open_live_index
-from ingest_pipeline.instance import prepare_environment
+from ingest_pipeline.runtime.instance import prepare_environment
+from ingest_pipeline.work.indexing import open_live_index
 
 QUERIES = (
     "What does the license say about patents?",

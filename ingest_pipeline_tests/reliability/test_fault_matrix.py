@@ -1,4 +1,4 @@
-"""The fault matrix: a fault at every stage boundary (the seams of `ingest_pipeline.faults`), then the invariant.
+"""The fault matrix: a fault at every stage boundary (the seams of `ingest_pipeline.core.faults`), then the invariant.
 
 - SIGKILL: `ingest-pipeline ingest` runs in a subprocess with INGEST_FAULTS=`<seam>=kill-once` and dies at the
   seam (no cleanup, no Dagster event); what it left is checked, then a plain re-run must converge.
@@ -15,7 +15,7 @@ import sys
 import pytest
 from dagster import DagsterEventType
 
-from ingest_pipeline import faults
+from ingest_pipeline.core import faults
 from ingest_pipeline_tests.helpers import materialize_partition, step_events
 from ingest_pipeline_tests.reliability.invariant import assert_invariant, check_invariant, search_fingerprint
 

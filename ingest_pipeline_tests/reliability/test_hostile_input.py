@@ -12,9 +12,9 @@ from pypdf import PdfReader, PdfWriter
 
 from ingest_pipeline.core.extraction import ReasonCode
 from ingest_pipeline.core.ids import InvalidName
-from ingest_pipeline.instance import dagster_instance, prepare_environment
-from ingest_pipeline.landing import LandingZone, RefusedFile
-from ingest_pipeline.uploads import record_dropped_files
+from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+from ingest_pipeline.stores.landing_zone import LandingZone, RefusedFile
+from ingest_pipeline.work.uploads import record_dropped_files
 from ingest_pipeline_tests.conftest import CORPUS
 from ingest_pipeline_tests.core.test_sandbox import bomb_pdf, single_line
 from ingest_pipeline_tests.helpers import step_events

@@ -17,12 +17,12 @@ import psycopg
 import pytest
 
 from ingest_pipeline import cli
-from ingest_pipeline.cli_reconcile import reconcile
+from ingest_pipeline.cli.reconcile import reconcile
 from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.core.ids import index_name
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.defs.checks import compare_index_with_ledger, sampled_recall
-from ingest_pipeline.ledger import Ledger
+from ingest_pipeline.stores.ledger import Ledger
 from ingest_pipeline_tests.conftest import CORPUS
 from ingest_pipeline_tests.helpers import ledger_chunks, materialize_partition
 

@@ -12,13 +12,14 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from ingest_pipeline import cli_keys, faults
+from ingest_pipeline.cli import keys as cli_keys
+from ingest_pipeline.core import faults
 from ingest_pipeline.core.crypto import SEAL_FORMAT, generate_master_key, parse_master_key
+from ingest_pipeline.core.faults import InjectedFault
 from ingest_pipeline.definitions import build_resources
-from ingest_pipeline.faults import InjectedFault
-from ingest_pipeline.keystore import KeyStore, KeyVaultConflict, MasterKeyRotated
-from ingest_pipeline.ledger import Ledger, TenantKeyMismatch
-from ingest_pipeline.reencryption import BATCH_QUERY, reencrypt_tenant
+from ingest_pipeline.stores.key_vault import KeyStore, KeyVaultConflict, MasterKeyRotated
+from ingest_pipeline.stores.ledger import Ledger, TenantKeyMismatch
+from ingest_pipeline.work.reencryption import BATCH_QUERY, reencrypt_tenant
 from ingest_pipeline_tests.helpers import ledger_chunks
 
 

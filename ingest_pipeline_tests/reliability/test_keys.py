@@ -17,8 +17,8 @@ from dagster import RunsFilter
 from ingest_pipeline.core.crypto import DecryptionError, VectorEncryptor, derive_tenant_keys, generate_master_key
 from ingest_pipeline.core.crypto import parse_master_key as parse
 from ingest_pipeline.definitions import build_resources
-from ingest_pipeline.instance import PROJECT_ROOT, dagster_instance
-from ingest_pipeline.keystore import TenantErased
+from ingest_pipeline.runtime.instance import PROJECT_ROOT, dagster_instance
+from ingest_pipeline.stores.key_vault import TenantErased
 from ingest_pipeline_tests.helpers import ledger_chunks
 from ingest_pipeline_tests.reliability.invariant import assert_invariant, search_fingerprint
 
@@ -309,11 +309,11 @@ def test_writers_that_read_the_tenant_before_its_erasure_write_nothing_after_it(
     from dagster._core.errors import DagsterUnknownPartitionError
 
     from ingest_pipeline import cli as cli_module
-    from ingest_pipeline import cli_keys
+    from ingest_pipeline.cli import keys as cli_keys
     from ingest_pipeline.definitions import build_definitions
     from ingest_pipeline.defs.assets import RawDocumentsConfig, TenantWasErased, raw_documents
-    from ingest_pipeline.landing import LandingZone
-    from ingest_pipeline.uploads import current_month, record_dropped_files, record_file
+    from ingest_pipeline.stores.landing_zone import LandingZone
+    from ingest_pipeline.work.uploads import current_month, record_dropped_files, record_file
     from ingest_pipeline_tests.helpers import materialize_partition
 
     scenario.category = "keys"
@@ -393,9 +393,9 @@ def test_a_run_waiting_for_the_lock_through_an_erasure_writes_nothing_until_the_
     import time
 
     from ingest_pipeline import cli as cli_module
-    from ingest_pipeline import cli_keys
+    from ingest_pipeline.cli import keys as cli_keys
     from ingest_pipeline.definitions import build_definitions
-    from ingest_pipeline.erasure import TENANT_JOB_TAG
+    from ingest_pipeline.work.erasure import TENANT_JOB_TAG
     from ingest_pipeline_tests.helpers import materialize_partition
 
     scenario.category = "keys"

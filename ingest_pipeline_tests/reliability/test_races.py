@@ -26,7 +26,7 @@ _RACER = """
 import os, sys, time
 from pathlib import Path
 from ingest_pipeline import cli
-from ingest_pipeline.instance import prepare_environment
+from ingest_pipeline.runtime.instance import prepare_environment
 prepare_environment()
 barrier = Path(sys.argv[1])
 Path(f"{barrier}.ready-{os.getpid()}").touch()

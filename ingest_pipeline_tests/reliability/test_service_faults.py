@@ -3,7 +3,7 @@ transient CyborgDB errors (5xx, stalls past the timeout, dropped and refused con
 call, and permanent ones (401, a wrong index key, a dimension mismatch) failing at once, naming the tenant,
 with nothing half-written; after the cause is fixed, a re-run converges.
 
-Runs hold at a seam of `ingest_pipeline.faults` (`hold-once`) while the test does something to the world, so
+Runs hold at a seam of `ingest_pipeline.core.faults` (`hold-once`) while the test does something to the world, so
 every fault lands at a known stage boundary.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterEventType
 
-from ingest_pipeline import faults
+from ingest_pipeline.core import faults
 from ingest_pipeline.core.ids import index_name
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline_tests.helpers import materialize_partition, step_events

@@ -15,8 +15,8 @@ import pytest
 from ingest_pipeline import cli
 from ingest_pipeline.core.crypto import generate_master_key
 from ingest_pipeline.definitions import build_resources
-from ingest_pipeline.environment import stop_embedded_postgres
-from ingest_pipeline.vector_index import TenantIndex
+from ingest_pipeline.runtime.settings import stop_embedded_postgres
+from ingest_pipeline.stores.tenant_index import TenantIndex
 from ingest_pipeline_tests import conftest as suite
 from ingest_pipeline_tests.helpers import ledger_chunks
 from ingest_pipeline_tests.reliability import leaks

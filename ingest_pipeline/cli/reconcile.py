@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.instance import dagster_instance, monitored_run_tags, prepare_environment
+from ingest_pipeline.runtime.instance import dagster_instance, monitored_run_tags, prepare_environment
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 out = Console()
@@ -51,8 +51,8 @@ def reconcile(tenant: str | None = None, repair: bool = True, allow_mass_delete:
     """
     from ingest_pipeline.definitions import build_resources
     from ingest_pipeline.defs.reconciliation import reconcile_job
-    from ingest_pipeline.erasure import TENANT_JOB_TAG
-    from ingest_pipeline.reconciliation import REPORT_COLUMNS, report_totals
+    from ingest_pipeline.work.erasure import TENANT_JOB_TAG
+    from ingest_pipeline.work.reconciliation import REPORT_COLUMNS, report_totals
 
     config = {"tenants": [validate_tenant(tenant)] if tenant else [], "repair": repair,
               "allow_mass_delete": allow_mass_delete}
@@ -76,7 +76,7 @@ def reconcile(tenant: str | None = None, repair: bool = True, allow_mass_delete:
 
 def write_csv(report: dict, path: str | Path) -> None:
     """The report as CSV, one row per tenant, every column of the report in its order."""
-    from ingest_pipeline.reconciliation import REPORT_COLUMNS
+    from ingest_pipeline.work.reconciliation import REPORT_COLUMNS
 
     rows = [{"tenant_id": tenant, **figures} for tenant, figures in report["tenants"].items()]
     pd.DataFrame.from_records(rows, columns=list(REPORT_COLUMNS)).to_csv(path, index=False)

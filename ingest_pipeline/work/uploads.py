@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 
 from ingest_pipeline.core.extraction import ReasonCode
 from ingest_pipeline.core.ids import document_id, validate_tenant
-from ingest_pipeline.keystore import TenantErased
-from ingest_pipeline.landing import LandingScan, LandingZone, RefusedFile, compare, hash_file
-from ingest_pipeline.ledger import Ledger, Upload, erasure_message
+from ingest_pipeline.stores.key_vault import TenantErased
+from ingest_pipeline.stores.landing_zone import LandingScan, LandingZone, RefusedFile, hash_file
+from ingest_pipeline.stores.ledger import Ledger, Upload, erasure_message
+from ingest_pipeline.work.landing_scan import compare
 
 log = logging.getLogger(__name__)
 

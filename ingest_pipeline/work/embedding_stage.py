@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ingest_pipeline.faults import fault_point
-from ingest_pipeline.ledger import Ledger, TenantSession
+from ingest_pipeline.core.faults import fault_point
+from ingest_pipeline.stores.ledger import Ledger, TenantSession
 
 _END = object()
 _POLL_S = 0.2
@@ -120,7 +120,7 @@ def embed_pending(
             ]
             with conn.transaction():
                 ledger.store_embeddings(conn, tenant, sealed)
-                fault_point("embed:before-commit")  # test-only seams (ingest_pipeline.faults)
+                fault_point("embed:before-commit")  # test-only seams (ingest_pipeline.core.faults)
             fault_point("embed:after-commit")
             stats.embedded += len(group)
             if on_progress is not None:

@@ -28,11 +28,11 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
+from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.faults import fault_point
-from ingest_pipeline.keystore import KeyStore, KeyVaultMissingKey, TenantErased, UnknownTenant
-from ingest_pipeline.ledger import Ledger, erasure_message
-from ingest_pipeline.vector_index import CyborgIndexes
+from ingest_pipeline.stores.key_vault import KeyStore, KeyVaultMissingKey, TenantErased, UnknownTenant
+from ingest_pipeline.stores.ledger import Ledger, erasure_message
+from ingest_pipeline.stores.tenant_index import CyborgIndexes
 
 TENANT_TAG = "dagster/partition/tenant"  # ingest runs of the tenant's partitions
 TENANT_JOB_TAG = "ingest/tenant"  # its re-encryption and rebuild runs

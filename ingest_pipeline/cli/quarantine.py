@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ingest_pipeline.core.ids import validate_document_name, validate_tenant
-from ingest_pipeline.instance import prepare_environment
+from ingest_pipeline.runtime.instance import prepare_environment
 
 out = Console()
 

@@ -10,16 +10,17 @@ from types import SimpleNamespace
 import numpy as np
 from dagster import AssetKey, Failure, MultiPartitionKey
 
-from ingest_pipeline import cli, cli_reconcile
+from ingest_pipeline import cli
+from ingest_pipeline.cli import reconcile as cli_reconcile
 from ingest_pipeline.core.crypto import LEGACY_SEAL_FORMAT, VectorEncryptor, derive_tenant_keys
 from ingest_pipeline.definitions import build_definitions, build_resources
 from ingest_pipeline.defs.checks import compare_index_with_ledger, sampled_recall
-from ingest_pipeline.indexing import IndexWriter
-from ingest_pipeline.instance import dagster_instance
-from ingest_pipeline.keystore import TenantKeySet
-from ingest_pipeline.reconciliation import REPORT_COLUMNS, TenantReconciliation
-from ingest_pipeline.uploads import current_month
-from ingest_pipeline.vector_index import TenantIndex
+from ingest_pipeline.runtime.instance import dagster_instance
+from ingest_pipeline.stores.key_vault import TenantKeySet
+from ingest_pipeline.stores.tenant_index import TenantIndex
+from ingest_pipeline.work.indexing import IndexWriter
+from ingest_pipeline.work.reconciliation import REPORT_COLUMNS, TenantReconciliation
+from ingest_pipeline.work.uploads import current_month
 from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
 
 PATENT_QUERY = "What does the Apache License say about patents?"

@@ -111,7 +111,7 @@ class Upload:
 
 
 def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("ingest_pipeline") / "migrations"
+    folder = resources.files("ingest_pipeline.stores") / "migrations"
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):
@@ -799,6 +799,6 @@ def sha256_file(path) -> str:
     Raises landing.RefusedFile (code symlink or special-file, naming the file) for anything that is not a
     regular file when opened, whatever it was when a folder was listed.
     """
-    from ingest_pipeline.landing import hash_file
+    from ingest_pipeline.stores.landing_zone import hash_file
 
     return hash_file(path)[1]

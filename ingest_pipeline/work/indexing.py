@@ -9,9 +9,9 @@ import time
 from contextlib import contextmanager
 
 from ingest_pipeline.core.crypto import VectorEncryptor
-from ingest_pipeline.faults import fault_point
-from ingest_pipeline.ledger import Ledger, TenantSession
-from ingest_pipeline.vector_index import CyborgIndexes, IndexUnavailable, TenantIndex
+from ingest_pipeline.core.faults import fault_point
+from ingest_pipeline.stores.ledger import Ledger, TenantSession
+from ingest_pipeline.stores.tenant_index import CyborgIndexes, IndexUnavailable, TenantIndex
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class IndexWriter:
                 if not rows:
                     break
                 # Upsert inside the transaction: if CyborgDB refuses, the batch stays 'embedded'.
-                fault_point("index:before-upsert")  # test-only seams (ingest_pipeline.faults); no-ops otherwise
+                fault_point("index:before-upsert")  # test-only seams (ingest_pipeline.core.faults); no-ops otherwise
                 self._upsert(self.items(rows), generations)
                 self.ledger.mark_indexed(self.conn, [row["chunk_id"] for row in rows])
                 fault_point("index:after-upsert")  # in CyborgDB, not yet committed in Postgres

@@ -52,8 +52,8 @@ from ingest_pipeline.core.crypto import (
     unwrap_key,
     wrap_key,
 )
-from ingest_pipeline.faults import fault_point
-from ingest_pipeline.ledger import TenantKeyMismatch
+from ingest_pipeline.core.faults import fault_point
+from ingest_pipeline.stores.ledger import TenantKeyMismatch
 
 FIRST_DATA_KEY_VERSION = 1
 

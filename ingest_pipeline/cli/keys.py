@@ -18,8 +18,8 @@ from rich.console import Console
 
 from ingest_pipeline.core.crypto import master_key_id, parse_master_key
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.erasure import TENANT_JOB_TAG
-from ingest_pipeline.instance import dagster_instance, monitored_run_tags, prepare_environment
+from ingest_pipeline.runtime.instance import dagster_instance, monitored_run_tags, prepare_environment
+from ingest_pipeline.work.erasure import TENANT_JOB_TAG
 
 NEW_MASTER_KEY_ENV = "INGEST_NEW_MASTER_KEY"
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -46,7 +46,7 @@ def rotate_key(tenant: str, rotate: bool = True, batch_size: int | None = None) 
     """Rotate the tenant's data key (unless `rotate` is False: then only finish moving rows) and move
     every row to it through `reencrypt_job`."""
     from ingest_pipeline.defs.keys import reencrypt_job
-    from ingest_pipeline.reencryption import rows_to_move
+    from ingest_pipeline.work.reencryption import rows_to_move
 
     tenant = validate_tenant(tenant)
     resources = _resources()
@@ -89,8 +89,8 @@ def rotate_master_key() -> dict:
 
 def erase(tenant: str) -> dict:
     from ingest_pipeline.defs.partitions import tenant_partitions
-    from ingest_pipeline.environment import Settings
-    from ingest_pipeline.erasure import erase_tenant
+    from ingest_pipeline.runtime.settings import Settings
+    from ingest_pipeline.work.erasure import erase_tenant
 
     tenant = validate_tenant(tenant)
     resources = _resources()
@@ -103,7 +103,7 @@ def erase(tenant: str) -> dict:
 
 def readmit(tenant: str, by: str | None = None) -> dict:
     """Lift an erased tenant's tombstone (recording who and when): its next upload creates it anew."""
-    from ingest_pipeline.erasure import readmit_tenant
+    from ingest_pipeline.work.erasure import readmit_tenant
 
     tenant = validate_tenant(tenant)
     _, ledger = prepare_environment()

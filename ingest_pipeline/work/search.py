@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 from ingest_pipeline.core.crypto import VectorEncryptor
 from ingest_pipeline.core.embedding import Embedder
-from ingest_pipeline.ledger import EmbeddingModelMismatch, Ledger
-from ingest_pipeline.vector_index import TenantIndex
+from ingest_pipeline.stores.ledger import EmbeddingModelMismatch, Ledger
+from ingest_pipeline.stores.tenant_index import TenantIndex
 
 
 @dataclass(frozen=True)

@@ -27,17 +27,19 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from ingest_pipeline import cli_keys, cli_quarantine, cli_reconcile
+from ingest_pipeline.cli import keys as cli_keys
+from ingest_pipeline.cli import quarantine as cli_quarantine
+from ingest_pipeline.cli import reconcile as cli_reconcile
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
-from ingest_pipeline.instance import dagster_instance, monitored_run_tags, prepare_environment
-from ingest_pipeline.keystore import TenantErased, UnknownTenant
-from ingest_pipeline.landing import LandingZoneUnavailable, RefusedFile
-from ingest_pipeline.ledger import sha256_file
+from ingest_pipeline.runtime.instance import dagster_instance, monitored_run_tags, prepare_environment
+from ingest_pipeline.stores.key_vault import TenantErased, UnknownTenant
+from ingest_pipeline.stores.landing_zone import LandingZoneUnavailable, RefusedFile
+from ingest_pipeline.stores.ledger import sha256_file
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # an error names paths: never cut it into lines
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-SAMPLE_CORPUS = Path(__file__).parent / "sample_corpus"
+SAMPLE_CORPUS = Path(__file__).parents[1] / "sample_corpus"
 
 
 def _definitions():
@@ -97,8 +99,8 @@ def _landed_digest(landed: Path) -> str | None:
 def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, list[str]]:
     """Register documents for a tenant: copy into the landing zone and record the upload event."""
     from ingest_pipeline.defs.partitions import tenant_partitions
-    from ingest_pipeline.landing import LandingZone
-    from ingest_pipeline.uploads import current_month, is_current, record_file, refuse_erased
+    from ingest_pipeline.stores.landing_zone import LandingZone
+    from ingest_pipeline.work.uploads import current_month, is_current, record_file, refuse_erased
 
     tenant = validate_tenant(tenant)
     settings, ledger = prepare_environment()
@@ -185,8 +187,8 @@ def _scan_landing_zone(ledger, landing_dir: Path, tenant: str | None) -> set[tup
     is missing or unreadable: that is an outage to fix, never a reason to delete.
     """
     from ingest_pipeline.core.ids import TENANT_PATTERN
-    from ingest_pipeline.landing import LandingZone
-    from ingest_pipeline.uploads import record_dropped_files
+    from ingest_pipeline.stores.landing_zone import LandingZone
+    from ingest_pipeline.work.uploads import record_dropped_files
 
     zone = LandingZone(landing_dir)
     live: dict[str, list[dict]] = {}
@@ -227,7 +229,7 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
         validate_tenant(tenant)
     settings, ledger = prepare_environment()
     if tenant:
-        from ingest_pipeline.uploads import refuse_erased
+        from ingest_pipeline.work.uploads import refuse_erased
 
         with ledger.connect() as conn, conn.transaction():
             refuse_erased(ledger, conn, tenant)  # TenantErased: nothing to ingest, and it says why
@@ -318,8 +320,8 @@ def _run_error(result) -> str | None:
 
 
 def search(tenant: str, queries: list[str], top_k: int = 5) -> list[list[dict]]:
-    from ingest_pipeline.indexing import open_live_index
-    from ingest_pipeline.search import search_tenant
+    from ingest_pipeline.work.indexing import open_live_index
+    from ingest_pipeline.work.search import search_tenant
 
     tenant = validate_tenant(tenant)
     prepare_environment()
@@ -340,7 +342,7 @@ def search(tenant: str, queries: list[str], top_k: int = 5) -> list[list[dict]]:
 
 
 def status(tenant: str | None = None) -> dict:
-    from ingest_pipeline.indexing import open_live_index
+    from ingest_pipeline.work.indexing import open_live_index
 
     _, ledger = prepare_environment()
     _, resources = _definitions()
@@ -361,7 +363,7 @@ def status(tenant: str | None = None) -> dict:
 
 
 def rebuild(tenant: str, lock_segment_s: float | None = None) -> dict:
-    from ingest_pipeline.erasure import TENANT_JOB_TAG
+    from ingest_pipeline.work.erasure import TENANT_JOB_TAG
 
     tenant = validate_tenant(tenant)
     prepare_environment()
@@ -462,7 +464,7 @@ def _env() -> int:
 
 def _dev(port: int) -> int:
     prepare_environment()
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     dagster = Path(sys.executable).parent / "dagster"
     os.execv(str(dagster), [str(dagster), "dev", "-w", str(root / "workspace.yaml"),
                             "-h", "127.0.0.1", "-p", str(port)])
@@ -554,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "env":
             return _env()
         if args.command == "stop-postgres":
-            from ingest_pipeline.environment import Settings, stop_embedded_postgres
+            from ingest_pipeline.runtime.settings import Settings, stop_embedded_postgres
 
             out.print("stopped" if stop_embedded_postgres(Settings.from_env().home) else "no embedded server here")
             return 0
@@ -573,6 +575,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

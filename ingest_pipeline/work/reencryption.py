@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ingest_pipeline.core.crypto import SEAL_FORMAT
-from ingest_pipeline.faults import fault_point
-from ingest_pipeline.ledger import Ledger
+from ingest_pipeline.core.faults import fault_point
+from ingest_pipeline.stores.ledger import Ledger
 
 DEFAULT_BATCH_SIZE = 500
 # The rows of one batch: the next `batch_size` rows of the tenant after the cursor that need moving.

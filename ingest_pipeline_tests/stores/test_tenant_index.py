@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ingest_pipeline.vector_index import CyborgIndexes, IndexUnavailable, check_service_url
+from ingest_pipeline.stores.tenant_index import CyborgIndexes, IndexUnavailable, check_service_url
 
 
 @pytest.mark.parametrize("url", ["http://remote-host:8000", "HTTP://remote-host", "Http://10.0.0.5:8000/"])

@@ -32,9 +32,9 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ingest_pipeline.indexing import IndexWriter
-from ingest_pipeline.ledger import Ledger, TenantSession
-from ingest_pipeline.vector_index import CyborgIndexes
+from ingest_pipeline.stores.ledger import Ledger, TenantSession
+from ingest_pipeline.stores.tenant_index import CyborgIndexes
+from ingest_pipeline.work.indexing import IndexWriter
 
 DELETE_PAGE = 500
 DEFAULT_MAX_ORPHAN_SHARE = 0.5

@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from ingest_pipeline.core.crypto import KEY_BYTES, MasterKeyError, generate_master_key
-from ingest_pipeline.environment import ConfigurationError, Settings, development_master_key, sqlalchemy_url
+from ingest_pipeline.runtime.settings import ConfigurationError, Settings, development_master_key, sqlalchemy_url
 
 
 def no_tenants() -> bool:

@@ -19,7 +19,7 @@ import time
 from dagster import DagsterEventType, DagsterRunStatus, RunsFilter
 
 from ingest_pipeline.core.crypto import generate_master_key
-from ingest_pipeline.instance import dagster_instance
+from ingest_pipeline.runtime.instance import dagster_instance
 from ingest_pipeline_tests.daemons import (
     FINISHED,
     launch_partition_run,

@@ -1,0 +1,1 @@
+"""Process wiring: settings from the environment, the Dagster instance and its run launcher."""
