@@ -202,8 +202,8 @@ tenant, month = sys.argv[2], sys.argv[3]
 result = defs.resolve_job_def("ingest_job").execute_in_process(
     partition_key=MultiPartitionKey({"tenant": tenant, "month": month}), instance=DagsterInstance.get(),
     raise_on_error=False)
-from ingest_pipeline.cli import _run_error
-print(json.dumps({"success": result.success, "errors": [_run_error(result)] if not result.success else []}))
+from ingest_pipeline.cli.runs import run_error
+print(json.dumps({"success": result.success, "errors": [run_error(result)] if not result.success else []}))
 """
 
 

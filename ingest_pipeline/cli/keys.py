@@ -16,13 +16,12 @@ import os
 
 from rich.console import Console
 
+from ingest_pipeline.cli.runs import execute_job
 from ingest_pipeline.core.crypto import master_key_id, parse_master_key
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.runtime.instance import dagster_instance, monitored_run_tags, prepare_environment
-from ingest_pipeline.work.erasure import TENANT_JOB_TAG
+from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 
 NEW_MASTER_KEY_ENV = "INGEST_NEW_MASTER_KEY"
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 out = Console()
 
 
@@ -53,11 +52,8 @@ def rotate_key(tenant: str, rotate: bool = True, batch_size: int | None = None) 
     ledger = resources["ledger"].ledger
     before = key_versions(ledger, tenant)
     config = {"tenant": tenant, "rotate_first": rotate, **({"batch_size": batch_size} if batch_size else {})}
-    result = reencrypt_job.execute_in_process(
-        run_config={"ops": {"reencrypt_tenant_rows": {"config": config}}, **QUIET_LOGGERS},
-        instance=dagster_instance(), resources=resources, raise_on_error=False,
-        tags={**monitored_run_tags(), TENANT_JOB_TAG: tenant},
-    )
+    result = execute_job(reencrypt_job, {"ops": {"reencrypt_tenant_rows": {"config": config}}}, dagster_instance(),
+                         tenant=tenant, resources=resources)
     error = None
     for event in result.all_events:
         if event.is_step_failure:

@@ -20,12 +20,6 @@ from ingest_pipeline.runtime.instance import prepare_environment
 out = Console()
 
 
-def current_limits(landing) -> dict | None:
-    """The extraction limits a run with this LandingZoneResource would use (SandboxLimits.as_dict), or None when
-    a setting is invalid: the run itself then fails and names it."""
-    return landing.current_limits()
-
-
 def quarantined(tenant: str | None = None) -> dict:
     """{"quarantined": [{tenant, document, code, reason, limits, quarantined_at}]}, by tenant and document.
 

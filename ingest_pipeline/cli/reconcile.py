@@ -14,10 +14,10 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 
+from ingest_pipeline.cli.runs import execute_job, resource_init_error
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.runtime.instance import dagster_instance, monitored_run_tags, prepare_environment
+from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 out = Console()
 
 
@@ -35,10 +35,7 @@ def _report_and_error(result) -> tuple[list[dict], str | None]:
             error = described.description if described and described.description else failure.error.message.strip()
             metadata = described.metadata if described else None
         elif event.event_type_value == "RESOURCE_INIT_FAILURE":
-            cause = event.event_specific_data.error
-            while cause.cause is not None:
-                cause = cause.cause
-            error = cause.message.strip()
+            error = resource_init_error(event)
         if metadata and REPORT_METADATA_KEY in metadata:
             records = [dict(record.data) for record in metadata[REPORT_METADATA_KEY].value.records]
     return records, error
@@ -51,17 +48,13 @@ def reconcile(tenant: str | None = None, repair: bool = True, allow_mass_delete:
     """
     from ingest_pipeline.definitions import build_resources
     from ingest_pipeline.defs.reconciliation import reconcile_job
-    from ingest_pipeline.work.erasure import TENANT_JOB_TAG
     from ingest_pipeline.work.reconciliation import REPORT_COLUMNS, report_totals
 
     config = {"tenants": [validate_tenant(tenant)] if tenant else [], "repair": repair,
               "allow_mass_delete": allow_mass_delete}
     prepare_environment()
-    result = reconcile_job.execute_in_process(
-        run_config={"ops": {"reconcile_tenants": {"config": config}}, **QUIET_LOGGERS},
-        instance=dagster_instance(), resources=build_resources(), raise_on_error=False,
-        tags={**monitored_run_tags(), **({TENANT_JOB_TAG: config["tenants"][0]} if tenant else {})},
-    )
+    result = execute_job(reconcile_job, {"ops": {"reconcile_tenants": {"config": config}}}, dagster_instance(),
+                         tenant=config["tenants"][0] if tenant else None, resources=build_resources())
     records, error = _report_and_error(result)
     totals = report_totals(pd.DataFrame.from_records(records, columns=list(REPORT_COLUMNS)))
     return {

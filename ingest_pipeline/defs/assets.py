@@ -47,6 +47,7 @@ from ingest_pipeline.stores.tenant_index import PermanentIndexError
 from ingest_pipeline.work.embedding_stage import embed_pending
 from ingest_pipeline.work.indexing import IndexWriter
 from ingest_pipeline.work.landing_scan import scan_changes
+from ingest_pipeline.work.uploads import note_unchanged_file
 
 GROUP = "ingestion"
 OWNERS = ["team:data-platform"]
@@ -193,7 +194,7 @@ def raw_documents(
                         continue
                     counts["hashed"] += 1
                     if content_sha256 == upload.content_sha256 and not upload.is_delete:
-                        store.note_file_seen(conn, upload.upload_id, info.st_mtime_ns, info.st_size)  # not hashed again
+                        note_unchanged_file(store, conn, upload, info)  # not hashed again
                 if document is None or document["status"] == "deleted":
                     store.register_document(conn, upload, content_sha256)
                     counts["new"] += 1

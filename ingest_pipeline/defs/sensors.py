@@ -20,12 +20,12 @@ from dagster import (
     sensor,
 )
 
-from ingest_pipeline.core.ids import TENANT_PATTERN
 from ingest_pipeline.defs.jobs import ingest_job
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_partitions
 from ingest_pipeline.defs.resources import LandingZoneResource, PostgresLedger
 from ingest_pipeline.stores.key_vault import TenantErased
 from ingest_pipeline.stores.landing_zone import LandingScan, LandingZone, LandingZoneUnavailable
+from ingest_pipeline.work.landing_scan import tenant_folders
 from ingest_pipeline.work.uploads import record_dropped_files
 
 # A tick reads at most this many upload events and records at most this many dropped files, so that a
@@ -145,7 +145,7 @@ def upload_sensor(
     folders_state = dict(cursor.folders)
     walked: list[str] = []
     if zone.root.is_dir():
-        tenants = sorted(p.name for p in zone.root.iterdir() if p.is_dir() and TENANT_PATTERN.fullmatch(p.name))
+        tenants = tenant_folders(zone)
         for gone in sorted(set(folders_state) - set(tenants)):
             del folders_state[gone]
             notes.append(f"the folder of tenant {gone!r} left the landing zone {zone.root}; nothing was deleted")

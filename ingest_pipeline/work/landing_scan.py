@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingest_pipeline.core.extraction import ReasonCode
-from ingest_pipeline.core.ids import InvalidName, validate_document_name
+from ingest_pipeline.core.ids import TENANT_PATTERN, InvalidName, validate_document_name
 from ingest_pipeline.stores.landing_zone import LandingScan, LandingZone
 
 
@@ -30,6 +30,14 @@ class LandingChanges:
     @property
     def present(self) -> set[str]:
         return self.scan.files
+
+
+def tenant_folders(zone: LandingZone) -> list[str]:
+    """The tenants that have a folder in the landing zone (folders named as a tenant id can be), sorted; none
+    when the landing zone itself is not a folder."""
+    if not zone.root.is_dir():
+        return []
+    return sorted(p.name for p in zone.root.iterdir() if p.is_dir() and TENANT_PATTERN.fullmatch(p.name))
 
 
 def scan_changes(zone: LandingZone, tenant_id: str, known: Mapping[str, Any],
