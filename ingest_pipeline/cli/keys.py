@@ -11,18 +11,15 @@ stays erased until `readmit-tenant`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-from rich.console import Console
-
+from ingest_pipeline.cli import render
 from ingest_pipeline.cli.runs import execute_job
 from ingest_pipeline.core.crypto import master_key_id, parse_master_key
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 
 NEW_MASTER_KEY_ENV = "INGEST_NEW_MASTER_KEY"
-out = Console()
 
 
 def _resources() -> dict:
@@ -147,46 +144,24 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.command == "rotate-key":
         result = rotate_key(args.tenant, rotate=not args.resume, batch_size=args.batch_size)
-        if args.json:
-            print(json.dumps(result))
-        elif result["success"]:
-            out.print(f"tenant {result['tenant']}: data key version {result['active_version']} is active; key "
-                      f"versions {result['versions_before']} -> {result['versions_after']}; run {result['run_id']}")
-        else:
-            out.print(f"[red]rotate-key failed[/red]: {result['error']} ({result['rows_left']} rows left under "
-                      f"older keys; run `ingest-pipeline rotate-key --tenant {result['tenant']} --resume`)")
+        render.print_json(result) if args.json else render.print_rotate_key(result)
         return 0 if result["success"] else 1
     if args.command == "rotate-master-key":
         result = rotate_master_key()
-        if args.json:
-            print(json.dumps(result))
-        else:
-            out.print(f"{result['keys_rewrapped']} keys re-wrapped from master key {result['old_master_key_id']} to "
-                      f"{result['new_master_key_id']}: set INGEST_MASTER_KEY to the new key now")
+        render.print_json(result) if args.json else render.print_rotate_master_key(result)
         return 0
     if args.command == "erase-tenant":
         if not args.yes:
-            out.print(f"erasing tenant {args.tenant} destroys its keys and data for good: add --yes to confirm")
+            render.print_erase_needs_confirmation(args.tenant)
             return 2
         result = erase(args.tenant)
-        if args.json:
-            print(json.dumps(result))
-        else:
-            out.print(f"tenant {result['tenant_id']} erased: {result['keys_destroyed']} keys destroyed, "
-                      f"{sum(result['rows_deleted'].values())} rows, {len(result['indexes_dropped'])} index(es), "
-                      f"{result['landing_files_deleted']} landing files, {result['dagster_runs_deleted']} runs")
+        render.print_json(result) if args.json else render.print_erased(result)
         return 0
     if args.command == "readmit-tenant":
         if not args.yes:
-            out.print(f"re-admitting tenant {args.tenant} lets its uploads create it anew: add --yes to confirm")
+            render.print_readmit_needs_confirmation(args.tenant)
             return 2
         result = readmit(args.tenant, args.by)
-        if args.json:
-            print(json.dumps(result))
-        elif result["readmitted"]:
-            out.print(f"tenant {result['tenant_id']} (erased on {result['erased_at']}) re-admitted by "
-                      f"{result['readmitted_by']}: its next upload creates it anew")
-        else:
-            out.print(result["note"])
+        render.print_json(result) if args.json else render.print_readmitted(result)
         return 0
     raise ValueError(f"unknown command {args.command}")

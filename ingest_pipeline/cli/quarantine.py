@@ -7,17 +7,11 @@ limit (time, memory, size) refused it rather than its content. Records never hol
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import UTC
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
+from ingest_pipeline.cli import render
 from ingest_pipeline.core.ids import validate_document_name, validate_tenant
 from ingest_pipeline.runtime.instance import prepare_environment
-
-out = Console()
 
 
 def quarantined(tenant: str | None = None) -> dict:
@@ -51,30 +45,6 @@ def retry(tenant: str, names: list[str] | None = None) -> dict:
     return {"tenant": tenant, "cleared": cleared, "not_quarantined": [n for n in names or [] if n not in done]}
 
 
-def _limits_text(limits: dict | None) -> str:
-    return ", ".join(f"{name}={value}" for name, value in limits.items()) if limits else "-"
-
-
-def _print_list(report: dict) -> None:
-    table = Table(title="quarantined documents", title_justify="left")
-    for column in ("tenant", "document", "code", "reason", "limits", "quarantined at"):
-        table.add_column(column, overflow="fold")
-    for row in report["quarantined"]:
-        table.add_row(row["tenant"], escape(row["document"]), row["code"] or "", escape(row["reason"]),
-                      _limits_text(row["limits"]), row["quarantined_at"][:19].replace("T", " ") + " UTC")
-    out.print(table if report["quarantined"] else "no quarantined documents")
-
-
-def _print_retry(result: dict) -> None:
-    for row in result["cleared"]:
-        code = escape(f"[{row['code'] or 'no code'}]")
-        limits = _limits_text(row["limits"])
-        out.print(f"cleared {code} {result['tenant']}/{escape(row['document'])} (limits: {limits})")
-    for name in result["not_quarantined"]:
-        out.print(f"[yellow]not quarantined[/yellow] {result['tenant']}/{escape(name)}")
-    out.print(f"{len(result['cleared'])} document(s) cleared: the next `ingest-pipeline ingest` tries them again")
-
-
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("quarantine", help="list quarantined documents (reason, code, limits); "
                                  "`quarantine retry` clears records so the next ingest tries them again")
@@ -92,8 +62,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.quarantine_command == "retry":
         result = retry(args.tenant, args.names)
-        print(json.dumps(result)) if args.json else _print_retry(result)
+        render.print_json(result) if args.json else render.print_quarantine_retry(result)
         return 1 if result["not_quarantined"] else 0
     report = quarantined(args.tenant)
-    print(json.dumps(report)) if args.json else _print_list(report)
+    render.print_json(report) if args.json else render.print_quarantined(report)
     return 0

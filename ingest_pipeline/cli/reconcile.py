@@ -7,18 +7,14 @@ table and its logs are in the UI) and prints the report the job recorded.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
-from rich.console import Console
-from rich.markup import escape
 
+from ingest_pipeline.cli import render
 from ingest_pipeline.cli.runs import execute_job, resource_init_error
 from ingest_pipeline.core.ids import validate_tenant
 from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
-
-out = Console()
 
 
 def _report_and_error(result) -> tuple[list[dict], str | None]:
@@ -75,36 +71,6 @@ def write_csv(report: dict, path: str | Path) -> None:
     pd.DataFrame.from_records(rows, columns=list(REPORT_COLUMNS)).to_csv(path, index=False)
 
 
-def _tenant_line(tenant: str, row: dict) -> str:
-    if row["error"]:
-        return f"[red]{tenant}: not reconciled[/red]: {escape(row['error'])}"
-    found = [(row["missing"], "missing"), (row["orphans"], "orphan vectors"),
-             (row["unfinished_rows"], "unfinished rows"), (row["stale_rows"], "stale rows"),
-             (row["rebuild_missing"], "missing in the rebuild"),
-             (row["rebuild_orphans"], "orphan vectors in the rebuild")]
-    done = [(row["repaired_missing"], "re-upserted from the cold copy"), (row["removed_orphans"], "orphans deleted"),
-            (row["finished_rows"], "rows finished"), (row["removed_stale_rows"], "stale rows removed")]
-    drift = ", ".join(f"{n} {what}" for n, what in found if n)
-    line = f"[bold]{tenant}[/bold]: " + (drift or "in line with the ledger")
-    if any(n for n, _ in done):
-        line += " -> " + ", ".join(f"{n} {what}" for n, what in done if n)
-    line += f"; index {row['index_vectors_after']} vectors"
-    if row["pending_rows"]:
-        line += f", {row['pending_rows']} chunks await embedding (ingest)"
-    return line + (f" ({escape(row['note'])})" if row["note"] else "")
-
-
-def print_report(report: dict) -> None:
-    mode = "dry run, nothing repaired" if report["dry_run"] else "repaired"
-    for tenant, row in report["tenants"].items():
-        out.print(_tenant_line(tenant, row))
-    totals = report["totals"]
-    out.print(f"{totals['tenants_reconciled']} tenant(s), {totals['tenants_with_drift']} with drift ({mode}); "
-              f"run {report['run_id']} (details in the Dagster UI: make dev)")
-    if not report["success"]:
-        out.print(f"[red]reconcile failed[/red]: {escape(report['error'] or 'see the run in the Dagster UI')}")
-
-
 def add_parser(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "reconcile", help="compare each tenant's ledger with its CyborgDB index and repair drift from the cold copy"
@@ -121,5 +87,5 @@ def run(args: argparse.Namespace) -> int:
     report = reconcile(args.tenant, repair=not args.dry_run, allow_mass_delete=args.allow_mass_delete)
     if args.csv:
         write_csv(report, args.csv)
-    print(json.dumps(report)) if args.json else print_report(report)
+    render.print_json(report) if args.json else render.print_reconcile_report(report)
     return 0 if report["success"] else 1

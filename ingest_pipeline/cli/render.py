@@ -160,3 +160,105 @@ def print_rebuild(result: dict) -> None:
 
 def print_stop_postgres(stopped: bool) -> None:
     out.print("stopped" if stopped else "no embedded server here")
+
+
+# ---- reconcile ----------------------------------------------------------------------------------
+
+
+def _reconciled_tenant_line(tenant: str, row: dict) -> str:
+    if row["error"]:
+        return f"[red]{tenant}: not reconciled[/red]: {escape(row['error'])}"
+    found = [(row["missing"], "missing"), (row["orphans"], "orphan vectors"),
+             (row["unfinished_rows"], "unfinished rows"), (row["stale_rows"], "stale rows"),
+             (row["rebuild_missing"], "missing in the rebuild"),
+             (row["rebuild_orphans"], "orphan vectors in the rebuild")]
+    done = [(row["repaired_missing"], "re-upserted from the cold copy"), (row["removed_orphans"], "orphans deleted"),
+            (row["finished_rows"], "rows finished"), (row["removed_stale_rows"], "stale rows removed")]
+    drift = ", ".join(f"{n} {what}" for n, what in found if n)
+    line = f"[bold]{tenant}[/bold]: " + (drift or "in line with the ledger")
+    if any(n for n, _ in done):
+        line += " -> " + ", ".join(f"{n} {what}" for n, what in done if n)
+    line += f"; index {row['index_vectors_after']} vectors"
+    if row["pending_rows"]:
+        line += f", {row['pending_rows']} chunks await embedding (ingest)"
+    return line + (f" ({escape(row['note'])})" if row["note"] else "")
+
+
+def print_reconcile_report(report: dict) -> None:
+    """One line per tenant (the drift found, what was repaired), then the totals and the run."""
+    mode = "dry run, nothing repaired" if report["dry_run"] else "repaired"
+    for tenant, row in report["tenants"].items():
+        out.print(_reconciled_tenant_line(tenant, row))
+    totals = report["totals"]
+    out.print(f"{totals['tenants_reconciled']} tenant(s), {totals['tenants_with_drift']} with drift ({mode}); "
+              f"run {report['run_id']} (details in the Dagster UI: make dev)")
+    if not report["success"]:
+        out.print(f"[red]reconcile failed[/red]: {escape(report['error'] or 'see the run in the Dagster UI')}")
+
+
+# ---- quarantine ---------------------------------------------------------------------------------
+
+
+def _limits_text(limits: dict | None) -> str:
+    return ", ".join(f"{name}={value}" for name, value in limits.items()) if limits else "-"
+
+
+def print_quarantined(report: dict) -> None:
+    """The quarantined documents as a table: tenant, document, code, reason, limits, when."""
+    table = Table(title="quarantined documents", title_justify="left")
+    for column in ("tenant", "document", "code", "reason", "limits", "quarantined at"):
+        table.add_column(column, overflow="fold")
+    for row in report["quarantined"]:
+        table.add_row(row["tenant"], escape(row["document"]), row["code"] or "", escape(row["reason"]),
+                      _limits_text(row["limits"]), row["quarantined_at"][:19].replace("T", " ") + " UTC")
+    out.print(table if report["quarantined"] else "no quarantined documents")
+
+
+def print_quarantine_retry(result: dict) -> None:
+    """The quarantine records cleared, and the names given that were not quarantined."""
+    for row in result["cleared"]:
+        code = escape(f"[{row['code'] or 'no code'}]")
+        limits = _limits_text(row["limits"])
+        out.print(f"cleared {code} {result['tenant']}/{escape(row['document'])} (limits: {limits})")
+    for name in result["not_quarantined"]:
+        out.print(f"[yellow]not quarantined[/yellow] {result['tenant']}/{escape(name)}")
+    out.print(f"{len(result['cleared'])} document(s) cleared: the next `ingest-pipeline ingest` tries them again")
+
+
+# ---- keys ---------------------------------------------------------------------------------------
+
+
+def print_rotate_key(result: dict) -> None:
+    if result["success"]:
+        out.print(f"tenant {result['tenant']}: data key version {result['active_version']} is active; key "
+                  f"versions {result['versions_before']} -> {result['versions_after']}; run {result['run_id']}")
+    else:
+        out.print(f"[red]rotate-key failed[/red]: {result['error']} ({result['rows_left']} rows left under "
+                  f"older keys; run `ingest-pipeline rotate-key --tenant {result['tenant']} --resume`)")
+
+
+def print_rotate_master_key(result: dict) -> None:
+    out.print(f"{result['keys_rewrapped']} keys re-wrapped from master key {result['old_master_key_id']} to "
+              f"{result['new_master_key_id']}: set INGEST_MASTER_KEY to the new key now")
+
+
+def print_erase_needs_confirmation(tenant: str) -> None:
+    out.print(f"erasing tenant {tenant} destroys its keys and data for good: add --yes to confirm")
+
+
+def print_erased(result: dict) -> None:
+    out.print(f"tenant {result['tenant_id']} erased: {result['keys_destroyed']} keys destroyed, "
+              f"{sum(result['rows_deleted'].values())} rows, {len(result['indexes_dropped'])} index(es), "
+              f"{result['landing_files_deleted']} landing files, {result['dagster_runs_deleted']} runs")
+
+
+def print_readmit_needs_confirmation(tenant: str) -> None:
+    out.print(f"re-admitting tenant {tenant} lets its uploads create it anew: add --yes to confirm")
+
+
+def print_readmitted(result: dict) -> None:
+    if result["readmitted"]:
+        out.print(f"tenant {result['tenant_id']} (erased on {result['erased_at']}) re-admitted by "
+                  f"{result['readmitted_by']}: its next upload creates it anew")
+    else:
+        out.print(result["note"])
