@@ -165,8 +165,8 @@ def upload_sensor(
             budget -= len(found.recorded)
             if found.complete:
                 folders_state[tenant] = folder_state(found.scan, walked_at)
-            for doc in found.removed:
-                missing.setdefault((tenant, doc["partition_month"]), []).append(doc)
+            for partition, docs in found.removed_by_partition().items():
+                missing.setdefault(partition, []).extend(docs)
     else:
         notes.append(f"the landing zone {zone.root} is missing: only recorded uploads are handled")
         verified = cursor.verified

@@ -76,6 +76,13 @@ class DroppedFiles:
     complete: bool = True  # False when `limit` stopped the recording: more files wait
     scan: LandingScan | None = field(default=None, repr=False)  # the folder as listed
 
+    def removed_by_partition(self) -> dict[tuple[str, str], list[dict]]:
+        """The removed documents by their (tenant, month) partition: each such partition's run deletes them."""
+        partitions: dict[tuple[str, str], list[dict]] = {}
+        for doc in self.removed:
+            partitions.setdefault((doc["tenant_id"], doc["partition_month"]), []).append(doc)
+        return partitions
+
 
 def record_dropped_files(
     ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int, live_documents: list[dict] | None = None
@@ -161,7 +168,7 @@ def sweep_landing_zone(ledger: Ledger, zone: LandingZone, tenant: str | None = N
             if tenant_id in live:
                 sweep.outage = sweep.outage or exc
             continue
-        sweep.removed |= {(tenant_id, doc["partition_month"]) for doc in found.removed}
+        sweep.removed |= set(found.removed_by_partition())
     return sweep
 
 
