@@ -16,9 +16,44 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from ingest_pipeline.runtime import settings
 from ingest_pipeline.runtime.settings import stop_embedded_postgres
 from ingest_pipeline_tests.daemons import Daemons
 from ingest_pipeline_tests.helpers import CORPUS, free_port, new_installation
+
+
+@pytest.fixture(scope="session", autouse=True)
+def initialized_pgdata(tmp_path_factory):
+    """An installation's embedded PostgreSQL, started in this process, starts from a copy of one data directory
+    initialized for the session, instead of running initdb again (a second or more per installation).
+
+    The copy is of a stopped cluster that holds nothing but what initdb wrote; the server started on it, the
+    migrations and everything after are each installation's own. initdb itself still runs here, in every
+    subprocess that starts an installation's server first, and for servers started by a direct call.
+    """
+    template_home = tmp_path_factory.mktemp("pgdata-template")
+    settings.embedded_postgres_uri(template_home)
+    stop_embedded_postgres(template_home)
+    template = template_home / "pgdata"
+    (template / ".handle_pids.json").unlink(missing_ok=True)  # the processes that used the template's server
+    (template / "log").unlink(missing_ok=True)  # the template server's log
+    initialize = settings.embedded_postgres_uri
+
+    def from_template(home):
+        pgdata = Path(home) / "pgdata"
+        if not pgdata.exists():
+            Path(home).mkdir(parents=True, exist_ok=True)
+            copy = Path(home) / f".pgdata-{os.getpid()}"
+            subprocess.run(["cp", "-a", str(template), str(copy)], check=True)  # -a: owned by the server's user
+            try:
+                copy.rename(pgdata)
+            except OSError:  # created meanwhile by another process: use that one
+                subprocess.run(["rm", "-rf", str(copy)], check=True)
+        return initialize(home)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(settings, "embedded_postgres_uri", from_template)
+        yield template
 
 
 @pytest.fixture(scope="session")
