@@ -4,13 +4,10 @@ the REST service on 127.0.0.1), the bundled model and a Dagster instance on dags
 import json
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,28 +16,51 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import ingest_pipeline
-from ingest_pipeline import cli
-from ingest_pipeline.core.crypto import generate_master_key
+from ingest_pipeline.runtime import settings
 from ingest_pipeline.runtime.settings import stop_embedded_postgres
 from ingest_pipeline_tests.daemons import Daemons
-
-CORPUS = Path(ingest_pipeline.__file__).parent / "sample_corpus"
-ENV_VARS = ("INGEST_HOME", "INGEST_PG_DSN", "INGEST_CYBORGDB_URL", "INGEST_CYBORGDB_API_KEY", "INGEST_MASTER_KEY",
-            "DAGSTER_HOME")
+from ingest_pipeline_tests.helpers import CORPUS, free_port, new_installation
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="session", autouse=True)
+def initialized_pgdata(tmp_path_factory):
+    """An installation's embedded PostgreSQL, started in this process, starts from a copy of one data directory
+    initialized for the session, instead of running initdb again (a second or more per installation).
+
+    The copy is of a stopped cluster that holds nothing but what initdb wrote; the server started on it, the
+    migrations and everything after are each installation's own. initdb itself still runs here, in every
+    subprocess that starts an installation's server first, and for servers started by a direct call.
+    """
+    template_home = tmp_path_factory.mktemp("pgdata-template")
+    settings.embedded_postgres_uri(template_home)
+    stop_embedded_postgres(template_home)
+    template = template_home / "pgdata"
+    (template / ".handle_pids.json").unlink(missing_ok=True)  # the processes that used the template's server
+    (template / "log").unlink(missing_ok=True)  # the template server's log
+    initialize = settings.embedded_postgres_uri
+
+    def from_template(home):
+        pgdata = Path(home) / "pgdata"
+        if not pgdata.exists():
+            Path(home).mkdir(parents=True, exist_ok=True)
+            copy = Path(home) / f".pgdata-{os.getpid()}"
+            subprocess.run(["cp", "-a", str(template), str(copy)], check=True)  # -a: owned by the server's user
+            try:
+                copy.rename(pgdata)
+            except OSError:  # created meanwhile by another process: use that one
+                subprocess.run(["rm", "-rf", str(copy)], check=True)
+        return initialize(home)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(settings, "embedded_postgres_uri", from_template)
+        yield template
 
 
 @pytest.fixture(scope="session")
 def cyborgdb_service(tmp_path_factory):
     """A real cyborgdb-service bound to loopback, with authentication on (a root key)."""
     storage = tmp_path_factory.mktemp("cyborgdb-service")
-    port, root_key = _free_port(), secrets.token_hex(24)
+    port, root_key = free_port(), secrets.token_hex(24)
     env = {**os.environ, "CYBORGDB_DB_TYPE": "disk", "CYBORGDB_DISK_PATH": str(storage),
            "CYBORGDB_SERVICE_ROOT_KEY": root_key, "CYBORGDB_SERVICE_LOG_LEVEL": "WARNING",
            "PORT": str(port)}  # the service keys its single-worker lock by PORT
@@ -68,69 +88,11 @@ def cyborgdb_service(tmp_path_factory):
     log.close()
 
 
-@dataclass
-class Pipeline:
-    """One installation: its own INGEST_HOME, master key and Postgres; tenants named uniquely per test."""
-
-    home: Path
-    backend: str
-    env: dict
-    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-
-    def tenant(self, name: str) -> str:
-        return f"{name}-{self.suffix}"
-
-    def upload(self, tenant: str, *paths, delete: bool = False) -> dict:
-        return cli.upload(tenant, [str(p) for p in paths], delete=delete)
-
-    def ingest(self, tenant: str | None = None) -> dict:
-        summary = cli.ingest(tenant, show_progress=False)
-        assert summary["failed_runs"] == 0, summary["runs"]
-        return summary
-
-    def search(self, tenant: str, query: str, top_k: int = 5) -> list[dict]:
-        return cli.search(tenant, [query], top_k)[0]
-
-    def status(self, tenant: str) -> dict:
-        return cli.status(tenant)["tenants"][tenant]
-
-    def ledger(self):
-        from ingest_pipeline.runtime.instance import prepare_environment
-
-        return prepare_environment()[1]
-
-    def run_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(
-            [sys.executable, "-m", "ingest_pipeline.cli", *args], env={**os.environ, **self.env},
-            capture_output=True, text=True, timeout=600,
-        )
-        if check:
-            assert result.returncode == 0, result.stderr[-3000:]
-        return result
-
-
-# Every installation this session created (home, environment with its master key), for the final leak scan.
-INSTALLATIONS: list[Pipeline] = []
-
-
-def _pipeline(tmp_path, monkeypatch, backend: str, service: dict | None) -> Pipeline:
-    for name in ENV_VARS:
-        monkeypatch.delenv(name, raising=False)
-    env = {"INGEST_HOME": str(tmp_path / "home"), "INGEST_MASTER_KEY": generate_master_key()}
-    if backend == "service":
-        env |= {"INGEST_CYBORGDB_URL": service["url"], "INGEST_CYBORGDB_API_KEY": service["api_key"]}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    installation = Pipeline(home=tmp_path / "home", backend=backend, env=env)
-    INSTALLATIONS.append(installation)
-    return installation
-
-
 @pytest.fixture(params=["embedded", "service"])
 def pipeline(request, tmp_path, monkeypatch):
     """The pipeline on each CyborgDB backend in turn."""
     service = request.getfixturevalue("cyborgdb_service") if request.param == "service" else None
-    installation = _pipeline(tmp_path, monkeypatch, request.param, service)
+    installation = new_installation(tmp_path, monkeypatch, request.param, service)
     yield installation
     stop_embedded_postgres(installation.home)
 
@@ -138,7 +100,7 @@ def pipeline(request, tmp_path, monkeypatch):
 @pytest.fixture
 def embedded_pipeline(tmp_path, monkeypatch):
     """The pipeline on the embedded defaults only."""
-    installation = _pipeline(tmp_path, monkeypatch, "embedded", None)
+    installation = new_installation(tmp_path, monkeypatch, "embedded", None)
     yield installation
     stop_embedded_postgres(installation.home)
 

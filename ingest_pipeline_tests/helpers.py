@@ -1,11 +1,90 @@
-"""Helpers shared by the integration tests."""
+"""Helpers shared by the integration tests: the sample corpus, test installations, runs and their events."""
 
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from dagster import DagsterEventType, MultiPartitionKey
 
+import ingest_pipeline
+from ingest_pipeline import cli
+from ingest_pipeline.core.crypto import generate_master_key
 from ingest_pipeline.definitions import build_definitions
 from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 from ingest_pipeline.work.uploads import current_month
+
+CORPUS = Path(ingest_pipeline.__file__).parent / "sample_corpus"
+ENV_VARS = ("INGEST_HOME", "INGEST_PG_DSN", "INGEST_CYBORGDB_URL", "INGEST_CYBORGDB_API_KEY", "INGEST_MASTER_KEY",
+            "DAGSTER_HOME")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Pipeline:
+    """One installation: its own INGEST_HOME, master key and Postgres; tenants named uniquely per test."""
+
+    home: Path
+    backend: str
+    env: dict
+    suffix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+
+    def tenant(self, name: str) -> str:
+        return f"{name}-{self.suffix}"
+
+    def upload(self, tenant: str, *paths, delete: bool = False) -> dict:
+        return cli.upload(tenant, [str(p) for p in paths], delete=delete)
+
+    def ingest(self, tenant: str | None = None) -> dict:
+        summary = cli.ingest(tenant, show_progress=False)
+        assert summary["failed_runs"] == 0, summary["runs"]
+        return summary
+
+    def search(self, tenant: str, query: str, top_k: int = 5) -> list[dict]:
+        return cli.search(tenant, [query], top_k)[0]
+
+    def status(self, tenant: str) -> dict:
+        return cli.status(tenant)["tenants"][tenant]
+
+    def ledger(self):
+        return prepare_environment()[1]
+
+    def run_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "ingest_pipeline.cli", *args], env={**os.environ, **self.env},
+            capture_output=True, text=True, timeout=600,
+        )
+        if check:
+            assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+
+# Every installation this session created (home, environment with its master key), for the final leak scan.
+INSTALLATIONS: list[Pipeline] = []
+
+
+def new_installation(tmp_path, monkeypatch, backend: str, service: dict | None) -> Pipeline:
+    """A new installation under `tmp_path/home` with its own master key, on `backend` (the service's url and
+    api_key for "service"), set in the environment through `monkeypatch` and recorded in INSTALLATIONS."""
+    for name in ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    env = {"INGEST_HOME": str(tmp_path / "home"), "INGEST_MASTER_KEY": generate_master_key()}
+    if backend == "service":
+        env |= {"INGEST_CYBORGDB_URL": service["url"], "INGEST_CYBORGDB_API_KEY": service["api_key"]}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    installation = Pipeline(home=tmp_path / "home", backend=backend, env=env)
+    INSTALLATIONS.append(installation)
+    return installation
 
 
 def materialize_partition(tenant: str, run_config: dict | None = None):

@@ -17,7 +17,7 @@ from dagster_postgres import PostgresRunStorage
 from ingest_pipeline.definitions import build_definitions
 from ingest_pipeline.defs.partitions import tenant_month_partitions, tenant_partitions
 from ingest_pipeline.runtime.instance import PROJECT_ROOT, dagster_instance
-from ingest_pipeline_tests.conftest import _free_port
+from ingest_pipeline_tests.helpers import free_port
 
 ASSETS = ["raw_documents", "document_chunks", "chunk_embeddings", "cyborgdb_index"]
 
@@ -55,7 +55,7 @@ def test_runs_land_in_the_postgres_instance_the_ui_reads(embedded_pipeline, docs
     assert acme in instance.get_dynamic_partitions("tenants")
 
     # `make dev`: the UI starts on the same instance and lists that run.
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, **embedded_pipeline.env}
     ui = subprocess.Popen([sys.executable, "-m", "ingest_pipeline.cli", "dev", "--port", str(port)], env=env,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -12,8 +12,7 @@ from pypdf import PdfReader, PdfWriter
 
 from ingest_pipeline.core.crypto import generate_master_key
 from ingest_pipeline.stores.tenant_index import TenantIndex
-from ingest_pipeline_tests.conftest import CORPUS
-from ingest_pipeline_tests.helpers import ledger_chunks, materialize_partition, step_events
+from ingest_pipeline_tests.helpers import CORPUS, ledger_chunks, materialize_partition, step_events
 
 
 def _encrypted_pdf() -> bytes:

@@ -7,9 +7,8 @@ from dagster import DagsterEventType, DagsterRunStatus
 from ingest_pipeline.runtime.instance import dagster_instance
 from ingest_pipeline.runtime.settings import embedded_postgres_uri, stop_embedded_postgres
 from ingest_pipeline.stores.key_vault import KeyVault
-from ingest_pipeline_tests.conftest import _pipeline
 from ingest_pipeline_tests.daemons import FINISHED, launch_partition_run, run_status, stop_upload_sensor, wait_for
-from ingest_pipeline_tests.helpers import step_events
+from ingest_pipeline_tests.helpers import new_installation, step_events
 
 MULTIPROCESS = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
 
@@ -20,7 +19,7 @@ def test_a_queued_run_on_external_postgres_and_the_cyborgdb_service_with_the_mul
     server_home = tmp_path / "db-server"  # a PostgreSQL server that is not under INGEST_HOME
     dsn = embedded_postgres_uri(server_home)
     try:
-        pipeline = _pipeline(tmp_path, monkeypatch, "service", cyborgdb_service)
+        pipeline = new_installation(tmp_path, monkeypatch, "service", cyborgdb_service)
         monkeypatch.setenv("INGEST_PG_DSN", dsn)
         monkeypatch.setenv("INGEST_KEYS_DSN", KeyVault.beside(dsn).dsn)  # production names its vault
         monkeypatch.setenv("INGEST_PROFILE", "production")

@@ -21,7 +21,7 @@ import pytest
 
 from ingest_pipeline.runtime.instance import PROJECT_ROOT, prepare_environment
 from ingest_pipeline.runtime.settings import stop_embedded_postgres
-from ingest_pipeline_tests.conftest import CORPUS, _free_port, _pipeline
+from ingest_pipeline_tests.helpers import CORPUS, free_port, new_installation
 
 ASSETS = ["raw_documents", "document_chunks", "chunk_embeddings", "cyborgdb_index"]
 CHECKS = {"index_matches_ledger", "ciphertexts_decrypt", "sample_recall_at_10"}
@@ -79,7 +79,7 @@ def ui(tmp_path_factory):
     saved_environ = dict(os.environ)
     root = tmp_path_factory.mktemp("ui")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        pipeline = _pipeline(root, monkeypatch, "embedded", None)
+        pipeline = new_installation(root, monkeypatch, "embedded", None)
         try:
             docs = root / "docs"
             docs.mkdir()
@@ -91,7 +91,7 @@ def ui(tmp_path_factory):
             status = pipeline.status(tenant)
 
             prepare_environment()  # DAGSTER_HOME, INGEST_DAGSTER_PG_URL ... in os.environ, which the webserver reads
-            port, log = _free_port(), root / "webserver.log"
+            port, log = free_port(), root / "webserver.log"
             with open(log, "wb") as out:
                 process = subprocess.Popen(
                     [str(Path(sys.executable).parent / "dagster-webserver"), "-w", str(PROJECT_ROOT / "workspace.yaml"),

@@ -319,7 +319,7 @@ def test_codes_of_pdf_refusals():
 
 
 def test_pdf_decompression_bomb_is_refused_by_the_parser_limit():
-    from ingest_pipeline_tests.core.test_sandbox import bomb_pdf
+    from ingest_pipeline_tests.hostile_files import bomb_pdf
 
     error = assert_refused("bomb.pdf", bomb_pdf(1024 * 2**20), "decompression bomb")
     assert error.code == ReasonCode.DECOMPRESSION_LIMIT

@@ -14,7 +14,7 @@ import pytest
 from ingest_pipeline.core import faults
 from ingest_pipeline.core.crypto import generate_master_key
 from ingest_pipeline.runtime.settings import stop_embedded_postgres
-from ingest_pipeline_tests.conftest import CORPUS
+from ingest_pipeline_tests.helpers import CORPUS, new_installation
 from ingest_pipeline_tests.reliability.chaos import FaultProxy, ServiceProcess
 
 REPORT_PATH_ENV = "INGEST_RELIABILITY_REPORT"
@@ -58,6 +58,13 @@ def pytest_runtest_makereport(item, call):
 
 
 _OUTCOME = pytest.StashKey[list]()
+
+LAST_MODULE = "test_leak_scan.py"  # scans every installation the session's other tests created
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The leak scan runs after every other test of the session, whatever the order of collection."""
+    items.sort(key=lambda item: item.path.name == LAST_MODULE)  # stable: the others keep their order
 
 
 @pytest.fixture
@@ -160,9 +167,7 @@ def service_proxy(killable_service):
 @pytest.fixture
 def proxied_pipeline(tmp_path, monkeypatch, service_proxy, killable_service):
     """An installation on cyborgdb-service, reached through the fault-injecting proxy."""
-    from ingest_pipeline_tests.conftest import _pipeline
-
-    installation = _pipeline(tmp_path, monkeypatch, "service",
+    installation = new_installation(tmp_path, monkeypatch, "service",
                              {"url": service_proxy.url, "api_key": killable_service.root_key})
     yield installation
     stop_embedded_postgres(installation.home)

@@ -73,7 +73,7 @@ class Installation:
 
     @classmethod
     def of(cls, pipeline) -> Installation:
-        """From a test's `Pipeline` (ingest_pipeline_tests.conftest)."""
+        """From a test's `Pipeline` (ingest_pipeline_tests.helpers)."""
         return cls(home=Path(pipeline.home), env=dict(pipeline.env), backend=pipeline.backend)
 
 

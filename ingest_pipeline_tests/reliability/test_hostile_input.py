@@ -15,12 +15,10 @@ from ingest_pipeline.core.ids import InvalidName
 from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 from ingest_pipeline.stores.landing_zone import LandingZone, RefusedFile
 from ingest_pipeline.work.uploads import record_dropped_files
-from ingest_pipeline_tests.conftest import CORPUS
-from ingest_pipeline_tests.core.test_sandbox import bomb_pdf, single_line
-from ingest_pipeline_tests.helpers import step_events
+from ingest_pipeline_tests.helpers import CORPUS, step_events
+from ingest_pipeline_tests.hostile_files import MiB, bomb_pdf, single_line
 from ingest_pipeline_tests.reliability.invariant import QUERIES, assert_invariant
 
-MiB = 2**20
 MARKER = "HOSTILE-CONTENT-{}-5b1e"  # written into each hostile file; must never show up anywhere
 MEMORY_LIMIT_MB = 512  # the extraction workers' bound in this test (the default is 1024)
 TIMEOUT_S = 5  # per document in this test (the default is 60)

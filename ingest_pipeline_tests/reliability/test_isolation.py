@@ -23,8 +23,7 @@ from ingest_pipeline.core.ids import index_name
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.defs.checks import compare_index_with_ledger, sampled_recall
 from ingest_pipeline.stores.ledger import Ledger
-from ingest_pipeline_tests.conftest import CORPUS
-from ingest_pipeline_tests.helpers import ledger_chunks, materialize_partition
+from ingest_pipeline_tests.helpers import CORPUS, ledger_chunks, materialize_partition
 
 # The first paragraphs of the pip guide: in both tenants' notes.md (kept short: the runtime is mostly embedding).
 _PIP_GUIDE = (CORPUS / "globex" / "pip-dependency-resolution.md").read_text()

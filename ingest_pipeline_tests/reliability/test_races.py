@@ -17,7 +17,7 @@ import pytest
 
 from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_resources
-from ingest_pipeline_tests.conftest import CORPUS
+from ingest_pipeline_tests.helpers import CORPUS
 from ingest_pipeline_tests.reliability.invariant import assert_invariant, search_fingerprint
 
 FILES = ("acme/apache-license-2.0.txt", "globex/pip-dependency-resolution.md")

@@ -8,6 +8,8 @@ the QueuedRunCoordinator), and the daemon launches them in a code server of its 
   restarted daemon's run monitoring must find its worker dead and fail the run, and run retries must
   retry it to success: otherwise the run holds the tenant's only queue slot forever.
 - A run that fails fast (Failure(allow_retries=False): a wrong master key) must not be retried.
+- With only the daemon running, the upload sensor (on by default) turns a file dropped into the landing zone
+  into a run, and the document becomes searchable.
 """
 
 import os
@@ -52,13 +54,44 @@ def engine_messages(run_id: str) -> list[str]:
             for record in dagster_instance().all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT)]
 
 
-def test_a_run_whose_processes_were_killed_is_failed_by_run_monitoring_and_retried(
+def test_a_dropped_file_becomes_searchable_and_a_run_whose_processes_were_killed_is_failed_and_retried(
     embedded_pipeline, docs, daemons
 ):
-    acme = embedded_pipeline.tenant("acme")
-    embedded_pipeline.upload(acme, docs / "apache-license-2.0.txt")
-    stop_upload_sensor()
+    """Two things only the daemon does, on one daemon and installation.
+
+    What `make dev` gives a user: the daemon (with the upload sensor on by default) turns a file dropped into the
+    landing zone into a run, and the document is searchable without anyone pressing a button. Then a crash of the
+    daemon's whole process tree mid-run: the restarted daemon's run monitoring fails the run and run retries
+    retry it to success."""
+    initech, acme = embedded_pipeline.tenant("initech"), embedded_pipeline.tenant("acme")
     daemon = daemons.start()
+    started = time.monotonic()
+    target = embedded_pipeline.home / "landing" / initech / "spec.pdf"
+    target.parent.mkdir(parents=True)
+    shutil.copyfile(docs / "shared-mime-info-spec.pdf", target)
+
+    def found() -> bool:
+        try:
+            hits = embedded_pipeline.search(initech, "What is the default priority of a magic rule?", 1)
+        except Exception:  # the tenant's index does not exist yet
+            return False
+        return bool(hits) and hits[0]["source"] == "spec.pdf"
+
+    wait_for(found, "the dropped file to be searchable", daemons, 240)
+    elapsed = time.monotonic() - started
+    # Searchable once the index is written; the run then finishes its asset checks.
+    runs = dagster_instance().get_runs(filters=RunsFilter(tags={"dagster/partition/tenant": initech}))
+    assert len(runs) == 1
+    assert wait_for(lambda: run_status(runs[0].run_id) in FINISHED and run_status(runs[0].run_id),
+                    "the run to finish", daemons, 120) == DagsterRunStatus.SUCCESS
+    assert runs[0].tags.get("dagster/sensor_name") == "upload_sensor"
+    status = embedded_pipeline.status(initech)
+    assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
+    print(f"dropped file searchable after {elapsed:.1f} s")
+
+    # A run submitted as the UI does, with the sensor stopped so that only this run happens.
+    stop_upload_sensor()
+    embedded_pipeline.upload(acme, docs / "apache-license-2.0.txt")
     run_id = launch_partition_run(acme)
 
     # Mid-run: the embedding step has started (the model loads and embeds for several seconds).
@@ -83,6 +116,9 @@ def test_a_run_whose_processes_were_killed_is_failed_by_run_monitoring_and_retri
     assert retry.tags["dagster/partition/tenant"] == acme
     status = embedded_pipeline.status(acme)
     assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
+    # No other run of the tenant: the stopped sensor requested none.
+    acme_runs = dagster_instance().get_runs(filters=RunsFilter(tags={"dagster/partition/tenant": acme}))
+    assert {run.run_id for run in acme_runs} == {run_id, retry.run_id}
 
 
 def test_a_run_that_fails_fast_is_not_retried(embedded_pipeline, docs, daemons):
@@ -108,37 +144,6 @@ def test_a_run_that_fails_fast_is_not_retried(embedded_pipeline, docs, daemons):
              "the run-retry daemon to handle the failure", daemons, 60)
     assert retries_of(run_id) == []
     assert instance.get_run_by_id(run_id).tags.get("dagster/will_retry") == "false"
-
-
-def test_a_file_dropped_into_the_landing_zone_becomes_searchable_while_the_daemon_runs(embedded_pipeline, docs,
-                                                                                       daemons):
-    """What `make dev` gives a user: the daemon (with the upload sensor on by default) turns a file dropped
-    into the landing zone into a run, and the document is searchable without anyone pressing a button."""
-    initech = embedded_pipeline.tenant("initech")
-    daemons.start()
-    started = time.monotonic()
-    target = embedded_pipeline.home / "landing" / initech / "spec.pdf"
-    target.parent.mkdir(parents=True)
-    shutil.copyfile(docs / "shared-mime-info-spec.pdf", target)
-
-    def found() -> bool:
-        try:
-            hits = embedded_pipeline.search(initech, "What is the default priority of a magic rule?", 1)
-        except Exception:  # the tenant's index does not exist yet
-            return False
-        return bool(hits) and hits[0]["source"] == "spec.pdf"
-
-    wait_for(found, "the dropped file to be searchable", daemons, 240)
-    elapsed = time.monotonic() - started
-    # Searchable once the index is written; the run then finishes its asset checks.
-    runs = dagster_instance().get_runs(filters=RunsFilter(tags={"dagster/partition/tenant": initech}))
-    assert len(runs) == 1
-    assert wait_for(lambda: run_status(runs[0].run_id) in FINISHED and run_status(runs[0].run_id),
-                    "the run to finish", daemons, 120) == DagsterRunStatus.SUCCESS
-    assert runs[0].tags.get("dagster/sensor_name") == "upload_sensor"
-    status = embedded_pipeline.status(initech)
-    assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
-    print(f"dropped file searchable after {elapsed:.1f} s")
 
 
 def test_a_cli_ingest_killed_mid_run_is_seen_dead_by_run_monitoring(embedded_pipeline, docs):

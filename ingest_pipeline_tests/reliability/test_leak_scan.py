@@ -1,7 +1,7 @@
 """The leak scan: no chunk text, vector or key of any installation the session created is stored or logged in
 clear (Postgres rows and files, CyborgDB's files and the service's log, Dagster's event log and compute logs,
-exception texts). The file's name sorts last, so in a reliability session it runs after every other scenario
-and scans their installations too; alone, its own scenario makes the scan meaningful."""
+exception texts). The reliability conftest puts this module after every other test of the session, so it scans
+their installations too; alone, its own scenario makes the scan meaningful."""
 
 import base64
 import json
@@ -17,8 +17,8 @@ from ingest_pipeline.core.crypto import generate_master_key
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.runtime.settings import stop_embedded_postgres
 from ingest_pipeline.stores.tenant_index import TenantIndex
-from ingest_pipeline_tests import conftest as suite
-from ingest_pipeline_tests.helpers import ledger_chunks
+from ingest_pipeline_tests import helpers
+from ingest_pipeline_tests.helpers import ledger_chunks, new_installation
 from ingest_pipeline_tests.reliability import leaks
 
 
@@ -82,7 +82,7 @@ def test_the_scanner_finds_planted_text_vectors_and_keys(embedded_pipeline, docs
     are each found, and the findings never quote them."""
     scenario.category = "leak-scan"
     pipeline = embedded_pipeline
-    suite.INSTALLATIONS.remove(pipeline)  # planted leaks must not fail the session's scan
+    helpers.INSTALLATIONS.remove(pipeline)  # planted leaks must not fail the session's scan
     acme = pipeline.tenant("acme")
     pipeline.upload(acme, docs / "apache-license-2.0.txt")
     pipeline.ingest()
@@ -132,11 +132,11 @@ def test_no_chunk_text_vector_or_key_leaks_anywhere(tmp_path, monkeypatch, docs,
     homes = []
     try:
         for backend in ("embedded", "service"):
-            pipeline = suite._pipeline(tmp_path / backend, monkeypatch, backend,
+            pipeline = new_installation(tmp_path / backend, monkeypatch, backend,
                                        cyborgdb_service if backend == "service" else None)
             homes.append(pipeline.home)
             _ingest_with_failures(pipeline, docs, monkeypatch, caught)
-        report = leaks.scan([leaks.Installation.of(p) for p in suite.INSTALLATIONS],
+        report = leaks.scan([leaks.Installation.of(p) for p in helpers.INSTALLATIONS],
                             extra_roots=[cyborgdb_service["storage"]], texts=caught)
     finally:
         for home in homes:
