@@ -95,6 +95,7 @@ def print_skipped_tenant(erased: Exception) -> None:
 
 
 def print_ingest(summary: dict) -> None:
+    """The ingest summary: one line of totals, then each quarantined document, failed check and failed run."""
     totals = summary["totals"]
     out.print(
         f"[bold]ingested[/bold] {len(summary['runs'])} partition run(s) in {summary['seconds']} s: "
@@ -128,10 +129,12 @@ def print_upload(tenant: str, result: dict[str, list[str]]) -> None:
 
 
 def print_upload_counts(tenant: str, result: dict[str, list[str]]) -> None:
+    """One line for a tenant's upload: how many files were uploaded and how many were unchanged."""
     out.print(f"upload {tenant}: {len(result['uploaded'])} uploaded, {len(result['unchanged'])} unchanged")
 
 
 def print_hits(query: str, hits: list[dict]) -> None:
+    """A query's hits as a table: rank, score, source and chunk, the text (cut at 320 characters)."""
     table = Table(title=f"[bold]{query}[/bold]", title_justify="left", show_lines=True)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
@@ -145,6 +148,7 @@ def print_hits(query: str, hits: list[dict]) -> None:
 
 
 def print_status(report: dict) -> None:
+    """The status report as a table, one row per tenant."""
     table = Table(title="ingest-pipeline status", title_justify="left")
     for column in ("tenant", "documents", "chunks", "indexed", "quarantined", "index_vectors"):
         table.add_column(column, justify="left" if column == "tenant" else "right")
@@ -155,10 +159,12 @@ def print_status(report: dict) -> None:
 
 
 def print_rebuild(result: dict) -> None:
+    """The rebuild's run and the tenant's status after it."""
     out.print(result)
 
 
 def print_stop_postgres(stopped: bool) -> None:
+    """Whether an embedded PostgreSQL server was stopped."""
     out.print("stopped" if stopped else "no embedded server here")
 
 
@@ -229,6 +235,7 @@ def print_quarantine_retry(result: dict) -> None:
 
 
 def print_rotate_key(result: dict) -> None:
+    """The active data key version and the versions before and after, or why the rotation stopped."""
     if result["success"]:
         out.print(f"tenant {result['tenant']}: data key version {result['active_version']} is active; key "
                   f"versions {result['versions_before']} -> {result['versions_after']}; run {result['run_id']}")
@@ -238,25 +245,30 @@ def print_rotate_key(result: dict) -> None:
 
 
 def print_rotate_master_key(result: dict) -> None:
+    """How many keys were re-wrapped, from which master key to which."""
     out.print(f"{result['keys_rewrapped']} keys re-wrapped from master key {result['old_master_key_id']} to "
               f"{result['new_master_key_id']}: set INGEST_MASTER_KEY to the new key now")
 
 
 def print_erase_needs_confirmation(tenant: str) -> None:
+    """`erase-tenant` without --yes: what it would do."""
     out.print(f"erasing tenant {tenant} destroys its keys and data for good: add --yes to confirm")
 
 
 def print_erased(result: dict) -> None:
+    """What an erasure destroyed: keys, rows, indexes, landing files and runs."""
     out.print(f"tenant {result['tenant_id']} erased: {result['keys_destroyed']} keys destroyed, "
               f"{sum(result['rows_deleted'].values())} rows, {len(result['indexes_dropped'])} index(es), "
               f"{result['landing_files_deleted']} landing files, {result['dagster_runs_deleted']} runs")
 
 
 def print_readmit_needs_confirmation(tenant: str) -> None:
+    """`readmit-tenant` without --yes: what it would do."""
     out.print(f"re-admitting tenant {tenant} lets its uploads create it anew: add --yes to confirm")
 
 
 def print_readmitted(result: dict) -> None:
+    """Who re-admitted the tenant, or why nothing was done."""
     if result["readmitted"]:
         out.print(f"tenant {result['tenant_id']} (erased on {result['erased_at']}) re-admitted by "
                   f"{result['readmitted_by']}: its next upload creates it anew")
