@@ -18,11 +18,16 @@ from rich.console import Console
 
 from ingest_pipeline.core.crypto import master_key_id, parse_master_key
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.runtime.instance import dagster_instance, monitored_run_tags, prepare_environment
-from ingest_pipeline.work.erasure import TENANT_JOB_TAG
+from ingest_pipeline.runtime.instance import (
+    QUIET_LOGGERS,
+    TENANT_JOB_TAG,
+    InstanceHistory,
+    dagster_instance,
+    monitored_run_tags,
+    prepare_environment,
+)
 
 NEW_MASTER_KEY_ENV = "INGEST_NEW_MASTER_KEY"
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 out = Console()
 
 
@@ -45,7 +50,7 @@ def key_versions(ledger, tenant: str) -> list[int]:
 def rotate_key(tenant: str, rotate: bool = True, batch_size: int | None = None) -> dict:
     """Rotate the tenant's data key (unless `rotate` is False: then only finish moving rows) and move
     every row to it through `reencrypt_job`."""
-    from ingest_pipeline.defs.keys import reencrypt_job
+    from ingest_pipeline.defs.reencryption import reencrypt_job
     from ingest_pipeline.work.reencryption import rows_to_move
 
     tenant = validate_tenant(tenant)
@@ -96,7 +101,7 @@ def erase(tenant: str) -> dict:
     resources = _resources()
     report = erase_tenant(
         resources["ledger"].ledger, resources["keyring"].store, resources["cyborgdb"].indexes,
-        Settings.from_env().landing_dir, dagster_instance(), tenant, tenant_partitions.name,
+        Settings.from_env().landing_dir, InstanceHistory(dagster_instance(), tenant_partitions.name), tenant,
     )
     return report.as_dict()
 

@@ -31,14 +31,19 @@ from ingest_pipeline.cli import keys as cli_keys
 from ingest_pipeline.cli import quarantine as cli_quarantine
 from ingest_pipeline.cli import reconcile as cli_reconcile
 from ingest_pipeline.core.ids import InvalidName, document_id, validate_document_name, validate_tenant
-from ingest_pipeline.runtime.instance import dagster_instance, monitored_run_tags, prepare_environment
+from ingest_pipeline.runtime.instance import (
+    QUIET_LOGGERS,
+    TENANT_JOB_TAG,
+    dagster_instance,
+    monitored_run_tags,
+    prepare_environment,
+)
 from ingest_pipeline.stores.key_vault import TenantErased, UnknownTenant
 from ingest_pipeline.stores.landing_zone import LandingZoneUnavailable, RefusedFile
 from ingest_pipeline.stores.ledger import sha256_file
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)  # an error names paths: never cut it into lines
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 SAMPLE_CORPUS = Path(__file__).parents[1] / "sample_corpus"
 
 
@@ -363,13 +368,11 @@ def status(tenant: str | None = None) -> dict:
 
 
 def rebuild(tenant: str, lock_segment_s: float | None = None) -> dict:
-    from ingest_pipeline.work.erasure import TENANT_JOB_TAG
-
     tenant = validate_tenant(tenant)
     prepare_environment()
     instance = dagster_instance()
     defs, _ = _definitions()
-    job = defs.resolve_job_def("rebuild_tenant_index")
+    job = defs.resolve_job_def("rebuild_tenant_index_job")
     op_config = {"tenant": tenant, **({} if lock_segment_s is None else {"lock_segment_s": lock_segment_s})}
     config = {"ops": {"rebuild_index_from_cold_copy": {"config": op_config}}, **QUIET_LOGGERS}
     result = job.execute_in_process(run_config=config, instance=instance, raise_on_error=False,

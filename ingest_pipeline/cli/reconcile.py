@@ -15,9 +15,14 @@ from rich.console import Console
 from rich.markup import escape
 
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.runtime.instance import dagster_instance, monitored_run_tags, prepare_environment
+from ingest_pipeline.runtime.instance import (
+    QUIET_LOGGERS,
+    TENANT_JOB_TAG,
+    dagster_instance,
+    monitored_run_tags,
+    prepare_environment,
+)
 
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 out = Console()
 
 
@@ -51,7 +56,6 @@ def reconcile(tenant: str | None = None, repair: bool = True, allow_mass_delete:
     """
     from ingest_pipeline.definitions import build_resources
     from ingest_pipeline.defs.reconciliation import reconcile_job
-    from ingest_pipeline.work.erasure import TENANT_JOB_TAG
     from ingest_pipeline.work.reconciliation import REPORT_COLUMNS, report_totals
 
     config = {"tenants": [validate_tenant(tenant)] if tenant else [], "repair": repair,

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dagster import DagsterEventType, DefaultRunLauncher, Field, Float, StringSource
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    DefaultRunLauncher,
+    Field,
+    Float,
+    RunsFilter,
+    StringSource,
+)
 
 # Not exported by dagster 1.13 at the top level: the base classes of a run launcher, of the storage classes
 # a dagster.yaml names, and the record of their configuration.
@@ -28,6 +39,13 @@ if TYPE_CHECKING:
 # The project root: dagster.yaml and workspace.yaml live beside the package (an editable install or a clone).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAGSTER_STORAGE_LOCK = 7245  # advisory lock class (the ledger's migrations use another)
+
+# The run tags that name a tenant: the ingest runs of its partitions carry Dagster's partition tag; its
+# re-encryption, rebuild and reconcile runs carry TENANT_JOB_TAG (their launcher sets it, or the op does).
+TENANT_TAG = "dagster/partition/tenant"
+TENANT_JOB_TAG = "ingest/tenant"
+# Run config for a run the CLI executes in its own process: the console logger says only warnings and errors.
+QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def prepare_environment() -> tuple[Settings, Ledger]:
@@ -64,8 +82,6 @@ def prepare_environment() -> tuple[Settings, Ledger]:
 @functools.cache
 def _create_dagster_storage(dsn: str) -> None:
     """Create Dagster's tables once per process (IngestPostgresStorage creates them under a lock)."""
-    from dagster import DagsterInstance
-
     # Each storage creates its tables when first built; one read of each makes sure it was.
     with DagsterInstance.get() as instance:
         instance.get_runs(limit=1)
@@ -171,9 +187,50 @@ class IngestComputeLogManager(LocalComputeLogManager):
 
 
 def dagster_instance():
-    from dagster import DagsterInstance
-
     return DagsterInstance.get()
+
+
+# ---- a tenant's history in Dagster -----------------------------------------------------------------
+
+# Runs that may still write events: deleted only once they ended.
+RUNS_UNDER_WAY = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
+                  DagsterRunStatus.CANCELING]
+
+
+class InstanceHistory:
+    """A tenant's history on a Dagster instance: its runs (by TENANT_TAG or TENANT_JOB_TAG), their event and
+    compute logs, and its dynamic partition. What an erasure deletes (work/erasure.py's DagsterHistory)."""
+
+    def __init__(self, instance: DagsterInstance, partitions_name: str = "tenants"):
+        self.instance = instance
+        self.partitions_name = partitions_name
+
+    def _tenant_runs(self, tenant_id: str, statuses=None) -> list:
+        return [record for tag in (TENANT_TAG, TENANT_JOB_TAG)
+                for record in self.instance.get_run_records(filters=RunsFilter(tags={tag: tenant_id},
+                                                                               statuses=statuses))]
+
+    def wait_for_runs(self, tenant_id: str, timeout_s: float) -> None:
+        """Wait, at most `timeout_s`, until none of the tenant's runs is under way (a dead one never ends)."""
+        deadline = time.monotonic() + timeout_s
+        while self._tenant_runs(tenant_id, RUNS_UNDER_WAY) and time.monotonic() < deadline:
+            time.sleep(0.5)
+
+    def delete(self, tenant_id: str, under_way: bool) -> int:
+        """Delete the tenant's runs (with their event logs and compute logs) and its dynamic partition; the number
+        of runs deleted. Queued runs go (they never start); runs under way only with `under_way`."""
+        runs = self._tenant_runs(tenant_id)
+        if not under_way:
+            runs = [record for record in runs if record.dagster_run.status not in RUNS_UNDER_WAY]
+        for record in runs:
+            run_id = record.dagster_run.run_id
+            # A compute log manager without per-run deletion keeps its files; the run goes anyway.
+            with contextlib.suppress(Exception):
+                self.instance.compute_log_manager.delete_logs(prefix=[run_id])
+            self.instance.delete_run(run_id)
+        if self.instance.has_dynamic_partition(self.partitions_name, tenant_id):
+            self.instance.delete_dynamic_partition(self.partitions_name, tenant_id)
+        return len(runs)
 
 
 # ---- run monitoring -----------------------------------------------------------------------------
