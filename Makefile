@@ -46,8 +46,9 @@ bench-checks: install  ## the two index checks on a tenant of 200,000 synthetic 
 bench-backends: install  ## the int8 ONNX backend against bare PyTorch: chunks/s and answer-in-top-5, side by side
 	$(PY) benchmarks/embedding_backends.py
 
-validate: install  ## dagster definitions validate, on this installation's instance
-	eval "$$($(VENV)/bin/ingest-pipeline env)" && $(VENV)/bin/dagster definitions validate -w workspace.yaml
+validate: install  ## dagster definitions validate and dg check defs, on this installation's instance (no eval needed)
+	$(VENV)/bin/dagster definitions validate -w workspace.yaml
+	$(VENV)/bin/dg check defs
 
 recall: install  ## encrypted-index recall vs exact search, and answer-in-top-k, on the bundled SQuAD sample
 	$(PY) benchmarks/retrieval_quality.py

@@ -49,7 +49,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "ingest_pipeline" / "sample_corpus"
 TENANT = "bench"
 CLI = [sys.executable, "-m", "ingest_pipeline.cli"]
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 # ---- the machine ------------------------------------------------------------------------------------
@@ -220,7 +219,7 @@ def reruns(staging: Path, first_run_s: float) -> dict:
     from dagster import MultiPartitionKey
 
     from ingest_pipeline.definitions import build_definitions, build_resources
-    from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+    from ingest_pipeline.runtime.instance import QUIET_LOGGERS, dagster_instance, prepare_environment
     from ingest_pipeline.work.uploads import current_month
 
     prepare_environment()
@@ -237,7 +236,7 @@ def reruns(staging: Path, first_run_s: float) -> dict:
     tick = time.perf_counter()
     for key in months:
         result = job.execute_in_process(partition_key=MultiPartitionKey({"tenant": TENANT, "month": key}),
-                                        instance=dagster_instance(), raise_on_error=False, run_config=QUIET)
+                                        instance=dagster_instance(), raise_on_error=False, run_config=QUIET_LOGGERS)
         if not result.success:
             raise RuntimeError(f"backfill run for {key} failed")
     backfill_s = time.perf_counter() - tick

@@ -39,7 +39,7 @@ def main() -> int:
         from dagster import MultiPartitionKey
 
         from ingest_pipeline.definitions import build_definitions
-        from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+        from ingest_pipeline.runtime.instance import QUIET_LOGGERS, dagster_instance, prepare_environment
 
         prepare_environment()
         instance = dagster_instance()
@@ -56,7 +56,7 @@ def main() -> int:
                 started = time.perf_counter()
                 result = job.execute_in_process(
                     partition_key=MultiPartitionKey({"tenant": tenant, "month": month}), instance=instance,
-                    raise_on_error=False, run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+                    raise_on_error=False, run_config=QUIET_LOGGERS,
                 )
                 timings.append(time.perf_counter() - started)
                 own_work.append(sum(event.materialization.metadata["duration_s"].value

@@ -6,9 +6,9 @@ from dagster import Definitions
 
 from ingest_pipeline.defs.assets import chunk_embeddings, cyborgdb_index, document_chunks, raw_documents
 from ingest_pipeline.defs.checks import ciphertexts_decrypt, index_matches_ledger, sample_recall_at_10
-from ingest_pipeline.defs.jobs import ingest_job, rebuild_tenant_index
-from ingest_pipeline.defs.keys import reencrypt_job
+from ingest_pipeline.defs.jobs import ingest_job, rebuild_tenant_index_job
 from ingest_pipeline.defs.reconciliation import reconcile_job
+from ingest_pipeline.defs.reencryption import reencrypt_job
 from ingest_pipeline.defs.resources import (
     CyborgDB,
     EmbeddingModel,
@@ -37,7 +37,7 @@ def build_definitions() -> Definitions:
     return Definitions(
         assets=[raw_documents, document_chunks, chunk_embeddings, cyborgdb_index],
         asset_checks=[index_matches_ledger, ciphertexts_decrypt, sample_recall_at_10],
-        jobs=[ingest_job, rebuild_tenant_index, reconcile_job, reencrypt_job],
+        jobs=[ingest_job, rebuild_tenant_index_job, reconcile_job, reencrypt_job],
         sensors=[upload_sensor],
         schedules=[pending_work_schedule, weekly_reconciliation_schedule],
         resources=build_resources(),

@@ -11,12 +11,14 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
 from dagster import AssetKey, DagsterInstance
 from dagster_postgres import PostgresRunStorage
 
 from ingest_pipeline.definitions import build_definitions
 from ingest_pipeline.defs.partitions import tenant_month_partitions, tenant_partitions
 from ingest_pipeline.runtime.instance import PROJECT_ROOT, dagster_instance
+from ingest_pipeline.runtime.settings import embedded_postgres_uri, stop_embedded_postgres
 from ingest_pipeline_tests.helpers import free_port
 
 ASSETS = ["raw_documents", "document_chunks", "chunk_embeddings", "cyborgdb_index"]
@@ -83,7 +85,6 @@ def test_runs_land_in_the_postgres_instance_the_ui_reads(embedded_pipeline, docs
 def test_an_external_postgres_by_dsn_holds_the_ledger_and_the_dagster_instance(tmp_path, monkeypatch, docs):
     from ingest_pipeline import cli
     from ingest_pipeline.core.crypto import generate_master_key
-    from ingest_pipeline.runtime.settings import embedded_postgres_uri, stop_embedded_postgres
 
     server_home = tmp_path / "db-server"  # a PostgreSQL server that is not under INGEST_HOME
     dsn = embedded_postgres_uri(server_home)
@@ -117,3 +118,27 @@ def test_dagster_definitions_validate_passes_in_the_environment_ingest_pipeline_
                             text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "All code locations passed validation" in result.stderr + result.stdout
+
+
+def test_dagster_and_dg_commands_work_in_a_fresh_shell_in_the_project_root(tmp_path):
+    """`dagster definitions validate` and `dg check defs` as a Dagster user types them: no DAGSTER_* or INGEST_*
+    variable but an INGEST_HOME of its own (the embedded default, whose server starts in about a second); the
+    instance dagster.yaml describes puts Dagster's tables on that home's embedded PostgreSQL."""
+    home = tmp_path / "home"
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("DAGSTER_", "INGEST_"))}
+    env |= {"INGEST_HOME": str(home), "HOME": str(tmp_path), "PYTHONPATH": str(PROJECT_ROOT)}
+    bin_dir = Path(sys.executable).parent
+    try:
+        for command, success in (
+                ([str(bin_dir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+                 "All code locations passed validation"),
+                ([str(bin_dir / "dg"), "check", "defs"], "All definitions loaded successfully")):
+            result = subprocess.run(command, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+            assert result.returncode == 0, f"{command[1:]}: {result.stderr[-3000:]}"
+            assert success in result.stderr + result.stdout
+        with psycopg.connect(embedded_postgres_uri(home)) as conn:
+            tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        assert {"runs", "event_logs", "jobs"} <= tables
+        assert (home / "dagster" / "storage").is_dir()
+    finally:
+        stop_embedded_postgres(home)

@@ -65,7 +65,7 @@ def status(tenant: str | None = None) -> dict:
 
 
 def rebuild(tenant: str, lock_segment_s: float | None = None) -> dict:
-    """Rebuild the tenant's index from the Postgres cold copy (a run of `rebuild_tenant_index`); returns the run's
+    """Rebuild the tenant's index from the Postgres cold copy (a run of `rebuild_tenant_index_job`); returns the run's
     id and success with the tenant's status after it."""
     tenant = validate_tenant(tenant)
     prepare_environment()

@@ -17,7 +17,7 @@ from ingest_pipeline.cli import render
 from ingest_pipeline.cli.runs import execute_job
 from ingest_pipeline.core.crypto import master_key_id, parse_master_key
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+from ingest_pipeline.runtime.instance import InstanceHistory, dagster_instance, prepare_environment
 
 NEW_MASTER_KEY_ENV = "INGEST_NEW_MASTER_KEY"
 
@@ -41,7 +41,7 @@ def key_versions(ledger, tenant: str) -> list[int]:
 def rotate_key(tenant: str, rotate: bool = True, batch_size: int | None = None) -> dict:
     """Rotate the tenant's data key (unless `rotate` is False: then only finish moving rows) and move
     every row to it through `reencrypt_job`."""
-    from ingest_pipeline.defs.keys import reencrypt_job
+    from ingest_pipeline.defs.reencryption import reencrypt_job
     from ingest_pipeline.work.reencryption import rows_to_move
 
     tenant = validate_tenant(tenant)
@@ -89,7 +89,7 @@ def erase(tenant: str) -> dict:
     resources = _resources()
     report = erase_tenant(
         resources["ledger"].ledger, resources["keyring"].store, resources["cyborgdb"].indexes,
-        Settings.from_env().landing_dir, dagster_instance(), tenant, tenant_partitions.name,
+        Settings.from_env().landing_dir, InstanceHistory(dagster_instance(), tenant_partitions.name), tenant,
     )
     return report.as_dict()
 

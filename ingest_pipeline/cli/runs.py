@@ -14,11 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest_pipeline.runtime.instance import monitored_run_tags
-from ingest_pipeline.work.erasure import TENANT_JOB_TAG
+from ingest_pipeline.runtime.instance import QUIET_LOGGERS, TENANT_JOB_TAG, monitored_run_tags
 
 # Run config that keeps a run's console logs to warnings: the CLI prints its own summary.
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # The figures of the ingest summary's totals, summed over every run's materializations.
 SUMMARY_TOTALS = ["documents_new", "documents_changed", "documents_unchanged", "documents_deleted",
                   "documents_quarantined", "chunks", "tokens", "chunks_embedded", "chunks_upserted", "chunks_removed"]
@@ -144,6 +142,6 @@ def ingest_pending(defs, resources: dict, instance, ledger, tenant: str | None, 
 def rebuild_index(tenant: str, instance, lock_segment_s: float | None = None):
     """Execute the rebuild job for the tenant's index (from the Postgres cold copy); returns the run's result."""
     defs, _ = definitions()
-    job = defs.resolve_job_def("rebuild_tenant_index")
+    job = defs.resolve_job_def("rebuild_tenant_index_job")
     op_config = {"tenant": tenant, **({} if lock_segment_s is None else {"lock_segment_s": lock_segment_s})}
     return execute_job(job, {"ops": {"rebuild_index_from_cold_copy": {"config": op_config}}}, instance, tenant=tenant)

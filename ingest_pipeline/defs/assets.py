@@ -9,29 +9,23 @@ materialization finds the work already done and changes nothing.
 import resource
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from dagster import (
-    AssetCheckExecutionContext,
     AssetExecutionContext,
-    Backoff,
     Config,
     Failure,
-    Jitter,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
 )
 from pydantic import Field
 
-from ingest_pipeline.core.crypto import DecryptionError, MasterKeyError
+from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
 from ingest_pipeline.core.faults import fault_point
-from ingest_pipeline.core.ids import chunk_id, validate_tenant
+from ingest_pipeline.core.ids import chunk_id
 from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionUnavailable, WorkerStartFailed
-from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_month_partitions
+from ingest_pipeline.defs.partitions import tenant_month_partitions
 from ingest_pipeline.defs.resources import (
     CyborgDB,
     EmbeddingModel,
@@ -39,64 +33,25 @@ from ingest_pipeline.defs.resources import (
     PostgresLedger,
     TenantKeyring,
 )
-from ingest_pipeline.runtime.settings import ConfigurationError
-from ingest_pipeline.stores.key_vault import TenantErased
+from ingest_pipeline.defs.shared import GROUP, STORAGE_RETRY, fail_fast, tenant_and_month, tenant_session
 from ingest_pipeline.stores.landing_zone import LandingZoneUnavailable, RefusedFile, hash_file
-from ingest_pipeline.stores.ledger import EmbeddingModelMismatch, Ledger, TenantKeyMismatch, TenantSession
+from ingest_pipeline.stores.ledger import EmbeddingModelMismatch
 from ingest_pipeline.stores.tenant_index import PermanentIndexError
 from ingest_pipeline.work.embedding_stage import embed_pending
 from ingest_pipeline.work.indexing import IndexWriter
 from ingest_pipeline.work.landing_scan import scan_changes
 from ingest_pipeline.work.uploads import note_unchanged_file
 
-GROUP = "ingestion"
 OWNERS = ["team:data-platform"]
-# Transient failures (a dropped connection, a busy service) retry with exponential backoff and jitter;
-# errors that retrying cannot fix raise Failure(allow_retries=False).
-STORAGE_RETRY = RetryPolicy(max_retries=3, delay=1.0, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 # What every stage shares: one (tenant, month) partition, the group, the owners and the retry policy.
 STAGE = {
     "partitions_def": tenant_month_partitions, "group_name": GROUP, "owners": OWNERS, "retry_policy": STORAGE_RETRY,
 }
 
 
-def tenant_and_month(context: AssetExecutionContext | AssetCheckExecutionContext) -> tuple[str, str]:
-    keys = context.partition_key.keys_by_dimension
-    return validate_tenant(keys[TENANT_DIMENSION]), keys[MONTH_DIMENSION]
-
-
-def fail_fast(message: str) -> Failure:
-    return Failure(description=message, allow_retries=False)
-
-
 def _own_peak_rss_mb() -> float:
     """This process's peak resident memory so far, in MiB (ru_maxrss is in KiB on Linux)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-class TenantWasErased(Failure):
-    """The tenant was erased (or is being erased) when its lock was taken: nothing was written for it."""
-
-
-@contextmanager
-def tenant_session(store: Ledger, keyring: TenantKeyring, tenant: str) -> Iterator[TenantSession]:
-    """Be the tenant's one writer (a connection holding its lock), with the tenant's keys opened on it.
-
-    A new tenant gets random keys here. A wrong, unreadable or missing master key fails the run before
-    anything is written, without retries; so does a tenant erased (or being erased), even by an erasure
-    that finished while this run was queued or waited for the lock (TenantWasErased: it is never created
-    again). `session.keys` are read under the lock, so a key rotation or retirement by another process is
-    always seen.
-    """
-    with store.tenant_writer(tenant) as session:
-        try:
-            session.keys = keyring.open_tenant(session.conn, tenant)
-        except TenantErased as exc:
-            raise TenantWasErased(description=f"{exc}; nothing was written", metadata={"tenant_erased": True},
-                                  allow_retries=False) from None
-        except (MasterKeyError, PermissionError, ConfigurationError, TenantKeyMismatch) as exc:
-            raise fail_fast(str(exc)) from None
-        yield session
 
 
 class RawDocumentsConfig(Config):

@@ -16,9 +16,10 @@ from dagster import (
 )
 
 from ingest_pipeline.core.crypto import DecryptionError
-from ingest_pipeline.defs.assets import cyborgdb_index, tenant_and_month
+from ingest_pipeline.defs.assets import cyborgdb_index
 from ingest_pipeline.defs.partitions import tenant_month_partitions
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
+from ingest_pipeline.defs.shared import tenant_and_month
 
 # Partitioned asset checks are "preview" in Dagster 1.13; they are what gives each partition its checks.
 warnings.filterwarnings("ignore", category=PreviewWarning)

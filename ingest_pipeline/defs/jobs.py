@@ -5,9 +5,8 @@ from pydantic import Field
 
 from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.defs.assets import GROUP, STORAGE_RETRY, tenant_session
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
-from ingest_pipeline.work.erasure import tag_run_with_tenant
+from ingest_pipeline.defs.shared import GROUP, STORAGE_RETRY, tag_run_with_tenant, tenant_session
 from ingest_pipeline.work.indexing import IndexWriter
 
 # The four stages form a chain, so one process per run loses no parallelism and saves a process start (and
@@ -61,5 +60,5 @@ def rebuild_index_from_cold_copy(
 
 @job(description="Rebuild one tenant's CyborgDB index from the Postgres cold copy beside the live one, "
                  "without re-embedding, and swap when complete.")
-def rebuild_tenant_index():
+def rebuild_tenant_index_job():
     rebuild_index_from_cold_copy()

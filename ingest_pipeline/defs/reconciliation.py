@@ -20,10 +20,9 @@ from pydantic import Field
 
 from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.core.ids import InvalidName, validate_tenant
-from ingest_pipeline.defs.assets import STORAGE_RETRY, TenantWasErased, fail_fast, tenant_session
 from ingest_pipeline.defs.resources import CyborgDB, PostgresLedger, TenantKeyring
+from ingest_pipeline.defs.shared import STORAGE_RETRY, TenantWasErased, fail_fast, tag_run_with_tenant, tenant_session
 from ingest_pipeline.stores.tenant_index import IndexDimensionMismatch, IndexKeyMismatch
-from ingest_pipeline.work.erasure import tag_run_with_tenant
 from ingest_pipeline.work.reconciliation import (
     DEFAULT_MAX_ORPHAN_SHARE,
     REPORT_COLUMNS,

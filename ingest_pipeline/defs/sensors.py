@@ -23,6 +23,7 @@ from dagster import (
 from ingest_pipeline.defs.jobs import ingest_job
 from ingest_pipeline.defs.partitions import MONTH_DIMENSION, TENANT_DIMENSION, tenant_partitions
 from ingest_pipeline.defs.resources import LandingZoneResource, PostgresLedger
+from ingest_pipeline.runtime.instance import TENANT_TAG
 from ingest_pipeline.stores.key_vault import TenantErased
 from ingest_pipeline.stores.landing_zone import LandingScan, LandingZone, LandingZoneUnavailable
 from ingest_pipeline.work.landing_scan import tenant_folders
@@ -43,7 +44,6 @@ SETTLE_NS = 60 * 10**9
 UNSETTLED = -1
 IN_PROGRESS = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
                DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-TENANT_TAG = "dagster/partition/tenant"
 
 
 @dataclass

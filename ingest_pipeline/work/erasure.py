@@ -19,14 +19,11 @@ tombstone (who and when are recorded); the tenant's next upload then creates it 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from typing import Protocol
 
 from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.core.ids import validate_tenant
@@ -34,20 +31,21 @@ from ingest_pipeline.stores.key_vault import KeyStore, KeyVaultMissingKey, Tenan
 from ingest_pipeline.stores.ledger import Ledger, erasure_message
 from ingest_pipeline.stores.tenant_index import CyborgIndexes
 
-TENANT_TAG = "dagster/partition/tenant"  # ingest runs of the tenant's partitions
-TENANT_JOB_TAG = "ingest/tenant"  # its re-encryption and rebuild runs
-# Runs that may still write events: deleted only once they ended (or after this long: a dead run never ends).
-RUNS_UNDER_WAY = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED,
-                  DagsterRunStatus.CANCELING]
+# Runs under way may still write events: deleted only once they ended (or after this long: a dead run never ends).
 RUNS_UNDER_WAY_WAIT_S = 30.0
 TENANT_ROWS = ("ingest.chunks", "ingest.quarantine", "ingest.documents", "ingest.embedding_log", "ingest.uploads")
 
 
-def tag_run_with_tenant(context, tenant_id: str) -> None:
-    """Tag the op's run with the tenant it writes for (`TENANT_JOB_TAG`), unless its launcher did: however it was
-    launched (the CLI, the launchpad), erasing the tenant then deletes the run with the rest of its history."""
-    if context.get_tag(TENANT_JOB_TAG) != tenant_id:
-        context.instance.add_run_tags(context.run_id, {TENANT_JOB_TAG: tenant_id})
+class DagsterHistory(Protocol):
+    """The tenant's history in the orchestrator: its runs, their logs, its dynamic partition (the Dagster side is
+    runtime/instance.py's InstanceHistory)."""
+
+    def delete(self, tenant_id: str, under_way: bool) -> int:
+        """Delete the tenant's runs and its partition; the number of runs deleted. Queued runs go (they never
+        start); runs under way only with `under_way`."""
+
+    def wait_for_runs(self, tenant_id: str, timeout_s: float) -> None:
+        """Wait, at most `timeout_s`, until none of the tenant's runs is under way."""
 
 
 @dataclass
@@ -66,8 +64,8 @@ class ErasureReport:
 
 
 def erase_tenant(
-    ledger: Ledger, keystore: KeyStore, indexes: CyborgIndexes, landing_dir: Path, instance: DagsterInstance,
-    tenant_id: str, partitions_name: str = "tenants",
+    ledger: Ledger, keystore: KeyStore, indexes: CyborgIndexes, landing_dir: Path, history: DagsterHistory,
+    tenant_id: str,
 ) -> ErasureReport:
     tenant_id = validate_tenant(tenant_id)
     report = ErasureReport(tenant_id)
@@ -130,14 +128,14 @@ def erase_tenant(
         if folder.exists():
             report.landing_files_deleted = sum(1 for path in folder.rglob("*") if path.is_file())
             shutil.rmtree(folder)
-        report.dagster_runs_deleted = _delete_dagster_history(instance, tenant_id, partitions_name, under_way=False)
+        report.dagster_runs_deleted = history.delete(tenant_id, under_way=False)
 
         conn.execute("UPDATE ingest.tenant_erasures SET completed_at = now() WHERE tenant_id = %s", (tenant_id,))
         report.completed = True
     # A run that was under way waited for the lock: now it finds the tombstone and ends at once, writing nothing.
     # Deleted once it has ended, so that no event of it is written after its run is gone.
-    _wait_for_runs(instance, tenant_id, RUNS_UNDER_WAY_WAIT_S)
-    report.dagster_runs_deleted += _delete_dagster_history(instance, tenant_id, partitions_name, under_way=True)
+    history.wait_for_runs(tenant_id, RUNS_UNDER_WAY_WAIT_S)
+    report.dagster_runs_deleted += history.delete(tenant_id, under_way=True)
     return report
 
 
@@ -190,34 +188,4 @@ def _generations(conn, tenant_id: str) -> list[int]:
     return sorted({1, row["index_generation"], *([row["rebuild_generation"]] if row["rebuild_generation"] else [])})
 
 
-def _tenant_runs(instance: DagsterInstance, tenant_id: str, statuses=None) -> list:
-    return [record for tag in (TENANT_TAG, TENANT_JOB_TAG)
-            for record in instance.get_run_records(filters=RunsFilter(tags={tag: tenant_id}, statuses=statuses))]
-
-
-def _wait_for_runs(instance: DagsterInstance, tenant_id: str, timeout_s: float) -> None:
-    """Wait, at most `timeout_s`, until none of the tenant's runs is under way (a dead one never ends)."""
-    deadline = time.monotonic() + timeout_s
-    while _tenant_runs(instance, tenant_id, RUNS_UNDER_WAY) and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
-def _delete_dagster_history(instance: DagsterInstance, tenant_id: str, partitions_name: str, under_way: bool) -> int:
-    """Delete the tenant's runs (with their event logs and compute logs) and its dynamic partition.
-
-    Queued runs go (they never start); runs under way only with `under_way`."""
-    runs = _tenant_runs(instance, tenant_id)
-    if not under_way:
-        runs = [record for record in runs if record.dagster_run.status not in RUNS_UNDER_WAY]
-    for record in runs:
-        run_id = record.dagster_run.run_id
-        # A compute log manager without per-run deletion keeps its files; the run goes anyway.
-        with contextlib.suppress(Exception):
-            instance.compute_log_manager.delete_logs(prefix=[run_id])
-        instance.delete_run(run_id)
-    if instance.has_dynamic_partition(partitions_name, tenant_id):
-        instance.delete_dynamic_partition(partitions_name, tenant_id)
-    return len(runs)
-
-
-__all__ = ["ErasureReport", "Readmission", "TenantErased", "erase_tenant", "readmit_tenant", "tag_run_with_tenant"]
+__all__ = ["DagsterHistory", "ErasureReport", "Readmission", "TenantErased", "erase_tenant", "readmit_tenant"]

@@ -311,7 +311,8 @@ def test_writers_that_read_the_tenant_before_its_erasure_write_nothing_after_it(
     from ingest_pipeline import cli as cli_module
     from ingest_pipeline.cli import keys as cli_keys
     from ingest_pipeline.definitions import build_definitions
-    from ingest_pipeline.defs.assets import RawDocumentsConfig, TenantWasErased, raw_documents
+    from ingest_pipeline.defs.assets import RawDocumentsConfig, raw_documents
+    from ingest_pipeline.defs.shared import TenantWasErased
     from ingest_pipeline.stores.landing_zone import LandingZone
     from ingest_pipeline.work.uploads import current_month, record_dropped_files, record_file
     from ingest_pipeline_tests.helpers import materialize_partition
@@ -360,7 +361,7 @@ def test_writers_that_read_the_tenant_before_its_erasure_write_nothing_after_it(
         run_config={"ops": {"reconcile_tenants": {"config": {"tenants": [acme]}}}}, instance=dagster_instance(),
         raise_on_error=False)
     assert not reconciled.success
-    rebuilt = definitions.resolve_job_def("rebuild_tenant_index").execute_in_process(
+    rebuilt = definitions.resolve_job_def("rebuild_tenant_index_job").execute_in_process(
         run_config={"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": acme}}}},
         instance=dagster_instance(), raise_on_error=False)
     assert not rebuilt.success
@@ -395,7 +396,7 @@ def test_a_run_waiting_for_the_lock_through_an_erasure_writes_nothing_until_the_
     from ingest_pipeline import cli as cli_module
     from ingest_pipeline.cli import keys as cli_keys
     from ingest_pipeline.definitions import build_definitions
-    from ingest_pipeline.work.erasure import TENANT_JOB_TAG
+    from ingest_pipeline.runtime.instance import TENANT_JOB_TAG
     from ingest_pipeline_tests.helpers import materialize_partition
 
     scenario.category = "keys"
@@ -452,16 +453,16 @@ def test_a_run_waiting_for_the_lock_through_an_erasure_writes_nothing_until_the_
     # A rebuild's runs carry the tenant, from the CLI and from the launchpad (no tags given): the erasure of the
     # re-created tenant deletes them with the rest.
     assert cli_module.rebuild(acme)["success"]
-    launched = build_definitions().resolve_job_def("rebuild_tenant_index").execute_in_process(
+    launched = build_definitions().resolve_job_def("rebuild_tenant_index_job").execute_in_process(
         run_config={"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": acme}}}},
         instance=dagster_instance())
     assert launched.success
-    rebuilds = [r for r in dagster_instance().get_run_records(filters=RunsFilter(job_name="rebuild_tenant_index"))]
+    rebuilds = [r for r in dagster_instance().get_run_records(filters=RunsFilter(job_name="rebuild_tenant_index_job"))]
     assert len(rebuilds) == 2 and all(r.dagster_run.tags.get(TENANT_JOB_TAG) == acme for r in rebuilds)
     report = cli_keys.erase(acme)
     assert report["completed"] and report["keys_destroyed"] == 2 and not report["resumed"]
     assert not tenant_runs(acme)
-    assert not dagster_instance().get_run_records(filters=RunsFilter(job_name="rebuild_tenant_index"))
+    assert not dagster_instance().get_run_records(filters=RunsFilter(job_name="rebuild_tenant_index_job"))
     assert tenant_rows(pipeline, acme) == dict.fromkeys([*TENANT_TABLES, "vault_keys"], 0)
     with pytest.raises(TenantErased, match="was erased"):
         pipeline.search(acme, QUERY)

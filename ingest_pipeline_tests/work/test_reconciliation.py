@@ -188,7 +188,7 @@ def test_a_rebuild_in_progress_is_reconciled_too_so_its_swap_is_clean(embedded_p
         return real_upsert(self, items)
 
     monkeypatch.setattr(TenantIndex, "upsert", crash_after_the_first_rebuild_batch)
-    rebuild_job = build_definitions().resolve_job_def("rebuild_tenant_index")
+    rebuild_job = build_definitions().resolve_job_def("rebuild_tenant_index_job")
     config = {"ops": {"rebuild_index_from_cold_copy": {"config": {"tenant": acme, "upsert_batch_size": 4}}}}
     assert not rebuild_job.execute_in_process(run_config=config, instance=dagster_instance(),
                                               raise_on_error=False).success

@@ -1,15 +1,14 @@
-"""Key management jobs: moving a tenant's rows to its new data key after a rotation."""
+"""The re-encryption job: moving a tenant's rows to its new data key after a rotation."""
 
 from dagster import Config, OpExecutionContext, job, op
 from pydantic import Field
 
 from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.core.ids import validate_tenant
-from ingest_pipeline.defs.assets import STORAGE_RETRY, fail_fast
 from ingest_pipeline.defs.resources import PostgresLedger, TenantKeyring
+from ingest_pipeline.defs.shared import STORAGE_RETRY, fail_fast, tag_run_with_tenant
 from ingest_pipeline.stores.key_vault import TenantErased, UnknownTenant
 from ingest_pipeline.stores.ledger import TenantKeyMismatch
-from ingest_pipeline.work.erasure import tag_run_with_tenant
 from ingest_pipeline.work.reencryption import DEFAULT_BATCH_SIZE, reencrypt_tenant
 
 
