@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 # The project root: dagster.yaml and workspace.yaml live beside the package (an editable install or a clone).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DAGSTER_STORAGE_LOCK = 7245  # advisory lock class (the ledger's migrations use another)
 
 
 def prepare_environment() -> tuple[Settings, Ledger]:
@@ -60,10 +59,11 @@ def _create_dagster_storage(dsn: str) -> None:
     would otherwise both create them, and one would fail (`type "asset_keys" already exists`)."""
     from dagster import DagsterInstance
 
+    from ingest_pipeline.stores import locks
     from ingest_pipeline.stores.ledger import Ledger
 
     with Ledger(dsn).connect() as conn:
-        conn.execute("SELECT pg_advisory_lock(%s, 1)", (DAGSTER_STORAGE_LOCK,))
+        conn.execute(*locks.DAGSTER_STORAGE.call("pg_advisory_lock"))
         try:
             # Each storage creates its tables when first built; one read of each makes sure it was.
             with DagsterInstance.get() as instance:
@@ -71,7 +71,7 @@ def _create_dagster_storage(dsn: str) -> None:
                 instance.get_dynamic_partitions("tenants")
                 instance.all_instigator_state()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, 1)", (DAGSTER_STORAGE_LOCK,))
+            conn.execute(*locks.DAGSTER_STORAGE.call("pg_advisory_unlock"))
 
 
 def dagster_instance():
