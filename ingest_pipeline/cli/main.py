@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
@@ -113,7 +114,7 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
             refuse_erased(ledger, conn, tenant)  # an erased tenant: nothing copied, nothing recorded
         for name, source in items:
             doc_id = document_id(tenant, name)
-            latest = ledger.latest_upload(conn, doc_id)
+            latest = ledger.uploads.latest(conn, doc_id)
             if delete:
                 if latest is None or latest.is_delete:
                     outcome["not_found"].append(name)
@@ -122,7 +123,7 @@ def upload(tenant: str, paths: list[str], delete: bool = False) -> dict[str, lis
                 zone.remove(tenant, name)
                 with conn.transaction():
                     refuse_erased(ledger, conn, tenant)
-                    ledger.record_upload(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=None,
+                    ledger.uploads.record(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=None,
                                          size_bytes=None, is_delete=True, partition_month=month)
                 outcome["deleted"].append(name)
                 continue
@@ -167,7 +168,7 @@ class _ProgressPoller(threading.Thread):
     def poll(self) -> None:
         totals: Counter[str] = Counter()
         for tenant in self.tenants:
-            totals.update(self.ledger.tenant_status(tenant))
+            totals.update(asdict(self.ledger.tenants.status(tenant)))
         self.progress.update(self.documents, total=totals["documents"],
                              completed=totals["documents"] - totals["pending_documents"])
         self.progress.update(self.chunks, total=totals["chunks"], completed=totals["embedded"])
@@ -192,8 +193,8 @@ def _scan_landing_zone(ledger, landing_dir: Path, tenant: str | None) -> set[tup
 
     zone = LandingZone(landing_dir)
     live: dict[str, list[dict]] = {}
-    for doc in ledger.live_documents(tenant):
-        live.setdefault(doc["tenant_id"], []).append(doc)
+    for doc in ledger.documents.live(tenant):
+        live.setdefault(doc.tenant_id, []).append(doc)
     folders = [tenant] if tenant else sorted(p.name for p in zone.root.iterdir()
                                              if p.is_dir() and TENANT_PATTERN.fullmatch(p.name)) \
         if zone.root.is_dir() else []
@@ -209,7 +210,7 @@ def _scan_landing_zone(ledger, landing_dir: Path, tenant: str | None) -> set[tup
             if tenant_id in live:  # a tenant without documents has nothing to lose
                 outage = outage or exc
             continue
-        removed |= {(tenant_id, doc["partition_month"]) for doc in found.removed}
+        removed |= {(tenant_id, doc.partition_month) for doc in found.removed}
     if outage is not None:
         raise outage
     return removed
@@ -239,7 +240,7 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
     removed = _scan_landing_zone(ledger, settings.landing_dir, tenant)
     # Documents quarantined under a smaller extraction limit than this run's are tried again.
     limits = cli_quarantine.current_limits(resources["landing"])
-    partitions = sorted(set(ledger.pending_partitions(tenant, limits)) | removed)
+    partitions = sorted(set(ledger.uploads.pending_partitions(tenant, limits)) | removed)
     tenants = sorted({t for t, _ in partitions})
     missing = [t for t in tenants if not instance.has_dynamic_partition(tenant_partitions.name, t)]
     if missing:
@@ -290,9 +291,9 @@ def ingest(tenant: str | None = None, show_progress: bool = True, allow_mass_del
         if totals["embedding_seconds"] else None,
         "seconds": round(time.perf_counter() - started, 2),
         "stage_seconds": {stage: round(seconds, 2) for stage, seconds in stage_seconds.items()},
-        "quarantined": {t: [{"document": q["doc_name"], "code": q["reason_code"], "reason": q["reason"],
-                             **({"limits": q["limits"]} if q["limits"] else {})}
-                            for q in ledger.quarantined(t)] for t in tenants},
+        "quarantined": {t: [{"document": q.doc_name, "code": q.reason_code, "reason": q.reason,
+                             **({"limits": q.limits} if q.limits else {})}
+                            for q in ledger.quarantine.listed(t)] for t in tenants},
     }
 
 
@@ -347,17 +348,17 @@ def status(tenant: str | None = None) -> dict:
     _, ledger = prepare_environment()
     _, resources = _definitions()
     keyring, indexes = resources["keyring"], resources["cyborgdb"].indexes
-    tenants = [validate_tenant(tenant)] if tenant else ledger.tenants()
+    tenants = [validate_tenant(tenant)] if tenant else ledger.tenants.with_uploads()
     report = {}
     for tenant_id in tenants:
-        counts = ledger.tenant_status(tenant_id)
+        counts = ledger.tenants.status(tenant_id)
         try:
             index = open_live_index(ledger, indexes, keyring.tenant_keys(tenant_id))
         except UnknownTenant:  # uploaded, never ingested
             index = None
         report[tenant_id] = {
-            "documents": counts["documents"], "chunks": counts["chunks"], "indexed": counts["indexed"],
-            "quarantined": counts["quarantined"], "index_vectors": index.count() if index else 0,
+            "documents": counts.documents, "chunks": counts.chunks, "indexed": counts.indexed,
+            "quarantined": counts.quarantined, "index_vectors": index.count() if index else 0,
         }
     return {"tenants": report}
 

@@ -15,7 +15,7 @@ from ingest_pipeline.core.extraction import ReasonCode
 from ingest_pipeline.core.ids import document_id, validate_tenant
 from ingest_pipeline.stores.key_vault import TenantErased
 from ingest_pipeline.stores.landing_zone import LandingScan, LandingZone, RefusedFile, hash_file
-from ingest_pipeline.stores.ledger import Ledger, Upload, erasure_message
+from ingest_pipeline.stores.ledger import Ledger, LiveDocument, Upload, erasure_message
 from ingest_pipeline.work.landing_scan import compare
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,10 @@ def is_current(upload: Upload | None, digest: str) -> bool:
 def refuse_erased(ledger: Ledger, conn, tenant_id: str) -> None:
     """Raise TenantErased for a tombstoned tenant. In the transaction that records an upload, this holds the
     tenant's admission lock to its end, so an erasure requested meanwhile waits for the upload (and erases it)."""
-    ledger.lock_admission(conn, tenant_id)
-    erasure = ledger.erasure(conn, tenant_id)
+    ledger.tenants.lock_admission(conn, tenant_id)
+    erasure = ledger.tenants.erasure(conn, tenant_id)
     if erasure is not None:
-        raise TenantErased(erasure_message(tenant_id, erasure))
+        raise TenantErased(erasure_message(tenant_id, erasure.completed_at))
 
 
 def record_file(
@@ -48,7 +48,7 @@ def record_file(
     Raises TenantErased, recording nothing, for an erased tenant (or one being erased)."""
     with conn.transaction():
         refuse_erased(ledger, conn, tenant_id)
-        return ledger.record_upload(
+        return ledger.uploads.record(
             conn, tenant_id=tenant_id, doc_id=document_id(tenant_id, name), doc_name=name, content_sha256=digest,
             size_bytes=stat.st_size, is_delete=False, partition_month=month, file_mtime_ns=stat.st_mtime_ns,
         )
@@ -63,13 +63,13 @@ class DroppedFiles:
     # or a name that does not map back to the file), symlink (never followed) or special-file (FIFO, device).
     refused: dict[str, ReasonCode] = field(default_factory=dict)
     # The live documents given whose file is gone (as given: tenant_id, doc_name, partition_month, upload_id).
-    removed: list[dict] = field(default_factory=list)
+    removed: list[LiveDocument] = field(default_factory=list)
     complete: bool = True  # False when `limit` stopped the recording: more files wait
     scan: LandingScan | None = field(default=None, repr=False)  # the folder as listed
 
 
 def record_dropped_files(
-    ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int, live_documents: list[dict] | None = None
+    ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int, live_documents: list[LiveDocument] | None = None
 ) -> DroppedFiles:
     """Record an upload for each file in the tenant's landing folder that the ledger does not know in this form,
     and find which of `live_documents` (the tenant's, read before this call) lost their file: one walk.
@@ -91,11 +91,11 @@ def record_dropped_files(
     scan = zone.scan(tenant_id)
     month = current_month()
     with ledger.connect() as conn:
-        latest = ledger.latest_uploads(conn, tenant_id)
-        changes = compare(scan, latest, [doc["doc_name"] for doc in live_documents])
+        latest = ledger.uploads.latest_by_name(conn, tenant_id)
+        changes = compare(scan, latest, [doc.doc_name for doc in live_documents])
         missing = set(changes.missing)
         found = DroppedFiles(refused=changes.refused, scan=scan,
-                             removed=[doc for doc in live_documents if doc["doc_name"] in missing])
+                             removed=[doc for doc in live_documents if doc.doc_name in missing])
         for name in sorted(changes.changed):
             if len(found.recorded) >= limit:
                 found.complete = False
@@ -110,7 +110,7 @@ def record_dropped_files(
                 continue
             if is_current(upload, digest):
                 with conn.transaction():  # the same bytes, touched: do not hash them again
-                    ledger.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns, stat.st_size)
+                    ledger.uploads.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns, stat.st_size)
                 continue
             record_file(ledger, conn, tenant_id, name, stat, digest, month)
             found.recorded.append(name)

@@ -89,7 +89,7 @@ def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipelin
     pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
     pipeline.ingest()
     ledger = pipeline.ledger()
-    embeddings_computed = ledger.tenant_status(acme)["embeddings_computed"]
+    embeddings_computed = ledger.tenants.status(acme).embeddings_computed
 
     # A deletion whose run stopped after raw_documents: its chunks are stale and still in the index.
     pipeline.upload(acme, "debian-users-and-groups.html", delete=True)
@@ -137,7 +137,7 @@ def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipelin
     rows = ledger_chunks(ledger, acme)
     assert {row["state"] for row in rows.values()} == {"indexed"} and set(rows) == set(live)
     assert open_index(acme).list_ids() == set(live)
-    assert ledger.tenant_status(acme)["embeddings_computed"] == embeddings_computed
+    assert ledger.tenants.status(acme).embeddings_computed == embeddings_computed
     again = cli_reconcile.reconcile(acme)["tenants"][acme]
     assert again["drift"] == again["repaired_missing"] == again["removed_orphans"] == again["finished_rows"] == 0
     assert_checks_pass_with_nothing_left_to_index(acme)
@@ -148,7 +148,7 @@ def test_a_lost_index_is_recreated_from_the_cold_copy_without_reembedding(pipeli
     pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
     pipeline.ingest()
     ledger = pipeline.ledger()
-    embeddings_computed = ledger.tenant_status(acme)["embeddings_computed"]
+    embeddings_computed = ledger.tenants.status(acme).embeddings_computed
     indexed = ids_in_state(ledger, acme, "indexed")
     answer = pipeline.search(acme, PATENT_QUERY, 3)
     resources = build_resources()
@@ -166,7 +166,7 @@ def test_a_lost_index_is_recreated_from_the_cold_copy_without_reembedding(pipeli
     assert "recreated from the cold copy" in rows[0]["note"]
 
     assert open_index(acme).list_ids() == indexed
-    assert ledger.tenant_status(acme)["embeddings_computed"] == embeddings_computed
+    assert ledger.tenants.status(acme).embeddings_computed == embeddings_computed
     assert pipeline.search(acme, PATENT_QUERY, 3) == answer
     assert_checks_pass_with_nothing_left_to_index(acme)
 
@@ -194,7 +194,7 @@ def test_a_rebuild_in_progress_is_reconciled_too_so_its_swap_is_clean(embedded_p
                                               raise_on_error=False).success
     monkeypatch.setattr(TenantIndex, "upsert", real_upsert)
     with ledger.connect() as conn:
-        live, rebuilding, cursor = ledger.index_generations(conn, acme)
+        live, rebuilding, cursor = ledger.tenants.generations(conn, acme)
     assert (live, rebuilding) == (1, 2)
     passed = sorted(cid for cid in indexed if cid <= cursor)
     assert len(passed) == 4
