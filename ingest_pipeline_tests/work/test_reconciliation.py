@@ -17,6 +17,7 @@ from ingest_pipeline.definitions import build_definitions, build_resources
 from ingest_pipeline.defs.checks import compare_index_with_ledger, sampled_recall
 from ingest_pipeline.runtime.instance import dagster_instance
 from ingest_pipeline.stores.key_vault import TenantKeySet
+from ingest_pipeline.stores.ledger import Chunk
 from ingest_pipeline.stores.tenant_index import TenantIndex
 from ingest_pipeline.work.indexing import IndexWriter
 from ingest_pipeline.work.reconciliation import REPORT_COLUMNS, TenantReconciliation
@@ -78,9 +79,9 @@ def test_rows_sealed_in_the_legacy_format_are_upserted_from_the_cold_copy_too():
     writer = IndexWriter(None, None, None, SimpleNamespace(tenant_id="acme", conn=None, keys=keyset))
     encryptor, vector = VectorEncryptor(keys), np.arange(4, dtype=np.float32)
     mac = encryptor.text_mac("the text")
-    row = {"chunk_id": "c1", "doc_id": "d1", "sequence": 0, "key_version": keys.key_version, "text_mac": mac,
-           "text_ciphertext": b"sealed text", "seal_format": LEGACY_SEAL_FORMAT,
-           "embedding_ciphertext": encryptor.encrypt_vector("c1", vector, mac, LEGACY_SEAL_FORMAT)}
+    row = Chunk(chunk_id="c1", doc_id="d1", sequence=0, key_version=keys.key_version, text_mac=mac,
+                text_ciphertext=b"sealed text", seal_format=LEGACY_SEAL_FORMAT, state="embedded",
+                embedding_ciphertext=encryptor.encrypt_vector("c1", vector, mac, LEGACY_SEAL_FORMAT))
     assert writer.items([row])[0]["vector"].tolist() == vector.tolist()
 
 
