@@ -163,9 +163,9 @@ def throughput(size: int, documents, embedder, workdir: Path) -> dict:
     resources = build_resources()
     ledger, keys = resources["ledger"].ledger, resources["keyring"].keyset(TENANT)
     with ledger.connect() as conn:
-        rows = ledger.tenant_chunks_with_embeddings(conn, TENANT)
-    texts = [keys.encryptor(r["key_version"]).decrypt_text(r["chunk_id"], r["text_ciphertext"], r["text_mac"],
-                                                           r["seal_format"]) for r in rows]
+        rows = ledger.chunks.with_embeddings(conn, TENANT)
+    texts = [keys.encryptor(r.key_version).decrypt_text(r.chunk_id, r.text_ciphertext, r.text_mac,
+                                                           r.seal_format) for r in rows]
     tick = time.perf_counter()
     embedder.embed(texts)
     bare_seconds = time.perf_counter() - tick
@@ -178,7 +178,7 @@ def throughput(size: int, documents, embedder, workdir: Path) -> dict:
     end_to_end, bare = chunks / seconds, len(texts) / bare_seconds
     token_batched = len(texts) / token_batched_seconds
     return {
-        "chunks": chunks, "documents": len({r["doc_id"] for r in rows}),
+        "chunks": chunks, "documents": len({r.doc_id for r in rows}),
         "end_to_end_s": round(seconds, 1), "end_to_end_chunks_per_s": round(end_to_end, 1),
         "embedding_step_chunks_per_s": summary["embedding_chunks_per_second"],
         "bare_model_s": round(bare_seconds, 1), "bare_model_chunks_per_s": round(bare, 1),
@@ -336,9 +336,9 @@ def stored_vectors() -> np.ndarray:
     resources = build_resources()
     keys, ledger = resources["keyring"].keyset(TENANT), resources["ledger"].ledger
     with ledger.connect() as conn:
-        rows = ledger.tenant_chunks_with_embeddings(conn, TENANT)
-    return np.stack([keys.encryptor(r["key_version"]).decrypt_vector(
-        r["chunk_id"], r["embedding_ciphertext"], r["text_mac"], r["seal_format"]) for r in rows])
+        rows = ledger.chunks.with_embeddings(conn, TENANT)
+    return np.stack([keys.encryptor(r.key_version).decrypt_vector(
+        r.chunk_id, r.embedding_ciphertext, r.text_mac, r.seal_format) for r in rows])
 
 
 def corpus_texts() -> list[str]:

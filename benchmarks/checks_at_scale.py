@@ -1,8 +1,8 @@
 """`make bench-checks`: what the two index checks cost on a large tenant, before and after they were bounded.
 
 A tenant of --chunks chunks (default 200,000; 100 per document) is written WITHOUT the model, through the
-project's own APIs: documents and chunks (`Ledger.store_chunks`, encrypted texts), synthetic embeddings (random,
-normalised 384-d vectors, sealed by the tenant's encryptor, `Ledger.store_embeddings`) and the embedded CyborgDB
+project's own APIs: documents and chunks (`Ledger.chunks.store`, encrypted texts), synthetic embeddings (random,
+normalised 384-d vectors, sealed by the tenant's encryptor, `Ledger.chunks.store_embeddings`) and the embedded CyborgDB
 index (`IndexWriter.upsert_embedded`). Then each check's function runs in a fresh process of its own, timed, with
 that process's peak resident memory (VmHWM) and how much the check raised it:
 
@@ -98,7 +98,7 @@ def build(chunks: int, spread: str) -> dict:
     """Write the tenant: documents, encrypted chunks and embeddings, and its embedded index."""
     from ingest_pipeline.core.ids import chunk_id, document_id
     from ingest_pipeline.definitions import build_resources
-    from ingest_pipeline.stores.ledger import Upload
+    from ingest_pipeline.stores.ledger import ChunkWrite, EmbeddingWrite, Upload
     from ingest_pipeline.work.indexing import IndexWriter
     from ingest_pipeline.work.uploads import current_month
 
@@ -117,20 +117,21 @@ def build(chunks: int, spread: str) -> dict:
                 name = f"doc-{first // PER_DOC:05d}.txt"
                 doc = document_id(TENANT, name)
                 with conn.transaction():
-                    upload_id = store.record_upload(conn, tenant_id=TENANT, doc_id=doc, doc_name=name,
+                    upload_id = store.uploads.record(conn, tenant_id=TENANT, doc_id=doc, doc_name=name,
                                                     content_sha256="0" * 64, size_bytes=1, is_delete=False,
                                                     partition_month=month)
-                    store.register_document(conn, Upload(upload_id, TENANT, doc, name, "0" * 64, False, month),
+                    store.documents.register(conn, Upload(upload_id, TENANT, doc, name, "0" * 64, False, month),
                                             "0" * 64)
                     rows = []
                     for sequence in range(min(PER_DOC, stop - first)):
                         cid, text = chunk_id(doc, sequence), f"synthetic chunk {sequence} of {name}"
-                        rows.append((cid, sequence, 8, encryptor.text_mac(text), encryptor.encrypt_text(cid, text),
-                                     encryptor.key_version, None))
-                    store.store_chunks(conn, store.document(conn, doc), "0" * 64, rows)
+                        rows.append(ChunkWrite(cid, sequence, 8, encryptor.text_mac(text),
+                                               encryptor.encrypt_text(cid, text), encryptor.key_version, None))
+                    store.chunks.store(conn, store.documents.find(conn, doc), "0" * 64, rows)
                     vectors = synthetic_vectors(rng, first, len(rows), spread)
-                    store.store_embeddings(conn, TENANT, [(encryptor.encrypt_vector(row[0], vector, row[3]), row[0],
-                                                           row[3]) for row, vector in zip(rows, vectors, strict=True)])
+                    store.chunks.store_embeddings(conn, TENANT, [
+                        EmbeddingWrite(encryptor.encrypt_vector(row.chunk_id, vector, row.text_mac), row.chunk_id,
+                                       row.text_mac) for row, vector in zip(rows, vectors, strict=True)])
 
         # Everything but the last RUN_CHUNKS, indexed; then those, indexed by "the run" whose writes are checked.
         write_documents(0, chunks - RUN_CHUNKS)
@@ -153,8 +154,8 @@ def build(chunks: int, spread: str) -> dict:
 
 def old_index_matches_ledger(store, indexes, keyring, tenant):
     with store.tenant_writer(tenant) as session:
-        expected = store.indexed_chunk_ids(session.conn, tenant)
-        live, _, _ = store.index_generations(session.conn, tenant)
+        expected = store.chunks.indexed_ids(session.conn, tenant)
+        live, _, _ = store.tenants.generations(session.conn, tenant)
         index = indexes.open(keyring.tenant_keys(tenant), generation=live)
         actual = index.list_ids() if index is not None else set()
     return not (expected - actual) and not (actual - expected), {"ledger_indexed": len(expected),
@@ -163,21 +164,21 @@ def old_index_matches_ledger(store, indexes, keyring, tenant):
 
 def old_sample_recall(store, indexes, keyring, tenant, month):
     with store.tenant_writer(tenant) as session:
-        rows = [row for row in store.partition_chunks(session.conn, tenant, month) if row["state"] == "indexed"]
+        rows = [row for row in store.chunks.in_partition(session.conn, tenant, month) if row.state == "indexed"]
         sample = random.Random(0).sample(rows, min(20, len(rows)))
-        live, _, _ = store.index_generations(session.conn, tenant)
+        live, _, _ = store.tenants.generations(session.conn, tenant)
         index = indexes.open(keyring.tenant_keys(tenant), generation=live)
         keys = keyring.keyset(tenant, session.conn)
 
         def vector(row):
-            return keys.encryptor(row["key_version"]).decrypt_vector(
-                row["chunk_id"], row["embedding_ciphertext"], row["text_mac"], row["seal_format"])
+            return keys.encryptor(row.key_version).decrypt_vector(
+                row.chunk_id, row.embedding_ciphertext, row.text_mac, row.seal_format)
 
-        everything = [row for row in store.tenant_chunks_with_embeddings(session.conn, tenant)
-                      if row["state"] == "indexed"]
-        column = {row["chunk_id"]: i for i, row in enumerate(everything)}
+        everything = [row for row in store.chunks.with_embeddings(session.conn, tenant)
+                      if row.state == "indexed"]
+        column = {row.chunk_id: i for i, row in enumerate(everything)}
         exact = np.stack([vector(row) for row in everything])
-        queries = exact[[column[row["chunk_id"]] for row in sample]]
+        queries = exact[[column[row.chunk_id] for row in sample]]
         neighbours = index.query(queries, top_k=10)
     similarity = queries @ exact.T
     recalls = []

@@ -59,10 +59,10 @@ def evaluate(top_k: int = 5, limit: int | None = None) -> dict:
     resources = build_resources()
     ledger, encryptor = resources["ledger"].ledger, resources["keyring"].encryptor(TENANT)
     with ledger.connect() as conn:
-        rows = ledger.tenant_chunks_with_embeddings(conn, TENANT)
-    ids = [row["chunk_id"] for row in rows]
-    matrix = np.stack([encryptor.decrypt_vector(r["chunk_id"], r["embedding_ciphertext"], r["text_mac"]) for r in rows])
-    texts = {r["chunk_id"]: encryptor.decrypt_text(r["chunk_id"], r["text_ciphertext"], r["text_mac"]) for r in rows}
+        rows = ledger.chunks.with_embeddings(conn, TENANT)
+    ids = [row.chunk_id for row in rows]
+    matrix = np.stack([encryptor.decrypt_vector(r.chunk_id, r.embedding_ciphertext, r.text_mac) for r in rows])
+    texts = {r.chunk_id: encryptor.decrypt_text(r.chunk_id, r.text_ciphertext, r.text_mac) for r in rows}
 
     queries = [q["question"] for q in questions]
     encrypted = cli.search(TENANT, queries, top_k)

@@ -128,13 +128,13 @@ def main() -> int:
         for tenant in tenants:  # the dropped-file scan
             scan = zone.scan(tenant)
             with ledger.connect() as conn:
-                compare(scan, ledger.latest_uploads(conn, tenant))
+                compare(scan, ledger.uploads.latest_by_name(conn, tenant))
         by_tenant: dict[str, list[dict]] = {}
-        for doc in ledger.live_documents():  # every live document, unfiltered
-            by_tenant.setdefault(doc["tenant_id"], []).append(doc)
+        for doc in ledger.documents.live():  # every live document, unfiltered
+            by_tenant.setdefault(doc.tenant_id, []).append(doc)
         for tenant, documents in by_tenant.items():  # the second walk, for removed files
             present = zone.scan(tenant).files
-            [doc for doc in documents if doc["doc_name"] not in present]
+            [doc for doc in documents if doc.doc_name not in present]
         full = time.perf_counter() - began
 
     print_figures({

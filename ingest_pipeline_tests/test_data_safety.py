@@ -20,9 +20,10 @@ from ingest_pipeline.core.embedding import bundled_model_path
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.defs.assets import raw_documents
 from ingest_pipeline.runtime.instance import dagster_instance
+from ingest_pipeline.stores import locks
 from ingest_pipeline.stores.key_vault import KeyVault
 from ingest_pipeline.stores.landing_zone import RefusedFile
-from ingest_pipeline.stores.ledger import _LOCK_CLASS, Ledger, TenantBusy, sha256_file
+from ingest_pipeline.stores.ledger import Ledger, TenantBusy, sha256_file
 from ingest_pipeline.stores.tenant_index import IndexUnavailable, TenantIndex
 from ingest_pipeline.work.indexing import IndexWriter
 from ingest_pipeline.work.search import EmbeddingModelMismatch
@@ -44,7 +45,7 @@ def _failure_message(result, step: str) -> str:
 
 
 def _snapshot(pipeline, tenant: str) -> tuple[dict, int]:
-    return pipeline.status(tenant), pipeline.ledger().tenant_status(tenant)["embeddings_computed"]
+    return pipeline.status(tenant), pipeline.ledger().tenants.status(tenant).embeddings_computed
 
 
 # ---- 1. the landing zone ---------------------------------------------------------------------------
@@ -231,7 +232,7 @@ def test_settings_are_read_by_the_run_not_at_import_and_never_fall_back_silently
     try:
         monkeypatch.setenv("INGEST_PG_DSN", dsn)
         pipeline.upload(acme, docs / "apache-license-2.0.txt")
-        month = pipeline.ledger().pending_partitions(acme)[0][1]
+        month = pipeline.ledger().uploads.pending_partitions(acme)[0][1]
         # Definitions imported with no DSN and no key; the worker has both when the run starts.
         key = pipeline.env["INGEST_MASTER_KEY"]
         outcome = _fresh_worker(pipeline, {"INGEST_PG_DSN": dsn, "INGEST_MASTER_KEY": key}, acme, month)
@@ -263,7 +264,7 @@ def _lock_holders(dsn: str, tenant: str) -> list[int]:
         rows = conn.execute(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND classid = %s::oid"
             " AND objid = hashtext(%s)::oid AND objsubid = 2",
-            (_LOCK_CLASS, tenant),
+            (locks.TENANT.classid, tenant),
         ).fetchall()
     return [row[0] for row in rows]
 
@@ -389,7 +390,7 @@ def test_rebuild_fills_a_new_index_beside_the_live_one_and_an_interrupted_rebuil
     # The next rebuild resumes after the last batch written before the crash.
     ledger = pipeline.ledger()
     with ledger.connect() as conn:
-        live, rebuilding, cursor = ledger.index_generations(conn, acme)
+        live, rebuilding, cursor = ledger.tenants.generations(conn, acme)
         remaining = conn.execute("SELECT count(*) AS n FROM ingest.chunks WHERE tenant_id = %s AND chunk_id > %s",
                                  (acme, cursor)).fetchone()["n"]
     assert (live, rebuilding) == (1, 2) and 0 < remaining < grown["indexed"]
@@ -427,7 +428,7 @@ def test_a_rebuild_lets_go_of_the_tenants_lock_between_segments_so_an_ingest_run
     # for the whole rebuild, and fail TenantBusy after its lock wait), writing to both generations.
     ledger = pipeline.ledger()
     with ledger.connect() as conn:
-        _, rebuilding, cursor = ledger.index_generations(conn, acme)
+        _, rebuilding, cursor = ledger.tenants.generations(conn, acme)
     assert rebuilding == 2 and cursor is not None
     pipeline.upload(acme, docs / "pip-dependency-resolution.md")
     grown = pipeline.ingest(acme)
@@ -439,7 +440,7 @@ def test_a_rebuild_lets_go_of_the_tenants_lock_between_segments_so_an_ingest_run
     assert status["documents"] == 3 and status["chunks"] == status["indexed"] == status["index_vectors"]
     assert status["index_vectors"] > before["index_vectors"]
     with ledger.connect() as conn:
-        assert ledger.index_generations(conn, acme)[:2] == (2, None)  # swapped to the rebuilt generation
+        assert ledger.tenants.generations(conn, acme)[:2] == (2, None)  # swapped to the rebuilt generation
     assert pipeline.search(acme, "How does pip resolve dependency conflicts?", 1)[0]["source"] == (
         "pip-dependency-resolution.md")
     assert pipeline.search(acme, MAGIC_QUERY, 1)[0]["source"] == "shared-mime-info-spec.pdf"

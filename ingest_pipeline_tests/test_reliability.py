@@ -78,7 +78,7 @@ def test_two_ingests_of_one_tenant_at_once_index_every_chunk_once(pipeline, docs
     assert status["documents"] == 4
     assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
     # Every chunk was embedded exactly once across both processes.
-    assert pipeline.ledger().tenant_status(acme)["embeddings_computed"] == status["chunks"]
+    assert pipeline.ledger().tenants.status(acme).embeddings_computed == status["chunks"]
 
 
 def test_a_failed_upsert_rolls_back_its_batch_and_the_step_retries(pipeline, docs, monkeypatch):

@@ -60,7 +60,7 @@ def status(tenant: str | None = None) -> dict:
     _, ledger = prepare_environment()
     _, resources = runs.definitions()
     keyring, indexes = resources["keyring"], resources["cyborgdb"].indexes
-    tenants = [validate_tenant(tenant)] if tenant else ledger.tenants()
+    tenants = [validate_tenant(tenant)] if tenant else ledger.tenants.with_uploads()
     return {"tenants": tenant_status(ledger, indexes, keyring.tenant_keys, tenants)}
 
 

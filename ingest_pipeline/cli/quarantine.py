@@ -21,11 +21,11 @@ def quarantined(tenant: str | None = None) -> dict:
     the limits the document failed under: a run with a larger one tries it again.
     """
     _, ledger = prepare_environment()
-    tenants = [validate_tenant(tenant)] if tenant else ledger.tenants()
+    tenants = [validate_tenant(tenant)] if tenant else ledger.tenants.with_uploads()
     return {"quarantined": [
-        {"tenant": tenant_id, "document": row["doc_name"], "code": row["reason_code"], "reason": row["reason"],
-         "limits": row["limits"], "quarantined_at": row["quarantined_at"].astimezone(UTC).isoformat()}
-        for tenant_id in tenants for row in ledger.quarantined(tenant_id)
+        {"tenant": tenant_id, "document": row.doc_name, "code": row.reason_code, "reason": row.reason,
+         "limits": row.limits, "quarantined_at": row.quarantined_at.astimezone(UTC).isoformat()}
+        for tenant_id in tenants for row in ledger.quarantine.listed(tenant_id)
     ]}
 
 
@@ -39,8 +39,8 @@ def retry(tenant: str, names: list[str] | None = None) -> dict:
     names = [validate_document_name(name) for name in names] if names else None
     _, ledger = prepare_environment()
     with ledger.tenant_writer(tenant) as session:  # never while a run writes the tenant's documents
-        rows = ledger.release_quarantined(session.conn, tenant, names)
-    cleared = [{"document": row["doc_name"], "code": row["reason_code"], "limits": row["limits"]} for row in rows]
+        rows = ledger.quarantine.release(session.conn, tenant, names)
+    cleared = [{"document": row.doc_name, "code": row.reason_code, "limits": row.limits} for row in rows]
     done = {row["document"] for row in cleared}
     return {"tenant": tenant, "cleared": cleared, "not_quarantined": [n for n in names or [] if n not in done]}
 

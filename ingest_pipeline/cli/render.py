@@ -10,6 +10,7 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import asdict
 
 from rich.console import Console
 from rich.markup import escape
@@ -60,7 +61,7 @@ class _ProgressPoller(threading.Thread):
     def poll(self) -> None:
         totals: Counter[str] = Counter()
         for tenant in self.tenants:
-            totals.update(self.ledger.tenant_status(tenant))
+            totals.update(asdict(self.ledger.tenants.status(tenant)))
         self.progress.update(self.documents, total=totals["documents"],
                              completed=totals["documents"] - totals["pending_documents"])
         self.progress.update(self.chunks, total=totals["chunks"], completed=totals["embedded"])

@@ -108,7 +108,7 @@ def ingest_pending(defs, resources: dict, instance, ledger, tenant: str | None, 
 
     job = defs.resolve_job_def("ingest_job")
     limits = resources["landing"].current_limits()
-    partitions = sorted(set(ledger.pending_partitions(tenant, limits)) | removed)
+    partitions = sorted(set(ledger.uploads.pending_partitions(tenant, limits)) | removed)
     tenants = sorted({t for t, _ in partitions})
     new_tenants = [t for t in tenants if not instance.has_dynamic_partition(tenant_partitions.name, t)]
     if new_tenants:
@@ -133,9 +133,9 @@ def ingest_pending(defs, resources: dict, instance, ledger, tenant: str | None, 
         if totals["embedding_seconds"] else None,
         "seconds": round(time.perf_counter() - started, 2),
         "stage_seconds": {stage: round(seconds, 2) for stage, seconds in collected.stage_seconds.items()},
-        "quarantined": {t: [{"document": q["doc_name"], "code": q["reason_code"], "reason": q["reason"],
-                             **({"limits": q["limits"]} if q["limits"] else {})}
-                            for q in ledger.quarantined(t)] for t in tenants},
+        "quarantined": {t: [{"document": q.doc_name, "code": q.reason_code, "reason": q.reason,
+                             **({"limits": q.limits} if q.limits else {})}
+                            for q in ledger.quarantine.listed(t)] for t in tenants},
     }
 
 

@@ -35,7 +35,11 @@ from ingest_pipeline.defs.resources import (
 )
 from ingest_pipeline.defs.shared import GROUP, STORAGE_RETRY, fail_fast, tenant_and_month, tenant_session
 from ingest_pipeline.stores.landing_zone import LandingZoneUnavailable, RefusedFile, hash_file
-from ingest_pipeline.stores.ledger import EmbeddingModelMismatch
+from ingest_pipeline.stores.ledger import (
+    ChunkWrite,
+    EmbeddingModelMismatch,
+    SealedEmbedding,
+)
 from ingest_pipeline.stores.tenant_index import PermanentIndexError
 from ingest_pipeline.work.embedding_stage import embed_pending
 from ingest_pipeline.work.indexing import IndexWriter
@@ -88,14 +92,14 @@ def raw_documents(
     started = time.perf_counter()
     with tenant_session(store, keyring, tenant) as session:
         conn = session.conn
-        uploads = store.partition_uploads(conn, tenant, month)
-        found = store.documents_by_id(conn, [upload.doc_id for upload in uploads])
+        uploads = store.uploads.in_partition(conn, tenant, month)
+        found = store.documents.by_id(conn, [upload.doc_id for upload in uploads])
         documents = {upload.doc_id: found.get(upload.doc_id) for upload in uploads}
 
         def already_deleted(upload) -> bool:  # by an earlier run that found its file gone
             document = documents[upload.doc_id]
-            return document is not None and document["status"] == "deleted" and \
-                document["upload_id"] == upload.upload_id
+            return document is not None and document.status == "deleted" and \
+                document.upload_id == upload.upload_id
 
         wanted = [upload for upload in uploads if not upload.is_delete and not already_deleted(upload)]
         present: set[str] = set()
@@ -130,13 +134,13 @@ def raw_documents(
                     if removed:
                         # The removal becomes the document's latest upload event, so the same file put back
                         # later is a new upload (never "unchanged"), whoever puts it back.
-                        upload = store.record_removal(conn, upload)
-                    if document is not None and document["status"] != "deleted":
-                        store.delete_document(conn, upload)
+                        upload = store.uploads.record_removal(conn, upload)
+                    if document is not None and document.status != "deleted":
+                        store.documents.delete(conn, upload)
                         counts["deleted"] += 1
                         counts["removed_from_landing" if removed else "deleted_explicitly"] += 1
                     else:
-                        store.tombstone(conn, upload)
+                        store.documents.tombstone(conn, upload)
                     continue
                 if upload.doc_name in present and upload.doc_name not in changed and upload.content_sha256:
                     content_sha256 = upload.content_sha256  # the file as it was hashed when recorded
@@ -150,15 +154,15 @@ def raw_documents(
                     counts["hashed"] += 1
                     if content_sha256 == upload.content_sha256 and not upload.is_delete:
                         note_unchanged_file(store, conn, upload, info)  # not hashed again
-                if document is None or document["status"] == "deleted":
-                    store.register_document(conn, upload, content_sha256)
+                if document is None or document.status == "deleted":
+                    store.documents.register(conn, upload, content_sha256)
                     counts["new"] += 1
-                elif document["content_sha256"] != content_sha256:
-                    store.register_document(conn, upload, content_sha256)
+                elif document.content_sha256 != content_sha256:
+                    store.documents.register(conn, upload, content_sha256)
                     counts["changed"] += 1
                 else:
-                    store.touch_document(conn, upload)
-                    counts["pending" if document["status"] == "registered" else "unchanged"] += 1
+                    store.documents.touch(conn, upload)
+                    counts["pending" if document.status == "registered" else "unchanged"] += 1
     context.log.info(f"tenant {tenant} month {month}: {dict(counts) or 'no uploads'}")
     return MaterializeResult(
         metadata={
@@ -189,13 +193,14 @@ def _steps_share_this_process(context: AssetExecutionContext) -> bool:
     return "multiprocess" not in (chosen if isinstance(chosen, dict) else {})
 
 
-def _reused_embedding(keys, encryptor, existing: dict | None, new_chunk_id: str, text_mac: bytes) -> bytes | None:
+def _reused_embedding(keys, encryptor, existing: SealedEmbedding | None, new_chunk_id: str,
+                      text_mac: bytes) -> bytes | None:
     """The embedding the document already holds for the same text under another chunk id (a chunk that moved,
     say, after a paragraph was inserted before it), sealed again for `new_chunk_id`; None when there is none."""
     if existing is None:
         return None
-    vector = keys.encryptor(existing["key_version"]).decrypt_vector(
-        existing["chunk_id"], existing["embedding_ciphertext"], text_mac, existing["seal_format"])
+    vector = keys.encryptor(existing.key_version).decrypt_vector(
+        existing.chunk_id, existing.embedding_ciphertext, text_mac, existing.seal_format)
     return encryptor.encrypt_vector(new_chunk_id, vector, text_mac)
 
 
@@ -244,14 +249,14 @@ def document_chunks(
         conn = session.conn
         encryptor = session.keys.encryptor()
         folder = landing.zone.tenant_folder(tenant)
-        documents = store.documents_to_chunk(tenant, month, sandbox.limits.as_dict())
+        documents = store.documents.to_chunk(tenant, month, sandbox.limits.as_dict())
         model_preloaded = bool(documents) and _steps_share_this_process(context)
         if model_preloaded:
             # The next stage will need the model: load it meanwhile (the workers chunk in their own processes).
             embedding_model.preload()
-        for document, extraction in sandbox.map(folder, documents, lambda document: document["doc_name"]):
-            name = document["doc_name"]
-            content_sha256 = document["content_sha256"]
+        for document, extraction in sandbox.map(folder, documents, lambda document: document.doc_name):
+            name = document.doc_name
+            content_sha256 = document.content_sha256
             try:
                 extracted = extraction.result()
                 content_sha256 = extracted.content_sha256
@@ -268,7 +273,7 @@ def document_chunks(
                 break  # no worker starts: the documents after this one would fail the same way
             except ExtractionUnavailable as exc:  # no verdict on the document: it stays registered, a few times
                 with conn.transaction():
-                    attempts = store.count_extraction_without_verdict(conn, str(document["doc_id"]))
+                    attempts = store.documents.count_extraction_without_verdict(conn, str(document.doc_id))
                 if attempts < MAX_EXTRACTIONS_WITHOUT_VERDICT:
                     context.log.warning(f"{name}: not extracted, tried again later: {exc}")
                     retryable.append({"document": name, "cause": str(exc)})
@@ -285,29 +290,29 @@ def document_chunks(
                 reason = code = limits = None
             if reason is not None:
                 with conn.transaction():
-                    store.quarantine_document(conn, document, content_sha256, reason, code, limits)
+                    store.quarantine.add(conn, document, content_sha256, reason, code, limits)
                 under = f" (under {', '.join(f'{k}={v}' for k, v in limits.items())})" if limits else ""
                 context.log.warning(f"quarantined {name} [{code}]{under}: {reason}")
                 quarantined.append({"document": name, "code": str(code), **({"limits": limits} if limits else {})})
                 continue
-            doc_id = str(document["doc_id"])
-            embedded = store.document_embeddings(conn, doc_id)
-            mac_of = {row["chunk_id"]: bytes(row["text_mac"]) for row in embedded}
-            by_mac = {bytes(row["text_mac"]): row for row in embedded}
+            doc_id = str(document.doc_id)
+            embedded = store.chunks.embeddings_of(conn, doc_id)
+            mac_of = {row.chunk_id: bytes(row.text_mac) for row in embedded}
+            by_mac = {bytes(row.text_mac): row for row in embedded}
             rows = []
             for chunk in chunks:
                 cid, mac = chunk_id(doc_id, chunk.sequence), encryptor.text_mac(chunk.text)
                 embedding = None if mac_of.get(cid) == mac else _reused_embedding(
                     session.keys, encryptor, by_mac.get(mac), cid, mac)
                 counts["embeddings_reused"] += embedding is not None
-                rows.append((cid, chunk.sequence, chunk.token_count, mac, encryptor.encrypt_text(cid, chunk.text),
-                             encryptor.key_version, embedding))
+                rows.append(ChunkWrite(cid, chunk.sequence, chunk.token_count, mac,
+                                       encryptor.encrypt_text(cid, chunk.text), encryptor.key_version, embedding))
                 max_tokens = max(max_tokens, chunk.token_count)
             with conn.transaction():
-                store.store_chunks(conn, document, content_sha256, rows)
+                store.chunks.store(conn, document, content_sha256, rows)
             counts["documents"] += 1
             counts["chunks"] += len(rows)
-            counts["tokens"] += sum(row[2] for row in rows)
+            counts["tokens"] += sum(row.token_count for row in rows)
     if retryable:
         raise Failure(
             description=(
@@ -367,12 +372,13 @@ def chunk_embeddings(
     started = time.perf_counter()
     with tenant_session(store, keyring, tenant) as session:
         conn = session.conn
-        if not store.chunks_in_state(conn, tenant, month, "chunked", limit=1):
+        if not store.chunks.in_state(conn, tenant, month, "chunked", limit=1):
             # Nothing to embed: finish without fingerprinting or loading the model.
             duration = round(time.perf_counter() - started, 3)
             return MaterializeResult(metadata={"chunks_embedded": 0, "duration_s": duration})
         try:
-            store.verify_embedding_model(conn, tenant, embedding_model.model_id, embedding_model.legacy_model_id)
+            store.tenants.verify_embedding_model(conn, tenant, embedding_model.model_id,
+                                                 embedding_model.legacy_model_id)
         except EmbeddingModelMismatch as exc:
             raise fail_fast(str(exc)) from None
         embedder = embedding_model.embedder

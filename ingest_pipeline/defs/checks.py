@@ -89,12 +89,12 @@ def compare_index_with_ledger(store, indexes, keyring, tenant: str, writes: RunW
     upserted = list(writes.upserted_ids) if writes else []
     removed = list(writes.removed_ids) if writes else []
     with store.tenant_reader(tenant) as conn:
-        ledger_indexed = store.indexed_count(conn, tenant)
-        live, _, _ = store.index_generations(conn, tenant)
+        ledger_indexed = store.chunks.indexed_count(conn, tenant)
+        live, _, _ = store.tenants.generations(conn, tenant)
         index = indexes.open(keyring.tenant_keys(tenant), generation=live)
         index_vectors = index.count() if index is not None else 0
         in_index = index.present(upserted + removed) if index is not None else set()
-        in_ledger = {row["chunk_id"] for row in store.indexed_chunks(conn, tenant, upserted + removed)}
+        in_ledger = {row.chunk_id for row in store.chunks.indexed(conn, tenant, upserted + removed)}
     figures = {
         "ledger_indexed": ledger_indexed, "index_vectors": index_vectors,
         "run_upserted_checked": len(upserted),
@@ -130,19 +130,19 @@ def ciphertexts_decrypt(
     store = ledger.ledger
     checked = failed = 0
     with store.connect() as conn:
-        rows = store.partition_chunks(conn, tenant, month)
+        rows = store.chunks.in_partition(conn, tenant, month)
         keys = keyring.keyset(tenant, conn) if rows else None
     for row in rows:
-        encryptor = keys.encryptor(row["key_version"])
-        for field, sealed in (("text", row["text_ciphertext"]), ("embedding", row["embedding_ciphertext"])):
+        encryptor = keys.encryptor(row.key_version)
+        for field, sealed in (("text", row.text_ciphertext), ("embedding", row.embedding_ciphertext)):
             if sealed is None:
                 continue
             checked += 1
             try:
                 if field == "text":
-                    encryptor.decrypt_text(row["chunk_id"], sealed, row["text_mac"], row["seal_format"])
+                    encryptor.decrypt_text(row.chunk_id, sealed, row.text_mac, row.seal_format)
                 else:
-                    encryptor.decrypt_vector(row["chunk_id"], sealed, row["text_mac"], row["seal_format"])
+                    encryptor.decrypt_vector(row.chunk_id, sealed, row.text_mac, row.seal_format)
             except DecryptionError:
                 failed += 1
     return AssetCheckResult(
@@ -177,42 +177,42 @@ def sampled_recall(store, indexes, keyring, tenant: str, writes: RunWrites | Non
     rng = random.Random(seed)
     new_ids = list(writes.upserted_ids) if writes else []
     with store.tenant_reader(tenant) as conn:
-        rows = store.indexed_chunks(conn, tenant, new_ids)
-        fresh = {row["chunk_id"] for row in rows}
-        sample = store.sample_indexed_chunks(conn, tenant, baseline, rng)
-        rows += [row for row in sample if row["chunk_id"] not in fresh]
+        rows = store.chunks.indexed(conn, tenant, new_ids)
+        fresh = {row.chunk_id for row in rows}
+        sample = store.chunks.sample_indexed(conn, tenant, baseline, rng)
+        rows += [row for row in sample if row.chunk_id not in fresh]
         if not rows:
             return True, {"sampled": 0, "note": "no indexed chunks"}
-        live, _, _ = store.index_generations(conn, tenant)
+        live, _, _ = store.tenants.generations(conn, tenant)
         index = indexes.open(keyring.tenant_keys(tenant), generation=live)
         if index is None:
             return False, {"sampled": 0, "note": "index does not exist"}
         keys = keyring.keyset(tenant, conn)
 
         def vectors(batch):
-            found = np.stack([keys.encryptor(row["key_version"]).decrypt_vector(
-                row["chunk_id"], row["embedding_ciphertext"], row["text_mac"], row["seal_format"]) for row in batch])
+            found = np.stack([keys.encryptor(row.key_version).decrypt_vector(
+                row.chunk_id, row.embedding_ciphertext, row.text_mac, row.seal_format) for row in batch])
             return found / np.linalg.norm(found, axis=1, keepdims=True)
 
         exact = vectors(rows)
-        column = {row["chunk_id"]: i for i, row in enumerate(rows)}
-        picked = [i for i, row in enumerate(rows) if row["chunk_id"] in fresh][:queries]
+        column = {row.chunk_id: i for i, row in enumerate(rows)}
+        picked = [i for i, row in enumerate(rows) if row.chunk_id in fresh][:queries]
         chosen = set(picked)
         others = [i for i in range(len(rows)) if i not in chosen]
         picked += rng.sample(others, min(queries - len(picked), len(others)))
         neighbours = index.query(exact[picked], top_k=TOP_K)
         # The hits outside B, read by id so that their distances can be checked too (at most 10 per query).
         outside = sorted({hit["id"] for hits in neighbours for hit in hits} - set(column))
-        extra = store.indexed_chunks(conn, tenant, outside)
+        extra = store.chunks.indexed(conn, tenant, outside)
         trained = index.is_trained()
-    hit_vectors = {row["chunk_id"]: v for row, v in zip(extra, vectors(extra) if extra else [], strict=True)}
+    hit_vectors = {row.chunk_id: v for row, v in zip(extra, vectors(extra) if extra else [], strict=True)}
     hit_vectors.update({chunk: exact[i] for chunk, i in column.items()})
     found_first = unknown = wrong_distance = within = found = 0
     for query, hits in zip(picked, neighbours, strict=True):
         ids = [hit["id"] for hit in hits]
         # Identical chunks (the same paragraph in two documents) tie: any of them is a right answer.
         nearest = [hit["id"] for hit in hits if hit["distance"] <= hits[0]["distance"] + SELF_MATCH_DISTANCE]
-        found_first += rows[query]["chunk_id"] in nearest
+        found_first += rows[query].chunk_id in nearest
         for hit in hits:
             vector = hit_vectors.get(hit["id"])
             if vector is None:
@@ -223,7 +223,7 @@ def sampled_recall(store, indexes, keyring, tenant: str, writes: RunWrites | Non
         threshold = hits[-1]["distance"] - SELF_MATCH_DISTANCE if len(hits) >= TOP_K else np.inf
         closer = [i for i in np.flatnonzero(distances < threshold) if i != query]
         within += len(closer)
-        found += sum(rows[i]["chunk_id"] in ids for i in closer)
+        found += sum(rows[i].chunk_id in ids for i in closer)
     recall = found / within if within else None
     passed = (found_first == len(picked) and not unknown and not wrong_distance
               and (recall is None or recall >= MIN_RECALL))

@@ -93,12 +93,12 @@ def reconcile_tenants(
     """
     store = ledger.ledger
     started = time.perf_counter()
-    registered = store.registered_tenants()
+    registered = store.tenants.registered()
     try:
         tenants = [validate_tenant(tenant) for tenant in config.tenants] or registered
     except InvalidName as exc:
         raise fail_fast(str(exc)) from None
-    erased = sorted(set(tenants) & store.erased_tenants()) if config.tenants else []
+    erased = sorted(set(tenants) & store.tenants.erased()) if config.tenants else []
     if erased:
         raise fail_fast(f"tenant(s) {', '.join(erased)} were erased: nothing was reconciled")
     if len(config.tenants) == 1:

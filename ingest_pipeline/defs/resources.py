@@ -107,7 +107,7 @@ class TenantKeyring(SettingsFromEnvironment):
         encoded = self.master_key or settings.master_key
         if encoded:
             return parse_master_key(encoded)
-        return development_master_key(settings.home, has_tenants=lambda: self.ledger.ledger.has_tenants())
+        return development_master_key(settings.home, has_tenants=lambda: self.ledger.ledger.tenants.exist())
 
     @cached_property
     def store(self) -> KeyStore:

@@ -44,7 +44,8 @@ def pending_work_schedule(context: ScheduleEvaluationContext, ledger: PostgresLe
     under a smaller extraction limit than today's."""
     now = context.scheduled_execution_time or datetime.now(UTC)
     months = recent_months(now)
-    pending = [(t, m) for t, m in ledger.ledger.pending_partitions(limits=landing.current_limits()) if m in months]
+    pending = [(t, m) for t, m in ledger.ledger.uploads.pending_partitions(limits=landing.current_limits())
+               if m in months]
     busy = tenants_with_runs_in_progress(context) if pending else set()
     requests = [
         RunRequest(run_key=f"{tenant}|{month}|nightly|{now:%Y-%m-%d}",

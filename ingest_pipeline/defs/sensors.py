@@ -26,6 +26,7 @@ from ingest_pipeline.defs.resources import LandingZoneResource, PostgresLedger
 from ingest_pipeline.runtime.instance import TENANT_TAG
 from ingest_pipeline.stores.key_vault import TenantErased
 from ingest_pipeline.stores.landing_zone import LandingScan, LandingZone, LandingZoneUnavailable
+from ingest_pipeline.stores.ledger import LiveDocument
 from ingest_pipeline.work.landing_scan import tenant_folders
 from ingest_pipeline.work.uploads import record_dropped_files
 
@@ -71,11 +72,11 @@ def tenants_with_runs_in_progress(context: SensorEvaluationContext) -> set[str]:
     return {run.tags[TENANT_TAG] for run in runs if TENANT_TAG in run.tags}
 
 
-def removed_files_run_key(tenant: str, month: str, documents: list[dict]) -> str:
+def removed_files_run_key(tenant: str, month: str, documents: list[LiveDocument]) -> str:
     """The run key of a partition whose live documents lost their file: the same on every tick that sees the same
     removals, and new for each removal event. A document's latest upload id is part of it, so a file removed,
     put back and removed again in one month is a new key (Dagster drops a request whose key it has run)."""
-    removals = sorted(f"{doc['upload_id']}:{doc['doc_name']}" for doc in documents)
+    removals = sorted(f"{doc.upload_id}:{doc.doc_name}" for doc in documents)
     digest = hashlib.sha256("\n".join(removals).encode()).hexdigest()[:16]
     return f"{tenant}|{month}|removed|{digest}"
 
@@ -141,7 +142,7 @@ def upload_sensor(
     # documents whose file is gone are handed to the partition's run (which refuses a mass deletion). Both come
     # from one walk of each tenant whose folders changed, or whose turn it is to be verified.
     dropped = 0
-    missing: dict[tuple[str, str], list[dict]] = {}
+    missing: dict[tuple[str, str], list[LiveDocument]] = {}
     folders_state = dict(cursor.folders)
     walked: list[str] = []
     if zone.root.is_dir():
@@ -157,7 +158,7 @@ def upload_sensor(
             folders_state.pop(tenant, None)  # walked again next tick unless this walk completes
             try:
                 found = record_dropped_files(store, zone, tenant, limit=max(budget, 0),
-                                             live_documents=store.live_documents(tenant))
+                                             live_documents=store.documents.live(tenant))
             except (LandingZoneUnavailable, TenantErased) as exc:
                 notes.append(str(exc))
                 continue  # an outage, never a deletion
@@ -173,7 +174,7 @@ def upload_sensor(
 
     # New upload events, a page at a time.
     wanted: dict[str, str] = dict(cursor.deferred)
-    page = store.uploads_after(cursor.upload_id, UPLOADS_PER_TICK)
+    page = store.uploads.after(cursor.upload_id, UPLOADS_PER_TICK)
     for upload in page:
         wanted[f"{upload.tenant_id}|{upload.partition_month}"] = (
             f"{upload.tenant_id}|{upload.partition_month}|upload|{upload.upload_id}")
@@ -183,7 +184,7 @@ def upload_sensor(
         wanted.setdefault(f"{tenant}|{month}", removed_files_run_key(tenant, month, gone))
 
     # A tenant erased since its uploads were read (or while held back): no run, and no partition added again.
-    erased = {key.split("|")[0] for key in wanted} & store.erased_tenants() if wanted else set()
+    erased = {key.split("|")[0] for key in wanted} & store.tenants.erased() if wanted else set()
     if erased:
         wanted = {key: run_key for key, run_key in wanted.items() if key.split("|")[0] not in erased}
         notes.append(f"tenant(s) {', '.join(sorted(erased))} erased: no run requested")

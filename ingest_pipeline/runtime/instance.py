@@ -29,6 +29,8 @@ from dagster._core.storage.root import LocalArtifactStorage
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 
+from ingest_pipeline.stores import locks
+
 if TYPE_CHECKING:
     from dagster import DagsterRun
     from dagster._config.config_schema import UserConfigSchema
@@ -38,7 +40,6 @@ if TYPE_CHECKING:
 
 # The project root: dagster.yaml and workspace.yaml live beside the package (an editable install or a clone).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DAGSTER_STORAGE_LOCK = 7245  # advisory lock class (the ledger's migrations use another)
 
 # The run tags that name a tenant: the ingest runs of its partitions carry Dagster's partition tag; its
 # re-encryption, rebuild and reconcile runs carry TENANT_JOB_TAG (their launcher sets it, or the op does).
@@ -140,12 +141,12 @@ class IngestPostgresStorage(DagsterPostgresStorage):
         engine = sqlalchemy.create_engine(postgres_url, poolclass=sqlalchemy.pool.NullPool)
         try:
             with engine.connect() as conn:
-                lock = {"key": DAGSTER_STORAGE_LOCK}
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key, 1)"), lock)
+                lock = {"classid": locks.DAGSTER_STORAGE.classid, "key": locks.DAGSTER_STORAGE.key}
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:classid, :key)"), lock)
                 try:
                     super().__init__(postgres_url, inst_data=inst_data)
                 finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key, 1)"), lock)
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:classid, :key)"), lock)
         finally:
             engine.dispose()
         _STORAGE_CREATED.add(postgres_url)

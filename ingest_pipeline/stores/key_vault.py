@@ -53,6 +53,7 @@ from ingest_pipeline.core.crypto import (
     wrap_key,
 )
 from ingest_pipeline.core.faults import fault_point
+from ingest_pipeline.stores import locks
 from ingest_pipeline.stores.ledger import TenantKeyMismatch
 
 FIRST_DATA_KEY_VERSION = 1
@@ -180,7 +181,7 @@ class KeyVault:
 
     def migrate(self) -> None:
         with self.connect() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(7243, 0)")
+            conn.execute(*locks.KEY_VAULT_MIGRATIONS.call("pg_advisory_xact_lock"))
             conn.execute(self.SCHEMA)
             present = {row["column_name"] for row in conn.execute(
                 "SELECT column_name FROM information_schema.columns WHERE table_schema = 'ingest_keys'"

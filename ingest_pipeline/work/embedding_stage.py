@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ingest_pipeline.core.faults import fault_point
-from ingest_pipeline.stores.ledger import Ledger, TenantSession
+from ingest_pipeline.stores.ledger import EmbeddingWrite, Ledger, TenantSession
 
 _END = object()
 _POLL_S = 0.2
@@ -96,16 +96,16 @@ def embed_pending(
     def read() -> None:
         with ledger.connect() as conn:
             after = None
-            while rows := ledger.chunks_to_embed(conn, tenant, month, after, fetch):
-                after = rows[-1]["chunk_id"]
-                texts = {row["chunk_id"]: keys.encryptor(row["key_version"]).decrypt_text(
-                    row["chunk_id"], row["text_ciphertext"], row["text_mac"], row["seal_format"]) for row in rows}
+            while rows := ledger.chunks.to_embed(conn, tenant, month, after, fetch):
+                after = rows[-1].chunk_id
+                texts = {row.chunk_id: keys.encryptor(row.key_version).decrypt_text(
+                    row.chunk_id, row.text_ciphertext, row.text_mac, row.seal_format) for row in rows}
                 # Sorted by token count and batched in that order, so each batch pads little: a batch costs as
                 # much as its longest text. (`encode` alone sorts by characters, which pads more.)
-                rows.sort(key=lambda row: (row["token_count"] or 0, len(texts[row["chunk_id"]])))
+                rows.sort(key=lambda row: (row.token_count or 0, len(texts[row.chunk_id])))
                 for start in range(0, len(rows), commit_every):
                     group = rows[start:start + commit_every]
-                    to_model.put((group, [texts[row["chunk_id"]] for row in group]))
+                    to_model.put((group, [texts[row.chunk_id] for row in group]))
         to_model.put(_END)
 
     def write() -> None:
@@ -113,13 +113,12 @@ def embed_pending(
         while (item := to_writer.get()[0]) is not _END:
             group, vectors = item
             sealed = [
-                (keys.encryptor(row["key_version"]).encrypt_vector(
-                    row["chunk_id"], vector, row["text_mac"], row["seal_format"]),
-                 row["chunk_id"], row["text_mac"])
+                EmbeddingWrite(keys.encryptor(row.key_version).encrypt_vector(
+                    row.chunk_id, vector, row.text_mac, row.seal_format), row.chunk_id, row.text_mac)
                 for row, vector in zip(group, vectors, strict=True)
             ]
             with conn.transaction():
-                ledger.store_embeddings(conn, tenant, sealed)
+                ledger.chunks.store_embeddings(conn, tenant, sealed)
                 fault_point("embed:before-commit")  # test-only seams (ingest_pipeline.core.faults)
             fault_point("embed:after-commit")
             stats.embedded += len(group)

@@ -74,7 +74,7 @@ def erase_tenant(
         with conn.transaction():
             # From this commit on the tenant is tombstoned: a writer of its uploads that came first has committed
             # (its rows are erased below), any later one is refused.
-            ledger.lock_admission(conn, tenant_id, exclusive=True)
+            ledger.tenants.lock_admission(conn, tenant_id, exclusive=True)
             erasure = conn.execute(
                 "INSERT INTO ingest.tenant_erasures AS e (tenant_id) VALUES (%s) ON CONFLICT (tenant_id) DO UPDATE"
                 " SET requested_at = now(), keys_destroyed_at = NULL, completed_at = NULL, readmitted_at = NULL,"
@@ -161,7 +161,7 @@ def readmit_tenant(ledger: Ledger, tenant_id: str, by: str) -> Readmission:
     tenant_id = validate_tenant(tenant_id)
     with ledger.tenant_writer(tenant_id) as session, session.conn.transaction():
         conn = session.conn
-        ledger.lock_admission(conn, tenant_id, exclusive=True)
+        ledger.tenants.lock_admission(conn, tenant_id, exclusive=True)
         row = conn.execute(
             "UPDATE ingest.tenant_erasures SET readmitted_at = now(), readmitted_by = %s"
             " WHERE tenant_id = %s AND completed_at IS NOT NULL AND readmitted_at IS NULL"
@@ -175,7 +175,7 @@ def readmit_tenant(ledger: Ledger, tenant_id: str, by: str) -> Readmission:
     if erasure is None:
         return Readmission(tenant_id, note=f"tenant {tenant_id!r} was never erased: nothing to re-admit")
     if erasure["completed_at"] is None:
-        raise TenantErased(erasure_message(tenant_id, erasure) + " before re-admitting it")
+        raise TenantErased(erasure_message(tenant_id, erasure["completed_at"]) + " before re-admitting it")
     return Readmission(tenant_id, erasure["completed_at"], erasure["readmitted_at"], erasure["readmitted_by"],
                        note=f"tenant {tenant_id!r} was already re-admitted")
 

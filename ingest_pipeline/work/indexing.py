@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from ingest_pipeline.core.crypto import VectorEncryptor
 from ingest_pipeline.core.faults import fault_point
-from ingest_pipeline.stores.ledger import Ledger, TenantSession
+from ingest_pipeline.stores.ledger import Chunk, Ledger, TenantSession
 from ingest_pipeline.stores.tenant_index import CyborgIndexes, IndexUnavailable, TenantIndex
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class IdSample:
 def open_live_index(ledger: Ledger, indexes: CyborgIndexes, keys) -> TenantIndex | None:
     """The generation of the tenant's index that search reads (None before its first write)."""
     with ledger.connect() as conn:
-        live, _, _ = ledger.index_generations(conn, keys.tenant_id)
+        live, _, _ = ledger.tenants.generations(conn, keys.tenant_id)
     return indexes.open(keys, generation=live)
 
 
@@ -85,7 +85,7 @@ class IndexWriter:
         return self.session.keys.encryptor(key_version)
 
     def _generations(self) -> list[int]:
-        live, rebuilding, _ = self.ledger.index_generations(self.conn, self.tenant_id)
+        live, rebuilding, _ = self.ledger.tenants.generations(self.conn, self.tenant_id)
         return [live] if rebuilding is None else [live, rebuilding]
 
     def index(self, generation: int | None = None, dimension: int | None = None) -> TenantIndex | None:
@@ -100,18 +100,18 @@ class IndexWriter:
             index.check_dimension(dimension)
         return index
 
-    def items(self, rows: list[dict]) -> list[dict]:
+    def items(self, rows: list[Chunk]) -> list[dict]:
         """CyborgDB items from ledger rows: the vector is decrypted here, in memory only."""
         items = []
         for row in rows:
-            encryptor = self._encryptor(row["key_version"])
+            encryptor = self._encryptor(row.key_version)
             items.append({
-                "id": row["chunk_id"],
-                "vector": encryptor.decrypt_vector(row["chunk_id"], row["embedding_ciphertext"], row["text_mac"],
-                                                   row["seal_format"]),
-                "metadata": {"doc_id": row["doc_id"], "tenant_id": self.tenant_id,
-                             "chunk_sequence": row["sequence"]},
-                "contents": bytes(row["text_ciphertext"]),
+                "id": row.chunk_id,
+                "vector": encryptor.decrypt_vector(row.chunk_id, row.embedding_ciphertext, row.text_mac,
+                                                   row.seal_format),
+                "metadata": {"doc_id": row.doc_id, "tenant_id": self.tenant_id,
+                             "chunk_sequence": row.sequence},
+                "contents": bytes(row.text_ciphertext),
             })
         return items
 
@@ -131,7 +131,7 @@ class IndexWriter:
             for generation in generations:
                 self.index(generation, dimension=len(items[0]["vector"])).upsert(items)
 
-    def upsert_rows(self, rows: list[dict], generations: list[int] | None = None) -> None:
+    def upsert_rows(self, rows: list[Chunk], generations: list[int] | None = None) -> None:
         """Upsert ledger rows (decrypted in memory only) into `generations`, by default every one written to.
 
         A generation whose index does not exist is created.
@@ -152,11 +152,11 @@ class IndexWriter:
     def remove_stale(self, month: str) -> int:
         removed = 0
         generations = self._generations()
-        while rows := self.ledger.chunks_in_state(self.conn, self.tenant_id, month, "stale", limit=500):
-            ids = [row["chunk_id"] for row in rows]
+        while rows := self.ledger.chunks.in_state(self.conn, self.tenant_id, month, "stale", limit=500):
+            ids = [row.chunk_id for row in rows]
             self.delete_ids(ids, generations)  # deleting an id the index lacks is a no-op, so a retry is safe
             with self.conn.transaction():
-                self.ledger.remove_chunks(self.conn, ids)
+                self.ledger.chunks.remove(self.conn, ids)
             removed += len(ids)
             self.removed.add(ids)
         return removed
@@ -166,7 +166,7 @@ class IndexWriter:
         generations = self._generations()
         while True:
             with self.conn.transaction():
-                rows = self.ledger.chunks_in_state(
+                rows = self.ledger.chunks.in_state(
                     self.conn, self.tenant_id, month, "embedded", limit=self.batch_size, for_update=True
                 )
                 if not rows:
@@ -174,11 +174,11 @@ class IndexWriter:
                 # Upsert inside the transaction: if CyborgDB refuses, the batch stays 'embedded'.
                 fault_point("index:before-upsert")  # test-only seams (ingest_pipeline.core.faults); no-ops otherwise
                 self._upsert(self.items(rows), generations)
-                self.ledger.mark_indexed(self.conn, [row["chunk_id"] for row in rows])
+                self.ledger.chunks.mark_indexed(self.conn, [row.chunk_id for row in rows])
                 fault_point("index:after-upsert")  # in CyborgDB, not yet committed in Postgres
             upserted += len(rows)
             batches += 1
-            self.upserted.add([row["chunk_id"] for row in rows])
+            self.upserted.add([row.chunk_id for row in rows])
         return upserted, batches
 
     def rebuild(self, max_seconds: float | None = None) -> tuple[int, int | None]:
@@ -191,33 +191,33 @@ class IndexWriter:
         generation, or None when it stopped before the swap).
         """
         started = time.monotonic()
-        live, generation, cursor = self.ledger.index_generations(self.conn, self.tenant_id)
+        live, generation, cursor = self.ledger.tenants.generations(self.conn, self.tenant_id)
         if generation is None:
             with self.conn.transaction():
-                generation = self.ledger.start_rebuild(self.conn, self.tenant_id)
+                generation = self.ledger.tenants.start_rebuild(self.conn, self.tenant_id)
             if self.indexes.exists(self.tenant_id, generation):  # left by a rebuild abandoned before it recorded
                 self.session.fence()
                 self.indexes.drop(self._keys, generation)
         written = 0
-        while batch := self.ledger.tenant_chunks_with_embeddings(self.conn, self.tenant_id, cursor, self.batch_size):
+        while batch := self.ledger.chunks.with_embeddings(self.conn, self.tenant_id, cursor, self.batch_size):
             with self.conn.transaction():
                 self._upsert(self.items(batch), [generation])
-                cursor = batch[-1]["chunk_id"]
-                self.ledger.advance_rebuild(self.conn, self.tenant_id, cursor)
+                cursor = batch[-1].chunk_id
+                self.ledger.tenants.advance_rebuild(self.conn, self.tenant_id, cursor)
             written += len(batch)
             if max_seconds is not None and time.monotonic() - started >= max_seconds:
                 return written, None
         # Between interrupted attempts an ingest may have changed chunks the cursor had passed and stopped before
         # indexing them (now 'chunked' or 'embedded'), or left stale rows: bring the new generation up to the
         # ledger (ingest indexes the 'chunked' ones once embedded), then compare ids.
-        by_state = self.ledger.chunk_ids_by_state(self.conn, self.tenant_id)
+        by_state = self.ledger.chunks.ids_by_state(self.conn, self.tenant_id)
         stale = sorted(by_state["stale"] | by_state["chunked"])
         for start in range(0, len(stale), 500):
             self.delete_ids(stale[start:start + 500], [generation])
         embedded = sorted(by_state["embedded"])
         for start in range(0, len(embedded), self.batch_size):
             with self.conn.transaction():
-                rows = self.ledger.chunks_by_id(self.conn, self.tenant_id, embedded[start:start + self.batch_size],
+                rows = self.ledger.chunks.by_id(self.conn, self.tenant_id, embedded[start:start + self.batch_size],
                                                 "embedded")
                 self.upsert_rows(rows, [generation])
         built = self.index(generation)
@@ -230,7 +230,7 @@ class IndexWriter:
             )
         self.session.fence()
         with self.conn.transaction():
-            self.ledger.finish_rebuild(self.conn, self.tenant_id, generation)
+            self.ledger.tenants.finish_rebuild(self.conn, self.tenant_id, generation)
         self._opened.pop(live, None)
         try:
             self.indexes.drop(self._keys, live)

@@ -151,8 +151,8 @@ def reconcile_tenant(
     """
     tenant, conn = session.tenant_id, session.conn
     writer = IndexWriter(ledger, indexes, keyring, session, batch_size)
-    live, rebuilding, cursor = ledger.index_generations(conn, tenant)
-    chunks = ledger.chunk_ids_by_state(conn, tenant)
+    live, rebuilding, cursor = ledger.tenants.generations(conn, tenant)
+    chunks = ledger.chunks.ids_by_state(conn, tenant)
     indexed, unfinished, stale = chunks["indexed"], chunks["embedded"], chunks["stale"]
     known = set().union(*chunks.values())
     report = TenantReconciliation(
@@ -184,7 +184,7 @@ def reconcile_tenant(
     for page in _pages(stale, DELETE_PAGE):
         writer.delete_ids(page)  # from every generation first: a row deleted first would leave its vector behind
         with conn.transaction():
-            ledger.remove_chunks(conn, page)
+            ledger.chunks.remove(conn, page)
         report.removed_stale_rows += len(page)
     for drift in drifts:
         if drift.orphans and len(drift.orphans) > max_orphan_share * drift.vectors and not allow_mass_delete:
@@ -200,15 +200,15 @@ def reconcile_tenant(
                 report.removed_orphans += len(page)
         for page in _pages(drift.missing, batch_size):
             with conn.transaction():
-                rows = ledger.chunks_by_id(conn, tenant, page, "indexed")
+                rows = ledger.chunks.by_id(conn, tenant, page, "indexed")
                 writer.upsert_rows(rows, [drift.generation])
             report.repaired_missing += len(rows)
     for page in _pages(unfinished, batch_size):
         with conn.transaction():
-            rows = ledger.chunks_by_id(conn, tenant, page, "embedded")
+            rows = ledger.chunks.by_id(conn, tenant, page, "embedded")
             # Upserted even when the id is in the index: its vector may be of the chunk's previous text.
             writer.upsert_rows(rows)
-            ledger.mark_indexed(conn, [row["chunk_id"] for row in rows])
+            ledger.chunks.mark_indexed(conn, [row.chunk_id for row in rows])
         report.finished_rows += len(rows)
 
     index = writer.index(live)

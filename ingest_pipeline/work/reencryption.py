@@ -23,12 +23,6 @@ from ingest_pipeline.stores.ledger import Ledger
 
 DEFAULT_BATCH_SIZE = 500
 # The rows of one batch: the next `batch_size` rows of the tenant after the cursor that need moving.
-BATCH_QUERY = (
-    "SELECT chunk_id::text AS chunk_id, text_mac, text_ciphertext, embedding_ciphertext, key_version, seal_format"
-    " FROM ingest.chunks WHERE tenant_id = %(tenant)s AND chunk_id > %(after)s::uuid"
-    " AND (key_version <> %(version)s OR seal_format <> %(format)s)"
-    " ORDER BY chunk_id LIMIT %(limit)s FOR UPDATE"
-)
 FIRST_CHUNK_ID = "00000000-0000-0000-0000-000000000000"  # below every uuid4: the cursor of a pass's first batch
 
 
@@ -71,18 +65,17 @@ def reencrypt_tenant(
             if report is None:
                 report = ReencryptionReport(tenant_id, keys.active_version)
             with conn.transaction():
-                rows = conn.execute(BATCH_QUERY, {"tenant": tenant_id, "after": after, "version": keys.active_version,
-                                                  "format": SEAL_FORMAT, "limit": batch_size}).fetchall()
+                rows = ledger.chunks.to_reseal(conn, tenant_id, after, keys.active_version, SEAL_FORMAT, batch_size)
                 if rows:
                     target = keys.encryptor()
                     updates = []
                     for row in rows:
-                        source, chunk_id, mac = keys.encryptor(row["key_version"]), row["chunk_id"], row["text_mac"]
-                        text = source.decrypt_text(chunk_id, row["text_ciphertext"], mac, row["seal_format"])
+                        source, chunk_id, mac = keys.encryptor(row.key_version), row.chunk_id, row.text_mac
+                        text = source.decrypt_text(chunk_id, row.text_ciphertext, mac, row.seal_format)
                         embedding = None
-                        if row["embedding_ciphertext"] is not None:
-                            vector = source.decrypt_vector(chunk_id, row["embedding_ciphertext"], mac,
-                                                           row["seal_format"])
+                        if row.embedding_ciphertext is not None:
+                            vector = source.decrypt_vector(chunk_id, row.embedding_ciphertext, mac,
+                                                           row.seal_format)
                             embedding = target.encrypt_vector(chunk_id, vector, mac)
                         updates.append((target.encrypt_text(chunk_id, text), embedding, target.key_version,
                                         SEAL_FORMAT, chunk_id))
@@ -94,7 +87,7 @@ def reencrypt_tenant(
                         )
                     report.rows_moved += len(rows)
                     report.batches += 1
-                    after, moved_this_pass = rows[-1]["chunk_id"], True
+                    after, moved_this_pass = rows[-1].chunk_id, True
             if rows:
                 fault_point("reencrypt:after-batch")
                 if on_batch is not None:

@@ -43,7 +43,7 @@ def search_tenant(
     if index is None or not queries:
         return [[] for _ in queries]
     with ledger.connect() as conn:
-        recorded = ledger.embedding_model(conn, tenant_id)
+        recorded = ledger.tenants.embedding_model(conn, tenant_id)
     if recorded is not None and recorded not in model_ids:
         raise EmbeddingModelMismatch(
             f"the index of tenant {tenant_id!r} was built with model {recorded}, this search would use "
@@ -52,7 +52,7 @@ def search_tenant(
     neighbours = index.query(embedder.embed(queries), top_k=top_k)
     wanted = sorted({hit["id"] for hits in neighbours for hit in hits})
     with ledger.connect() as conn:
-        rows = ledger.hits(conn, tenant_id, wanted) if wanted else {}
+        rows = ledger.chunks.hits(conn, tenant_id, wanted) if wanted else {}
     answers = []
     for hits in neighbours:
         answer = []
@@ -61,10 +61,10 @@ def search_tenant(
             if row is None:  # indexed in CyborgDB but no longer in the ledger: never shown
                 continue
             answer.append(SearchHit(
-                doc_id=row["doc_id"], chunk_id=row["chunk_id"], chunk_sequence=row["sequence"],
-                score=round(1.0 - float(hit["distance"]), 6), source=row["doc_name"],
-                text=encryptor_for(row["key_version"]).decrypt_text(
-                    row["chunk_id"], row["text_ciphertext"], row["text_mac"], row["seal_format"]),
+                doc_id=row.doc_id, chunk_id=row.chunk_id, chunk_sequence=row.sequence,
+                score=round(1.0 - float(hit["distance"]), 6), source=row.doc_name,
+                text=encryptor_for(row.key_version).decrypt_text(
+                    row.chunk_id, row.text_ciphertext, row.text_mac, row.seal_format),
             ))
         answers.append(answer)
     return answers

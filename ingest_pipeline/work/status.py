@@ -18,13 +18,13 @@ def tenant_status(
     opens a tenant's keys (UnknownTenant for a tenant uploaded but never ingested: its index has no vectors)."""
     report = {}
     for tenant_id in tenants:
-        counts = ledger.tenant_status(tenant_id)
+        counts = ledger.tenants.status(tenant_id)
         try:
             index = open_live_index(ledger, indexes, tenant_keys(tenant_id))
         except UnknownTenant:  # uploaded, never ingested
             index = None
         report[tenant_id] = {
-            "documents": counts["documents"], "chunks": counts["chunks"], "indexed": counts["indexed"],
-            "quarantined": counts["quarantined"], "index_vectors": index.count() if index else 0,
+            "documents": counts.documents, "chunks": counts.chunks, "indexed": counts.indexed,
+            "quarantined": counts.quarantined, "index_vectors": index.count() if index else 0,
         }
     return report

@@ -18,7 +18,7 @@ from ingest_pipeline.core.extraction import ReasonCode
 from ingest_pipeline.core.ids import document_id, validate_document_name, validate_tenant
 from ingest_pipeline.stores.key_vault import TenantErased
 from ingest_pipeline.stores.landing_zone import LandingScan, LandingZone, LandingZoneUnavailable, RefusedFile, hash_file
-from ingest_pipeline.stores.ledger import Ledger, Upload, erasure_message, sha256_file
+from ingest_pipeline.stores.ledger import Ledger, LiveDocument, Upload, erasure_message, sha256_file
 from ingest_pipeline.work.landing_scan import compare, tenant_folders
 
 log = logging.getLogger(__name__)
@@ -37,16 +37,16 @@ def is_current(upload: Upload | None, digest: str) -> bool:
 def refuse_erased(ledger: Ledger, conn, tenant_id: str) -> None:
     """Raise TenantErased for a tombstoned tenant. In the transaction that records an upload, this holds the
     tenant's admission lock to its end, so an erasure requested meanwhile waits for the upload (and erases it)."""
-    ledger.lock_admission(conn, tenant_id)
-    erasure = ledger.erasure(conn, tenant_id)
+    ledger.tenants.lock_admission(conn, tenant_id)
+    erasure = ledger.tenants.erasure(conn, tenant_id)
     if erasure is not None:
-        raise TenantErased(erasure_message(tenant_id, erasure))
+        raise TenantErased(erasure_message(tenant_id, erasure.completed_at))
 
 
 def note_unchanged_file(ledger: Ledger, conn, upload: Upload, stat: os.stat_result) -> None:
     """The landed file still holds the bytes of `upload` (hashed just now) under a new modification time or
     size: record them with the upload, so the next scan (see `landing_scan.compare`) does not hash it again."""
-    ledger.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns, stat.st_size)
+    ledger.uploads.note_file_seen(conn, upload.upload_id, stat.st_mtime_ns, stat.st_size)
 
 
 def record_file(
@@ -57,7 +57,7 @@ def record_file(
     Raises TenantErased, recording nothing, for an erased tenant (or one being erased)."""
     with conn.transaction():
         refuse_erased(ledger, conn, tenant_id)
-        return ledger.record_upload(
+        return ledger.uploads.record(
             conn, tenant_id=tenant_id, doc_id=document_id(tenant_id, name), doc_name=name, content_sha256=digest,
             size_bytes=stat.st_size, is_delete=False, partition_month=month, file_mtime_ns=stat.st_mtime_ns,
         )
@@ -72,20 +72,20 @@ class DroppedFiles:
     # or a name that does not map back to the file), symlink (never followed) or special-file (FIFO, device).
     refused: dict[str, ReasonCode] = field(default_factory=dict)
     # The live documents given whose file is gone (as given: tenant_id, doc_name, partition_month, upload_id).
-    removed: list[dict] = field(default_factory=list)
+    removed: list[LiveDocument] = field(default_factory=list)
     complete: bool = True  # False when `limit` stopped the recording: more files wait
     scan: LandingScan | None = field(default=None, repr=False)  # the folder as listed
 
-    def removed_by_partition(self) -> dict[tuple[str, str], list[dict]]:
+    def removed_by_partition(self) -> dict[tuple[str, str], list[LiveDocument]]:
         """The removed documents by their (tenant, month) partition: each such partition's run deletes them."""
-        partitions: dict[tuple[str, str], list[dict]] = {}
+        partitions: dict[tuple[str, str], list[LiveDocument]] = {}
         for doc in self.removed:
-            partitions.setdefault((doc["tenant_id"], doc["partition_month"]), []).append(doc)
+            partitions.setdefault((doc.tenant_id, doc.partition_month), []).append(doc)
         return partitions
 
 
 def record_dropped_files(
-    ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int, live_documents: list[dict] | None = None
+    ledger: Ledger, zone: LandingZone, tenant_id: str, limit: int, live_documents: list[LiveDocument] | None = None
 ) -> DroppedFiles:
     """Record an upload for each file in the tenant's landing folder that the ledger does not know in this form,
     and find which of `live_documents` (the tenant's, read before this call) lost their file: one walk.
@@ -107,11 +107,11 @@ def record_dropped_files(
     scan = zone.scan(tenant_id)
     month = current_month()
     with ledger.connect() as conn:
-        latest = ledger.latest_uploads(conn, tenant_id)
-        changes = compare(scan, latest, [doc["doc_name"] for doc in live_documents])
+        latest = ledger.uploads.latest_by_name(conn, tenant_id)
+        changes = compare(scan, latest, [doc.doc_name for doc in live_documents])
         missing = set(changes.missing)
         found = DroppedFiles(refused=changes.refused, scan=scan,
-                             removed=[doc for doc in live_documents if doc["doc_name"] in missing])
+                             removed=[doc for doc in live_documents if doc.doc_name in missing])
         for name in sorted(changes.changed):
             if len(found.recorded) >= limit:
                 found.complete = False
@@ -153,9 +153,9 @@ def sweep_landing_zone(ledger: Ledger, zone: LandingZone, tenant: str | None = N
     """Record the files copied straight into the landing zone as uploads, as the upload sensor does, and find the
     partitions of live documents whose file was removed: one walk per tenant (`tenant`, or every tenant with a
     folder or a live document)."""
-    live: dict[str, list[dict]] = {}
-    for doc in ledger.live_documents(tenant):
-        live.setdefault(doc["tenant_id"], []).append(doc)
+    live: dict[str, list[LiveDocument]] = {}
+    for doc in ledger.documents.live(tenant):
+        live.setdefault(doc.tenant_id, []).append(doc)
     folders = [tenant] if tenant else tenant_folders(zone)
     sweep = LandingSweep()
     for tenant_id in sorted(set(folders) | set(live)):
@@ -235,7 +235,7 @@ def upload_files(ledger: Ledger, zone: LandingZone, tenant: str, paths: list[str
             refuse_erased(ledger, conn, tenant)  # an erased tenant: nothing copied, nothing recorded
         for name, source in items:
             doc_id = document_id(tenant, name)
-            latest = ledger.latest_upload(conn, doc_id)
+            latest = ledger.uploads.latest(conn, doc_id)
             if delete:
                 if latest is None or latest.is_delete:
                     outcome["not_found"].append(name)
@@ -244,7 +244,7 @@ def upload_files(ledger: Ledger, zone: LandingZone, tenant: str, paths: list[str
                 zone.remove(tenant, name)
                 with conn.transaction():
                     refuse_erased(ledger, conn, tenant)
-                    ledger.record_upload(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=None,
+                    ledger.uploads.record(conn, tenant_id=tenant, doc_id=doc_id, doc_name=name, content_sha256=None,
                                          size_bytes=None, is_delete=True, partition_month=month)
                 outcome["deleted"].append(name)
                 continue

@@ -11,6 +11,7 @@ from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.defs.assets import raw_documents
 from ingest_pipeline.runtime.instance import dagster_instance
 from ingest_pipeline.stores.landing_zone import hash_file
+from ingest_pipeline.stores.ledger import Document
 from ingest_pipeline.work.uploads import current_month
 from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
 
@@ -65,7 +66,7 @@ def test_rematerializing_changes_nothing_and_changes_and_deletes_propagate(pipel
     pipeline.ingest()
     ledger = pipeline.ledger()
     before = ledger_chunks(ledger, acme)
-    embedded_before = ledger.tenant_status(acme)["embeddings_computed"]
+    embedded_before = ledger.tenants.status(acme).embeddings_computed
     assert embedded_before == len(before)
 
     # Identical bytes again: no upload, no pending work.
@@ -80,7 +81,7 @@ def test_rematerializing_changes_nothing_and_changes_and_deletes_propagate(pipel
     after = ledger_chunks(ledger, acme)
     assert after.keys() == before.keys()
     assert all(after[c]["text_ciphertext"] == before[c]["text_ciphertext"] for c in before)
-    assert ledger.tenant_status(acme)["embeddings_computed"] == embedded_before
+    assert ledger.tenants.status(acme).embeddings_computed == embedded_before
 
     # A changed document: shorter, with a new closing paragraph. Its stale chunks leave both stores.
     changed = docs / "pip-dependency-resolution.md"
@@ -94,7 +95,7 @@ def test_rematerializing_changes_nothing_and_changes_and_deletes_propagate(pipel
     old = {c for c, row in before.items() if row["doc_id"] == doc}
     new = {c for c, row in ledger_chunks(ledger, acme).items() if row["doc_id"] == doc}
     assert new < old
-    recomputed = ledger.tenant_status(acme)["embeddings_computed"] - embedded_before
+    recomputed = ledger.tenants.status(acme).embeddings_computed - embedded_before
     assert 1 <= recomputed <= len(new)  # unchanged leading chunks kept their embeddings
     status = pipeline.status(acme)
     assert status["chunks"] == status["indexed"] == status["index_vectors"] == len(after) - len(old) + len(new)
@@ -123,7 +124,7 @@ def test_index_rebuilds_from_the_cold_copy_without_reembedding(pipeline, docs):
     pipeline.upload(acme, docs)
     pipeline.ingest()
     ledger = pipeline.ledger()
-    embedded = ledger.tenant_status(acme)["embeddings_computed"]
+    embedded = ledger.tenants.status(acme).embeddings_computed
     resources = build_resources()
     keys = resources["keyring"].tenant_keys(acme)
     assert resources["cyborgdb"].indexes.drop(keys)
@@ -133,7 +134,7 @@ def test_index_rebuilds_from_the_cold_copy_without_reembedding(pipeline, docs):
     assert '"success": true' in result.stdout
     status = pipeline.status(acme)
     assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0
-    assert ledger.tenant_status(acme)["embeddings_computed"] == embedded
+    assert ledger.tenants.status(acme).embeddings_computed == embedded
     assert pipeline.search(acme, MAGIC_QUERY, 1)[0]["source"] == "shared-mime-info-spec.pdf"
     check_run = materialize_partition(acme)
     assert all(check.passed for check in check_run.get_asset_check_evaluations())
@@ -146,7 +147,7 @@ def test_a_section_inserted_at_the_start_embeds_only_the_new_text(embedded_pipel
     pipeline.upload(acme, document)
     pipeline.ingest()
     ledger = pipeline.ledger()
-    embedded_before = ledger.tenant_status(acme)["embeddings_computed"]
+    embedded_before = ledger.tenants.status(acme).embeddings_computed
 
     # Every later chunk moves one sequence number down: same texts under other chunk ids.
     preface = "# Preface\n\nZebra crossings in Lisbon are painted white and black.\n\n"
@@ -156,7 +157,7 @@ def test_a_section_inserted_at_the_start_embeds_only_the_new_text(embedded_pipel
     assert result.success
     chunks = ledger_chunks(ledger, acme)
     assert len(chunks) == embedded_before + 1
-    assert ledger.tenant_status(acme)["embeddings_computed"] - embedded_before == 1  # the preface's chunk only
+    assert ledger.tenants.status(acme).embeddings_computed - embedded_before == 1  # the preface's chunk only
     chunked = materialization_metadata(result, "document_chunks")
     assert chunked["embeddings_reused"] == embedded_before
     assert chunked["model_preloaded"] is True  # in-process: the embedding step uses the model loaded meanwhile
@@ -227,8 +228,8 @@ def test_a_worker_that_cannot_start_or_is_killed_leaves_documents_pending_never_
     assert summary["failed_runs"] == 1  # `ingest` exits 1
     assert "did not start" in summary["runs"][0]["error"] and "tried again" in summary["runs"][0]["error"]
     assert summary["quarantined"][acme] == []
-    counts = pipeline.ledger().tenant_status(acme)
-    assert counts["quarantined"] == 0 and counts["pending_documents"] == len(names)
+    counts = pipeline.ledger().tenants.status(acme)
+    assert counts.quarantined == 0 and counts.pending_documents == len(names)
 
     # A worker killed mid-document (the out-of-memory killer's SIGKILL), once: the step's retry policy tries it
     # again in the same run, and the run succeeds with every document indexed.
@@ -288,7 +289,7 @@ def test_a_corrupt_document_stays_quarantined_under_any_limits_until_retried_by_
     assert cleared == {"tenant": acme, "cleared": [{"document": "corrupt.pdf", "code": "corrupt-pdf", "limits": None}],
                        "not_quarantined": []}
     assert _quarantine_cli(capsys, "--tenant", acme)[1] == {"quarantined": []}
-    assert pipeline.ledger().tenant_status(acme)["pending_documents"] == 1
+    assert pipeline.ledger().tenants.status(acme).pending_documents == 1
     summary = pipeline.ingest(acme)
     assert len(summary["runs"]) == 1 and summary["totals"]["documents_quarantined"] == 1
     assert [q["document"] for q in summary["quarantined"][acme]] == ["corrupt.pdf"]
@@ -302,14 +303,14 @@ def test_a_corrupt_document_stays_quarantined_under_any_limits_until_retried_by_
     # start as `unreadable (RuntimeError)`. Its upgrade (migration 0010) gives that one another try, not the corrupt.
     ledger = pipeline.ledger()
     with ledger.connect() as conn, conn.transaction():
-        apache = conn.execute("SELECT * FROM ingest.documents WHERE tenant_id = %s AND doc_name = %s",
-                              (acme, "apache-license-2.0.txt")).fetchone()
-        ledger.quarantine_document(conn, apache, apache["content_sha256"], "unreadable (RuntimeError)", "parser-error")
+        apache = Document(**conn.execute("SELECT * FROM ingest.documents WHERE tenant_id = %s AND doc_name = %s",
+                                         (acme, "apache-license-2.0.txt")).fetchone())
+        ledger.quarantine.add(conn, apache, apache.content_sha256, "unreadable (RuntimeError)", "parser-error")
         conn.execute("ALTER TABLE ingest.quarantine DROP COLUMN limits")
         conn.execute("DELETE FROM ingest.schema_migrations WHERE version = 10")
     assert ledger.migrate() == [10]
-    assert [q["doc_name"] for q in ledger.quarantined(acme)] == ["corrupt.pdf"]
-    assert ledger.tenant_status(acme)["pending_documents"] == 1
+    assert [q.doc_name for q in ledger.quarantine.listed(acme)] == ["corrupt.pdf"]
+    assert ledger.tenants.status(acme).pending_documents == 1
 
     # Without names every quarantined document of the tenant is cleared.
     capsys.readouterr()
@@ -341,7 +342,7 @@ def test_a_rerun_hashes_only_the_files_whose_size_or_time_changed(embedded_pipel
     (landing / "added.txt").write_text("A seventh note, written straight into the landing zone.\n")
     ledger = pipeline.ledger()
     with ledger.connect() as conn, conn.transaction():
-        ledger.record_upload(conn, tenant_id=acme, doc_id=document_id(acme, "added.txt"), doc_name="added.txt",
+        ledger.uploads.record(conn, tenant_id=acme, doc_id=document_id(acme, "added.txt"), doc_name="added.txt",
                              content_sha256=hash_file(landing / "added.txt")[1], size_bytes=None, is_delete=False,
                              partition_month=current_month())
     second = run()

@@ -19,7 +19,7 @@ def test_a_backfill_of_an_unchanged_corpus_makes_no_embedding_call(embedded_pipe
     summary = pipeline.ingest()
     current = summary["runs"][0]["month"]
     ledger = pipeline.ledger()
-    embedded = {t: ledger.tenant_status(t)["embeddings_computed"] for t in (acme, globex)}
+    embedded = {t: ledger.tenants.status(t).embeddings_computed for t in (acme, globex)}
     statuses = {t: pipeline.status(t) for t in (acme, globex)}
 
     # Two tenants over two months (the earlier one has no uploads): four runs, one per partition.
@@ -43,7 +43,7 @@ def test_a_backfill_of_an_unchanged_corpus_makes_no_embedding_call(embedded_pipe
     assert sorted(run.tags["dagster/partition"] for run in runs) == sorted(keys)
     assert {run.status for run in runs} == {DagsterRunStatus.SUCCESS}
     # Content hashes matched: nothing was re-chunked, re-embedded or re-indexed.
-    assert {t: ledger.tenant_status(t)["embeddings_computed"] for t in (acme, globex)} == embedded
+    assert {t: ledger.tenants.status(t).embeddings_computed for t in (acme, globex)} == embedded
     assert {t: pipeline.status(t) for t in (acme, globex)} == statuses
     for run in runs:
         for record in instance.all_logs(run.run_id):

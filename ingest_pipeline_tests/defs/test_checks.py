@@ -47,7 +47,7 @@ def _engines(tenant):
     resources = build_resources()
     store, indexes, keyring = resources["ledger"].ledger, resources["cyborgdb"].indexes, resources["keyring"]
     with store.connect() as conn:
-        live, _, _ = store.index_generations(conn, tenant)
+        live, _, _ = store.tenants.generations(conn, tenant)
     return store, indexes, keyring, indexes.open(keyring.tenant_keys(tenant), generation=live)
 
 

@@ -8,6 +8,7 @@ from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_definitions, build_resources
 from ingest_pipeline.defs.schedules import pending_work_schedule, weekly_reconciliation_schedule
 from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
+from ingest_pipeline.stores.ledger import Document
 from ingest_pipeline.work.uploads import current_month
 from ingest_pipeline_tests.helpers import materialize_partition
 
@@ -26,7 +27,7 @@ def test_the_nightly_schedule_requests_recent_partitions_with_pending_work_only(
     pipeline.upload(globex, docs / "pip-dependency-resolution.md")
     _, ledger = prepare_environment()
     with ledger.connect() as conn, conn.transaction():  # a late arrival long ago: outside the nightly window
-        ledger.record_upload(conn, tenant_id=acme, doc_id=document_id(acme, "old.md"), doc_name="old.md",
+        ledger.uploads.record(conn, tenant_id=acme, doc_id=document_id(acme, "old.md"), doc_name="old.md",
                              content_sha256="0" * 64, size_bytes=1, is_delete=False, partition_month="2026-01-01")
 
     requests = evaluate(pending_work_schedule, now)
@@ -50,9 +51,10 @@ def test_the_nightly_schedule_requests_recent_partitions_with_pending_work_only(
 
     # A document quarantined under a smaller time limit than today's is due another try.
     with ledger.connect() as conn, conn.transaction():
-        document = conn.execute("SELECT * FROM ingest.documents WHERE tenant_id = %s", (globex,)).fetchone()
-        ledger.quarantine_document(conn, document, document["content_sha256"], "ran out of time", "time-limit",
-                                   {"timeout_s": 0.01})
+        row = conn.execute("SELECT * FROM ingest.documents WHERE tenant_id = %s", (globex,)).fetchone()
+        document = Document(**row)
+        ledger.quarantine.add(conn, document, document.content_sha256, "ran out of time", "time-limit",
+                              {"timeout_s": 0.01})
     requests = evaluate(pending_work_schedule, now)
     assert [r.partition_key.keys_by_dimension["tenant"] for r in requests] == [globex]
 

@@ -66,7 +66,7 @@ def test_each_upload_triggers_once_and_a_repeated_tick_is_harmless(embedded_pipe
     pipeline.upload(acme, docs / "apache-license-2.0.txt")
     _, ledger = prepare_environment()
     with ledger.connect() as conn, conn.transaction():  # recorded by another system: no partition added yet
-        ledger.record_upload(conn, tenant_id=globex, doc_id=document_id(globex, "x.md"), doc_name="x.md",
+        ledger.uploads.record(conn, tenant_id=globex, doc_id=document_id(globex, "x.md"), doc_name="x.md",
                              content_sha256="0" * 64, size_bytes=1, is_delete=False, partition_month=month)
     second = tick(first.cursor)
     assert sorted(partitions(second)) == sorted([(acme, month), (globex, month)])
@@ -92,7 +92,7 @@ def test_files_dropped_into_or_removed_from_the_landing_zone_become_runs(embedde
     assert [r.partition_keys for r in dropped.dynamic_partitions_requests] == [[initech]]
     _, ledger = prepare_environment()
     with ledger.connect() as conn:
-        assert sorted(ledger.latest_uploads(conn, initech)) == ["notes/spec.pdf"]
+        assert sorted(ledger.uploads.latest_by_name(conn, initech)) == ["notes/spec.pdf"]
     # Recorded once: the next tick finds nothing new.
     assert isinstance(tick(dropped.cursor), SkipReason)
 
@@ -176,7 +176,7 @@ def test_an_erased_tenant_gets_no_run_and_no_partition_even_if_held_back_before_
     assert not instance.has_dynamic_partition("tenants", acme)
     ledger = pipeline.ledger()
     with ledger.connect() as conn:
-        assert not ledger.latest_uploads(conn, acme)
+        assert not ledger.uploads.latest_by_name(conn, acme)
 
 
 def test_a_burst_of_10000_uploads_across_200_tenants_is_paged_over_small_ticks(embedded_pipeline):
@@ -214,7 +214,7 @@ def test_upload_events_become_visible_in_id_order_so_the_cursor_never_skips_one(
     tenant = embedded_pipeline.tenant("acme")
 
     def record(conn, name: str) -> int:
-        return ledger.record_upload(conn, tenant_id=tenant, doc_id=document_id(tenant, name), doc_name=name,
+        return ledger.uploads.record(conn, tenant_id=tenant, doc_id=document_id(tenant, name), doc_name=name,
                                     content_sha256="0" * 64, size_bytes=1, is_delete=False,
                                     partition_month=current_month())
 
@@ -226,10 +226,10 @@ def test_upload_events_become_visible_in_id_order_so_the_cursor_never_skips_one(
             racer.start()
             racer.join(1.0)
             assert racer.is_alive(), "a second upload committed while an earlier one was still open"
-            assert ledger.uploads_after(0, 10) == []  # nothing visible yet, so no cursor can pass `first`
+            assert ledger.uploads.after(0, 10) == []  # nothing visible yet, so no cursor can pass `first`
         racer.join(10)
     assert first < later["id"]
-    assert [u.upload_id for u in ledger.uploads_after(0, 10)] == [first, later["id"]]
+    assert [u.upload_id for u in ledger.uploads.after(0, 10)] == [first, later["id"]]
 
 
 def _age(folder, seconds: float = 3600) -> None:
@@ -278,7 +278,7 @@ def test_a_tick_walks_only_the_tenants_whose_folders_changed_and_finds_files_dee
     assert partitions(result) == [(acme, current_month())] and walked() == {acme}
     _, ledger = prepare_environment()
     with ledger.connect() as conn:
-        assert "a/b/c/new.txt" in ledger.latest_uploads(conn, acme)
+        assert "a/b/c/new.txt" in ledger.uploads.latest_by_name(conn, acme)
     # A new subfolder with a file in it, under another tenant.
     (landing / tenants[1] / "a" / "fresh").mkdir()
     (landing / tenants[1] / "a" / "fresh" / "x.txt").write_text("In a new folder.\n")

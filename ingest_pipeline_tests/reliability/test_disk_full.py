@@ -66,7 +66,7 @@ def test_a_full_landing_zone_fails_the_upload_clearly_and_leaves_no_partial_file
         # Nothing partial: no temporary file, no truncated document, no upload recorded for it.
         assert sorted(p.name for p in (landing / tenant).iterdir()) == [first.name]
         with pipeline.ledger().connect() as conn:
-            assert pipeline.ledger().latest_upload(conn, document_id(tenant, second.name)) is None
+            assert pipeline.ledger().uploads.latest(conn, document_id(tenant, second.name)) is None
 
         # What was acknowledged is ingested meanwhile.
         pipeline.ingest(tenant)

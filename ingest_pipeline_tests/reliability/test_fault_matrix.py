@@ -78,7 +78,7 @@ def test_sigkill_at_a_stage_boundary_then_a_rerun_converges(pipeline, small_docs
     assert search_fingerprint(pipeline, tenant) == reference
     status = pipeline.status(tenant)
     assert status["chunks"] == status["indexed"] == status["index_vectors"] > 32
-    assert pipeline.ledger().tenant_status(tenant)["embeddings_computed"] == status["chunks"]  # none twice
+    assert pipeline.ledger().tenants.status(tenant).embeddings_computed == status["chunks"]  # none twice
     scenario.survived()
 
 
@@ -108,5 +108,5 @@ def test_an_error_at_a_stage_boundary_is_retried_by_the_same_run(embedded_pipeli
     # The retry resumed: no chunk embedded twice (an undone commit took its log entry with it).
     status = pipeline.status(tenant)
     assert status["chunks"] == status["indexed"] == status["index_vectors"]
-    assert pipeline.ledger().tenant_status(tenant)["embeddings_computed"] == status["chunks"]
+    assert pipeline.ledger().tenants.status(tenant).embeddings_computed == status["chunks"]
     scenario.survived()

@@ -19,7 +19,7 @@ from ingest_pipeline.core.faults import InjectedFault
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.stores.key_vault import KeyStore, KeyVaultConflict, MasterKeyRotated
 from ingest_pipeline.stores.ledger import Ledger, TenantKeyMismatch
-from ingest_pipeline.work.reencryption import BATCH_QUERY, reencrypt_tenant
+from ingest_pipeline.work.reencryption import reencrypt_tenant
 from ingest_pipeline_tests.helpers import ledger_chunks
 
 
@@ -215,8 +215,8 @@ def test_reencryption_pages_through_the_tenant_by_chunk_id(keys, tmp_path):
     # Each batch starts at the cursor on the (tenant_id, chunk_id) index instead of scanning the tenant again.
     with ledger.connect() as conn, conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")
-        plan = conn.execute("EXPLAIN " + BATCH_QUERY, {"tenant": acme, "after": sorted(rows)[20], "version": 2,
-                                                       "format": SEAL_FORMAT, "limit": 10}).fetchall()
+        query, params = ledger.chunks.reseal_query(acme, sorted(rows)[20], 2, SEAL_FORMAT, 10).statement()
+        plan = conn.execute(sql.SQL("EXPLAIN ") + query, params).fetchall()
     text = "\n".join(row["QUERY PLAN"] for row in plan)
     assert "chunks_tenant_chunk_idx" in text and "chunk_id >" in text, text
 

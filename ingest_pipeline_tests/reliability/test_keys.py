@@ -18,6 +18,7 @@ from ingest_pipeline.core.crypto import DecryptionError, VectorEncryptor, derive
 from ingest_pipeline.core.crypto import parse_master_key as parse
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.runtime.instance import PROJECT_ROOT, dagster_instance
+from ingest_pipeline.stores import locks
 from ingest_pipeline.stores.key_vault import TenantErased
 from ingest_pipeline_tests.helpers import ledger_chunks
 from ingest_pipeline_tests.reliability.invariant import assert_invariant, search_fingerprint
@@ -87,7 +88,7 @@ def test_rotate_key_moves_every_row_resumably_while_search_keeps_working(embedde
     embedded_pipeline.upload(acme, docs)
     embedded_pipeline.ingest()
     before = search_fingerprint(embedded_pipeline, acme)
-    computed = embedded_pipeline.ledger().tenant_status(acme)["embeddings_computed"]
+    computed = embedded_pipeline.ledger().tenants.status(acme).embeddings_computed
     rows = sum(versions_in_rows(embedded_pipeline, acme).values())
     assert versions_in_rows(embedded_pipeline, acme) == {1: rows}
 
@@ -113,7 +114,7 @@ def test_rotate_key_moves_every_row_resumably_while_search_keeps_working(embedde
     assert versions_in_rows(embedded_pipeline, acme) == {2: rows + 1}
     assert set(vault_rows(acme)) == {0, 2}  # version 1's wrapped key is gone from the vault
     # Nothing was embedded again; the invariant holds; search answers exactly as before.
-    assert embedded_pipeline.ledger().tenant_status(acme)["embeddings_computed"] == computed + 1
+    assert embedded_pipeline.ledger().tenants.status(acme).embeddings_computed == computed + 1
     found = assert_invariant(acme, {"apache-license-2.0.txt", "new.md"})
     scenario.add_invariant(found)
     assert search_fingerprint(embedded_pipeline, acme) == before
@@ -188,7 +189,7 @@ def test_an_installation_from_before_envelope_encryption_migrates_without_re_emb
         schemes = conn.execute("SELECT key_version, scheme, origin FROM ingest.tenant_keys WHERE tenant_id = %s"
                                " ORDER BY 1", (acme,)).fetchall()
     assert [(r["key_version"], r["scheme"]) for r in schemes] == [(0, "derived"), (1, "derived")]
-    computed = ledger.tenant_status(acme)["embeddings_computed"]
+    computed = ledger.tenants.status(acme).embeddings_computed
     assert computed > 0
 
     # The first use wraps the derived keys into the vault as they are: the legacy rows read, search works.
@@ -200,7 +201,7 @@ def test_an_installation_from_before_envelope_encryption_migrates_without_re_emb
     assert set(vault_rows(acme)) == {0, 1}
     embedded_pipeline.upload(acme, docs / "pip-dependency-resolution.md")
     embedded_pipeline.ingest()
-    new_chunks = ledger.tenant_status(acme)["embeddings_computed"] - computed
+    new_chunks = ledger.tenants.status(acme).embeddings_computed - computed
     assert 0 < new_chunks == sum(1 for r in ledger_chunks(ledger, acme).values()
                                  if r["doc_id"] != hits[0]["doc_id"])  # only the new document was embedded
 
@@ -425,7 +426,7 @@ def test_a_run_waiting_for_the_lock_through_an_erasure_writes_nothing_until_the_
     waiting_run.start()
     with ledger.connect() as conn:
         while not conn.execute("SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                               " AND classid = 7534").fetchone()["n"]:
+                               " AND classid = %s", (locks.TENANT.classid,)).fetchone()["n"]:
             assert waiting_run.is_alive() and time.monotonic() < deadline, outcome
             time.sleep(0.1)
     held.unlink()  # the erasure finishes, then the run gets the lock

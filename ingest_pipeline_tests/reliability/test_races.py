@@ -90,7 +90,7 @@ def test_the_same_document_uploaded_twice_at_once_is_one_document(pipeline, tmp_
     status = pipeline.status(tenant)
     assert status["documents"] == len(names)
     assert status["chunks"] == status["indexed"] == status["index_vectors"]
-    assert pipeline.ledger().tenant_status(tenant)["embeddings_computed"] == status["chunks"]
+    assert pipeline.ledger().tenants.status(tenant).embeddings_computed == status["chunks"]
     assert search_fingerprint(pipeline, tenant) == reference
     scenario.survived()
 
@@ -122,14 +122,14 @@ def test_v1_and_v2_of_one_document_racing_end_as_exactly_one_chunk_set_the_newes
 
     ledger = pipeline.ledger()
     with ledger.connect() as conn:
-        latest = ledger.latest_upload(conn, document_id(tenant, "runbook.md"))
-        document = ledger.document(conn, document_id(tenant, "runbook.md"))
+        latest = ledger.uploads.latest(conn, document_id(tenant, "runbook.md"))
+        document = ledger.documents.find(conn, document_id(tenant, "runbook.md"))
     newest = digests[latest.content_sha256]
     landed = hashlib.sha256((pipeline.home / "landing" / tenant / "runbook.md").read_bytes()).hexdigest()
     scenario.details = {"backend": pipeline.backend, "newest_upload": newest, "landing_zone": digests.get(landed),
-                        "indexed": digests.get(document["content_sha256"])}
+                        "indexed": digests.get(document.content_sha256)}
     # The newest upload is what the landing zone holds and what the ledger indexed.
-    assert landed == latest.content_sha256 == document["content_sha256"]
+    assert landed == latest.content_sha256 == document.content_sha256
 
     # Exactly one chunk set: that version's, whole, in sequence, each chunk once; nothing of the other one.
     other = "cobalt" if newest == "v1" else "amber"

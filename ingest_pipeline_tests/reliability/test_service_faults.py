@@ -140,7 +140,7 @@ def test_postgres_restarted_mid_run(embedded_pipeline, small_docs, fault_state, 
         scenario.add_invariant(assert_invariant(tenant, {p.name for p in small_docs.iterdir()}))
         assert search_fingerprint(pipeline, tenant) == reference
         status = pipeline.status(tenant)
-        assert pipeline.ledger().tenant_status(tenant)["embeddings_computed"] == status["chunks"]
+        assert pipeline.ledger().tenants.status(tenant).embeddings_computed == status["chunks"]
     finally:
         stop_postgres(pipeline.home)  # the fixture's own stop cannot reach a server restarted elsewhere
     scenario.survived(2)

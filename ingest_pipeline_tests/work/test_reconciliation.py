@@ -17,6 +17,7 @@ from ingest_pipeline.definitions import build_definitions, build_resources
 from ingest_pipeline.defs.checks import compare_index_with_ledger, sampled_recall
 from ingest_pipeline.runtime.instance import dagster_instance
 from ingest_pipeline.stores.key_vault import TenantKeySet
+from ingest_pipeline.stores.ledger import Chunk
 from ingest_pipeline.stores.tenant_index import TenantIndex
 from ingest_pipeline.work.indexing import IndexWriter
 from ingest_pipeline.work.reconciliation import REPORT_COLUMNS, TenantReconciliation
@@ -78,9 +79,9 @@ def test_rows_sealed_in_the_legacy_format_are_upserted_from_the_cold_copy_too():
     writer = IndexWriter(None, None, None, SimpleNamespace(tenant_id="acme", conn=None, keys=keyset))
     encryptor, vector = VectorEncryptor(keys), np.arange(4, dtype=np.float32)
     mac = encryptor.text_mac("the text")
-    row = {"chunk_id": "c1", "doc_id": "d1", "sequence": 0, "key_version": keys.key_version, "text_mac": mac,
-           "text_ciphertext": b"sealed text", "seal_format": LEGACY_SEAL_FORMAT,
-           "embedding_ciphertext": encryptor.encrypt_vector("c1", vector, mac, LEGACY_SEAL_FORMAT)}
+    row = Chunk(chunk_id="c1", doc_id="d1", sequence=0, key_version=keys.key_version, text_mac=mac,
+                text_ciphertext=b"sealed text", seal_format=LEGACY_SEAL_FORMAT, state="embedded",
+                embedding_ciphertext=encryptor.encrypt_vector("c1", vector, mac, LEGACY_SEAL_FORMAT))
     assert writer.items([row])[0]["vector"].tolist() == vector.tolist()
 
 
@@ -89,7 +90,7 @@ def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipelin
     pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
     pipeline.ingest()
     ledger = pipeline.ledger()
-    embeddings_computed = ledger.tenant_status(acme)["embeddings_computed"]
+    embeddings_computed = ledger.tenants.status(acme).embeddings_computed
 
     # A deletion whose run stopped after raw_documents: its chunks are stale and still in the index.
     pipeline.upload(acme, "debian-users-and-groups.html", delete=True)
@@ -137,7 +138,7 @@ def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipelin
     rows = ledger_chunks(ledger, acme)
     assert {row["state"] for row in rows.values()} == {"indexed"} and set(rows) == set(live)
     assert open_index(acme).list_ids() == set(live)
-    assert ledger.tenant_status(acme)["embeddings_computed"] == embeddings_computed
+    assert ledger.tenants.status(acme).embeddings_computed == embeddings_computed
     again = cli_reconcile.reconcile(acme)["tenants"][acme]
     assert again["drift"] == again["repaired_missing"] == again["removed_orphans"] == again["finished_rows"] == 0
     assert_checks_pass_with_nothing_left_to_index(acme)
@@ -148,7 +149,7 @@ def test_a_lost_index_is_recreated_from_the_cold_copy_without_reembedding(pipeli
     pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
     pipeline.ingest()
     ledger = pipeline.ledger()
-    embeddings_computed = ledger.tenant_status(acme)["embeddings_computed"]
+    embeddings_computed = ledger.tenants.status(acme).embeddings_computed
     indexed = ids_in_state(ledger, acme, "indexed")
     answer = pipeline.search(acme, PATENT_QUERY, 3)
     resources = build_resources()
@@ -166,7 +167,7 @@ def test_a_lost_index_is_recreated_from_the_cold_copy_without_reembedding(pipeli
     assert "recreated from the cold copy" in rows[0]["note"]
 
     assert open_index(acme).list_ids() == indexed
-    assert ledger.tenant_status(acme)["embeddings_computed"] == embeddings_computed
+    assert ledger.tenants.status(acme).embeddings_computed == embeddings_computed
     assert pipeline.search(acme, PATENT_QUERY, 3) == answer
     assert_checks_pass_with_nothing_left_to_index(acme)
 
@@ -194,7 +195,7 @@ def test_a_rebuild_in_progress_is_reconciled_too_so_its_swap_is_clean(embedded_p
                                               raise_on_error=False).success
     monkeypatch.setattr(TenantIndex, "upsert", real_upsert)
     with ledger.connect() as conn:
-        live, rebuilding, cursor = ledger.index_generations(conn, acme)
+        live, rebuilding, cursor = ledger.tenants.generations(conn, acme)
     assert (live, rebuilding) == (1, 2)
     passed = sorted(cid for cid in indexed if cid <= cursor)
     assert len(passed) == 4

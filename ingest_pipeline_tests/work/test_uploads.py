@@ -43,8 +43,8 @@ class Installation:
     def register_latest(self, tenant: str) -> None:
         """Make the tenant's latest uploads live documents, as `raw_documents` would."""
         with self.ledger.connect() as conn, conn.transaction():
-            for upload in self.ledger.latest_uploads(conn, tenant).values():
-                self.ledger.register_document(conn, upload, upload.content_sha256)
+            for upload in self.ledger.uploads.latest_by_name(conn, tenant).values():
+                self.ledger.documents.register(conn, upload, upload.content_sha256)
 
     def tombstone(self, tenant: str) -> None:
         """The first step of an erasure: the tenant's tombstone (as `work.erasure` records it)."""
@@ -98,7 +98,7 @@ def test_files_are_copied_in_and_recorded_once_per_content(installation, folder)
                                                                  ("a.txt", False)]
     assert events[0][2] != events[2][2]
     with it.ledger.connect() as conn:
-        latest = it.ledger.latest_upload(conn, document_id(it.tenant, "a.txt"))
+        latest = it.ledger.uploads.latest(conn, document_id(it.tenant, "a.txt"))
     landed = os.lstat(it.zone.path(it.tenant, "a.txt"))
     assert (latest.size_bytes, latest.file_mtime_ns, latest.partition_month) == (
         landed.st_size, landed.st_mtime_ns, current_month())
@@ -178,7 +178,7 @@ def test_dropped_files_are_recorded_once_and_touched_ones_are_not_recorded_again
     assert again.recorded == [] and again.complete
     assert [name for name, _, _ in it.uploads()] == ["deep/down/two.txt", "one.txt"]
     with it.ledger.connect() as conn:
-        latest = it.ledger.latest_upload(conn, document_id(it.tenant, "one.txt"))
+        latest = it.ledger.uploads.latest(conn, document_id(it.tenant, "one.txt"))
     assert latest.file_mtime_ns == stat.st_mtime_ns + 10**9  # noted: the next scan does not hash it
 
 
@@ -216,6 +216,6 @@ def test_an_unreadable_folder_of_a_tenant_with_documents_is_an_outage_never_remo
         assert sweep_landing_zone(it.ledger, it.zone, it.other) == LandingSweep()
         with pytest.raises(LandingZoneUnavailable):
             record_dropped_files(it.ledger, it.zone, it.tenant, limit=10,
-                                 live_documents=it.ledger.live_documents(it.tenant))
+                                 live_documents=it.ledger.documents.live(it.tenant))
     finally:
         moved.rename(it.zone.root / it.tenant)
