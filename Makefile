@@ -48,7 +48,7 @@ bench-backends: install  ## the int8 ONNX backend against bare PyTorch: chunks/s
 
 validate: install  ## dagster definitions validate and dg check defs, on this installation's instance (no eval needed)
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
-	$(VENV)/bin/dg check defs
+	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/dg check defs
 
 recall: install  ## encrypted-index recall vs exact search, and answer-in-top-k, on the bundled SQuAD sample
 	$(PY) benchmarks/retrieval_quality.py

@@ -7,9 +7,15 @@ from contextlib import contextmanager
 from importlib import resources
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 
 from ingest_pipeline.stores import locks
+
+
+def read_rows(conn: psycopg.Connection, row_type: type, query: str, params) -> list:
+    """The rows of `query` as `row_type` instances (a dataclass whose fields name the columns)."""
+    with conn.cursor(row_factory=class_row(row_type)) as cursor:
+        return cursor.execute(query, params).fetchall()
 
 
 def _migrations() -> list[tuple[int, str]]:

@@ -6,7 +6,7 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from ingest_pipeline.stores.ledger.connection import Database
+from ingest_pipeline.stores.ledger.connection import Database, read_rows
 from ingest_pipeline.stores.ledger.quarantine import RETRYABLE_QUARANTINE
 from ingest_pipeline.stores.ledger.rows import Document, LiveDocument, Upload
 
@@ -20,20 +20,15 @@ class Documents:
     def __init__(self, db: Database):
         self.db = db
 
-    @staticmethod
-    def _read(conn: psycopg.Connection, query: str, params) -> list[Document]:
-        with conn.cursor(row_factory=class_row(Document)) as cursor:
-            return cursor.execute(query, params).fetchall()
-
     def find(self, conn: psycopg.Connection, doc_id: str) -> Document | None:
         """The document of this id, or None."""
-        rows = self._read(conn, f"SELECT {_COLUMNS} FROM ingest.documents d WHERE d.doc_id = %s", (doc_id,))
+        rows = read_rows(conn, Document, f"SELECT {_COLUMNS} FROM ingest.documents d WHERE d.doc_id = %s", (doc_id,))
         return rows[0] if rows else None
 
     def by_id(self, conn: psycopg.Connection, doc_ids: list[str]) -> dict[str, Document]:
         """The documents of these ids that exist, by id (one query)."""
-        rows = self._read(conn, f"SELECT {_COLUMNS} FROM ingest.documents d WHERE d.doc_id = ANY(%s::uuid[])",
-                          (list(doc_ids),))
+        rows = read_rows(conn, Document, f"SELECT {_COLUMNS} FROM ingest.documents d WHERE d.doc_id = ANY(%s::uuid[])",
+                         (list(doc_ids),))
         return {row.doc_id: row for row in rows}
 
     def register(self, conn: psycopg.Connection, upload: Upload, content_sha256: str) -> None:
@@ -87,8 +82,8 @@ class Documents:
         """The partition's registered documents and, given the current extraction `limits`
         (SandboxLimits.as_dict), those quarantined under a smaller limit than the same limit now."""
         with self.db.connect() as conn:
-            return self._read(
-                conn,
+            return read_rows(
+                conn, Document,
                 f"SELECT {_COLUMNS} FROM ingest.documents d"
                 " WHERE d.tenant_id = %(tenant)s AND d.partition_month = %(month)s"
                 f" AND (d.status = 'registered' OR {RETRYABLE_QUARANTINE})"

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import psycopg
-from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
-from ingest_pipeline.stores.ledger.connection import Database
+from ingest_pipeline.stores.ledger.connection import Database, read_rows
 from ingest_pipeline.stores.ledger.quarantine import RETRYABLE_QUARANTINE
 from ingest_pipeline.stores.ledger.rows import Partition, Upload
 
@@ -24,15 +23,10 @@ class Uploads:
     def __init__(self, db: Database):
         self.db = db
 
-    @staticmethod
-    def _read(conn: psycopg.Connection, query: str, params) -> list[Upload]:
-        with conn.cursor(row_factory=class_row(Upload)) as cursor:
-            return cursor.execute(query, params).fetchall()
-
     def latest(self, conn: psycopg.Connection, doc_id: str) -> Upload | None:
         """The document's latest upload event, or None."""
-        rows = self._read(conn, f"SELECT {_COLUMNS} FROM ingest.uploads WHERE doc_id = %s"
-                                " ORDER BY upload_id DESC LIMIT 1", (doc_id,))
+        rows = read_rows(conn, Upload, f"SELECT {_COLUMNS} FROM ingest.uploads WHERE doc_id = %s"
+                                       " ORDER BY upload_id DESC LIMIT 1", (doc_id,))
         return rows[0] if rows else None
 
     def record(
@@ -67,8 +61,8 @@ class Uploads:
 
     def in_partition(self, conn: psycopg.Connection, tenant_id: str, month: str) -> list[Upload]:
         """The partition's upload events that are still the latest word on their document."""
-        return self._read(
-            conn,
+        return read_rows(
+            conn, Upload,
             f"SELECT {_COLUMNS_OF_U} FROM ingest.uploads u WHERE u.tenant_id = %s AND u.partition_month = %s"
             " AND u.upload_id = (SELECT max(v.upload_id) FROM ingest.uploads v WHERE v.doc_id = u.doc_id)"
             " ORDER BY u.upload_id",
@@ -77,8 +71,8 @@ class Uploads:
 
     def latest_by_name(self, conn: psycopg.Connection, tenant_id: str) -> dict[str, Upload]:
         """The latest upload event of each of the tenant's documents, by document name."""
-        rows = self._read(
-            conn,
+        rows = read_rows(
+            conn, Upload,
             f"SELECT DISTINCT ON (doc_id) {_COLUMNS} FROM ingest.uploads WHERE tenant_id = %s"
             " ORDER BY doc_id, upload_id DESC",
             (tenant_id,),
@@ -88,8 +82,8 @@ class Uploads:
     def after(self, upload_id: int, limit: int) -> list[Upload]:
         """Upload events recorded after `upload_id`, oldest first (the sensor's page)."""
         with self.db.connect() as conn:
-            return self._read(conn, f"SELECT {_COLUMNS} FROM ingest.uploads WHERE upload_id > %s"
-                                    " ORDER BY upload_id LIMIT %s", (upload_id, limit))
+            return read_rows(conn, Upload, f"SELECT {_COLUMNS} FROM ingest.uploads WHERE upload_id > %s"
+                                           " ORDER BY upload_id LIMIT %s", (upload_id, limit))
 
     def pending_partitions(self, tenant_id: str | None = None, limits: dict | None = None) -> list[Partition]:
         """(tenant, month) partitions with an upload not yet registered or work not yet indexed, and, given the
