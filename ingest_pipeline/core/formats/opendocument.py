@@ -31,6 +31,10 @@ def read_opendocument(document_name: str, data: bytes) -> MarkdownText:
     """Headings (text:h, by outline level), paragraphs and lists, tables row by row under their header; in a
     spreadsheet one page and heading per sheet, in a presentation one page per slide with its title."""
     with zipfile.ZipFile(io.BytesIO(data)) as container:
+        manifest = container.read("META-INF/manifest.xml") if "META-INF/manifest.xml" in container.namelist() else b""
+        if b"encryption-data" in manifest:  # ODF encrypts members itself, under the manifest's key derivation
+            raise UnreadableDocument(document_name, "encrypted OpenDocument (password required)",
+                                     ReasonCode.ENCRYPTED_DOCUMENT)
         content = container.read("content.xml")
     try:
         root = ElementTree.fromstring(content)
