@@ -142,7 +142,7 @@ def test_a_docx_that_is_really_a_pdf_is_read_as_a_pdf():
         pytest.param("book.epub", b"CONFIDENTIAL plain words", ReasonCode.CORRUPT_DOCUMENT, id="epub-not-a-zip"),
         pytest.param("letter.rtf", b"CONFIDENTIAL plain words", ReasonCode.CORRUPT_DOCUMENT, id="rtf-no-header"),
         pytest.param("scan.png", b"\x89PNG\r\n\x1a\nCONFIDENTIAL", ReasonCode.UNSUPPORTED_FORMAT, id="image"),
-        pytest.param("scan.txt", b"\xff\xd8\xff\xe0CONFIDENTIAL", ReasonCode.UNSUPPORTED_FORMAT, id="jpeg-as-txt"),
+        pytest.param("scan.txt", b"\xff\xd8\xff\xe0\x00CONFIDENTIAL", ReasonCode.BINARY, id="jpeg-as-txt"),
         pytest.param("old.doc", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504) + b"CONFIDENTIAL",
                      ReasonCode.UNSUPPORTED_FORMAT, id="legacy-ole2"),
         pytest.param("archive.zip", b"", ReasonCode.UNSUPPORTED_FORMAT, id="zip-name-no-bytes"),

@@ -17,8 +17,6 @@ SUFFIX_FORMATS = {
 }
 _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ZIP = (b"PK\x03\x04", b"PK\x05\x06")
-# Images stay unsupported until they are OCRed.
-_IMAGES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"GIF87a", b"GIF89a")
 _OOXML_PARTS = (("word/", "docx"), ("ppt/", "pptx"), ("xl/", "xlsx"))
 _MIMETYPES = {
     "application/vnd.oasis.opendocument.text": "odt",
@@ -36,10 +34,11 @@ def detect_format(document_name: str, data: bytes) -> str | None:
     "html", "markdown" or "text"), or None for one the pipeline does not read.
 
     The content decides first: %PDF, a ZIP container whose [Content_Types].xml names word/, ppt/ or xl/ parts
-    (OOXML) or whose `mimetype` member names an OpenDocument or EPUB type, `{\\rtf`, an image (None). An OLE2
+    (OOXML) or whose `mimetype` member names an OpenDocument or EPUB type, `{\\rtf`. An OLE2
     compound file is refused: an encrypted OOXML file (encrypted-document) or a legacy binary Office file
     (unsupported-format). Otherwise the extension decides, and a file with none (or an unknown one) that starts
-    with RFC 822 headers is an e-mail.
+    with RFC 822 headers is an e-mail. Images are left to the extension as before (a .png is unsupported, a
+    .txt holding one is binary) until they are OCRed.
     """
     suffix = PurePosixPath(document_name).suffix.lower()
     if data.startswith(b"%PDF-"):
@@ -56,8 +55,6 @@ def detect_format(document_name: str, data: bytes) -> str | None:
             return container_format
     if data[:64].lstrip()[:5] == b"{\\rtf":
         return "rtf"
-    if data.startswith(_IMAGES):
-        return None
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
     return "eml" if _looks_like_email(data) else None
