@@ -6,7 +6,7 @@ The format is decided by the content (magic bytes, container structure), the ext
 
 An `ExtractedText` carries location markers beside its text: `pages` (a PDF page, a slide, a sheet) and
 `sections` (the heading path of Markdown headings), each a `Location` at the character offset where it starts;
-the chunker gives each chunk the page and section in force at its first character.
+the chunker gives each chunk the page and section in force where its body starts.
 
 Every refusal is an `UnreadableDocument` with a stable machine `code` (a `ReasonCode`) and a human reason;
 both name the document at most, never quote its bytes.

@@ -403,3 +403,25 @@ def test_read_document_refuses_links_special_files_and_large_files(tmp_path):
         assert "CONFIDENTIAL" not in str(info.value)
     with pytest.raises(FileNotFoundError):
         read_document(tmp_path / "zone", "gone.txt")
+
+
+def test_whitespace_normalisation_moves_page_offsets_with_the_text():
+    """PDF page markers survive the normalisation: each lands where its page's first word is, in the very text
+    that normalising without markers gives."""
+    import random
+
+    from ingest_pipeline.core.extraction import _normalise_whitespace
+
+    rng = random.Random(7)
+    noise = ["", " ", "\n", "\n\n\n", " \t\n", "\r\n", "\x00", "\n \n\n"]
+    for _ in range(200):
+        pages = [rng.choice(noise) + (f"word{n} text " * rng.randint(0, 3)).strip() + rng.choice(noise)
+                 for n in range(rng.randint(1, 6))]
+        joined = "\n\n".join(pages)
+        offsets = [sum(len(page) + 2 for page in pages[:n]) for n in range(len(pages))]
+        text, moved = _normalise_whitespace(joined, offsets)
+        assert (text, []) == _normalise_whitespace(joined)
+        assert moved == sorted(moved) and all(0 <= offset <= len(text) for offset in moved)
+        for page, offset in zip(pages, moved, strict=True):
+            if page.split():
+                assert text[offset:].lstrip().startswith(page.split()[0].replace("\x00", ""))
