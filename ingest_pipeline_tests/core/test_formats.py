@@ -169,3 +169,57 @@ def test_an_email_is_recognised_by_its_headers_only_where_the_name_says_nothing(
     assert detect_format("forwarded", message) == "eml"
     assert detect_format("notes.txt", message) == "text"  # a known extension keeps today's reading
     assert detect_format("notes", b"Dear all: hello\n\nbody\n") is None
+
+
+# --- smaller cases: e-mail bodies and attachments, tables, delimiters ----------------------------------------
+
+
+def _message(html: str | None = None, attachment: tuple[str, bytes] | None = None) -> bytes:
+    from email.message import EmailMessage
+
+    message = EmailMessage()
+    message["Subject"], message["From"], message["Date"] = "Board minutes", "clerk@example.com", "Mon, 2 Mar 2026"
+    if html is not None:
+        message.set_content(html, subtype="html")
+    else:
+        message.set_content("The board met on Monday.\n# not a heading, a line of the body\n")
+    if attachment is not None:
+        message.add_attachment(attachment[1], maintype="application", subtype="octet-stream",
+                               filename=attachment[0])
+    return bytes(message)
+
+
+def test_an_html_only_email_is_read_as_text_with_its_headings_below_the_header_block():
+    data = _message(html="<html><body><h1>Budget</h1><p>Approved: 4.2 million.</p><script>x()</script></body></html>")
+    extracted = extract_text("minutes.eml", data)
+    assert extracted.text.startswith("Subject: Board minutes\nFrom: clerk@example.com")
+    assert "## Budget" in extracted.text and "Approved: 4.2 million." in extracted.text and "x()" not in extracted.text
+    assert [section.label for section in extracted.sections] == ["Budget"]
+
+
+def test_a_plain_body_line_starting_with_a_hash_is_no_heading():
+    extracted = extract_text("minutes.eml", _message())
+    assert extracted.sections == () and "# not a heading" in extracted.text
+
+
+def test_an_attachment_that_cannot_be_read_is_named_with_its_code_and_the_message_still_read():
+    extracted = extract_text("minutes.eml", _message(attachment=("scan.docx", b"PK\x03\x04 CONFIDENTIAL")))
+    assert "The board met on Monday." in extracted.text
+    assert "# Attachment: scan.docx\n\n(attachment not read: corrupt-document)" in extracted.text
+    assert "CONFIDENTIAL" not in extracted.text
+
+
+def test_a_docx_table_is_read_row_by_row_under_its_header():
+    from ingest_pipeline_tests.hostile_files import docx
+
+    def row(*cells):
+        return "<w:tr>" + "".join(f"<w:tc><w:p><w:r><w:t>{cell}</w:t></w:r></w:p></w:tc>" for cell in cells) + "</w:tr>"
+
+    text = extract_text("prices.docx", docx(f"<w:tbl>{row('Item', 'Price')}{row('Anvil', '120')}"
+                                            f"{row('Rope', '8')}</w:tbl>")).text
+    assert text == "Item: Anvil\nPrice: 120\n\nItem: Rope\nPrice: 8"
+
+
+def test_a_semicolon_csv_keeps_its_columns():
+    text = extract_text("stock.csv", b"Item;Count\nBolts;40\nNuts;25\n").text
+    assert text == "Item: Bolts\nCount: 40\n\nItem: Nuts\nCount: 25"

@@ -122,7 +122,6 @@ def html_blocks(markup: str | bytes, out: MarkdownText, heading_offset: int = 0)
                             "main", "nav", "aside", "figure", "hr"}:
                     flush()
                 walk(child)
-        return None
 
     walk(soup)
     flush()

@@ -58,7 +58,7 @@ def read_pptx(document_name: str, data: bytes) -> MarkdownText:
                 continue
             if shape.has_text_frame:
                 out.paragraph(shape.text_frame.text)
-            if getattr(shape, "has_table", False) and shape.has_table:
+            if shape.has_table:
                 out.table([cell.text for cell in row.cells] for row in shape.table.rows)
         if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
             notes = slide.notes_slide.notes_text_frame.text

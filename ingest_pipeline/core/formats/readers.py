@@ -28,8 +28,7 @@ def read_format(document_name: str, data: bytes, fmt: str, max_bytes: int) -> tu
     """
     try:
         if fmt in _CONTAINERS:
-            with inspect_zip(document_name, data):
-                pass
+            inspect_zip(document_name, data).close()  # the parser opens the container itself
             out = _CONTAINERS[fmt](document_name, data)
         elif fmt == "epub":
             with inspect_zip(document_name, data, forbid_dtd=False) as container:
