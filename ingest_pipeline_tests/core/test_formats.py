@@ -14,9 +14,10 @@ from ingest_pipeline.core.chunking import Chunk, Chunker
 from ingest_pipeline.core.embedding import bundled_model_path
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument, extract_text
 from ingest_pipeline.core.formats import detect_format
-from ingest_pipeline_tests.core.test_extraction import make_pdf
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "formats"
+SAMPLE_CORPUS = Path(__file__).resolve().parents[2] / "ingest_pipeline" / "sample_corpus"
+SAMPLE_PDF = SAMPLE_CORPUS / "acme" / "shared-mime-info-spec.pdf"
 CONTRACTS = ["contract.docx", "contract-lo.docx", "contract.odt", "contract.epub"]
 SLIDES = ["slides.pptx", "slides.odp"]
 SHEETS = ["pricing.xlsx", "pricing.ods"]
@@ -130,8 +131,10 @@ def test_the_format_is_decided_by_content_whatever_the_name(fixture, renamed, fm
 
 
 def test_a_docx_that_is_really_a_pdf_is_read_as_a_pdf():
-    extracted = extract_text("report.docx", make_pdf("Quarterly revenue grew by twelve percent"))
-    assert extracted.format == "pdf" and extracted.text == "Quarterly revenue grew by twelve percent"
+    data = SAMPLE_PDF.read_bytes()
+    extracted = extract_text("report.docx", data)
+    assert extracted.format == "pdf" and extracted == extract_text(SAMPLE_PDF.name, data)
+    assert len(extracted.pages) > 1
 
 
 @pytest.mark.parametrize(
