@@ -34,7 +34,7 @@ def test_unreadable_documents_are_quarantined_and_the_rest_indexed(pipeline, doc
         "locked.pdf": (_encrypted_pdf(), "encrypted PDF"),
         "empty.txt": (b"", "empty document"),
         "binary.txt": (b"\x7fELF\x02\x01\x01\x00" + bytes(4096), "not text"),
-        "slides.docx": (b"PK\x03\x04 confidential board slides", "unsupported format"),
+        "slides.docx": (b"PK\x03\x04 confidential board slides", "corrupt document"),
     }
     for name, (data, _) in hostile.items():
         (bad / name).write_bytes(data)

@@ -1,4 +1,12 @@
-"""Text extraction from uploaded bytes (.txt, .md, .html, .pdf) with clear, content-free refusals.
+"""Text extraction from uploaded bytes with clear, content-free refusals.
+
+The format is decided by the content (magic bytes, container structure), the extension being a hint only
+(`ingest_pipeline.core.formats.detect_format`): .txt, .md, .html and PDFs are read here; the business formats
+(.docx, .pptx, .xlsx, .csv, OpenDocument, .rtf, .epub, .eml) by `ingest_pipeline.core.formats`.
+
+An `ExtractedText` carries location markers beside its text: `pages` (a PDF page, a slide, a sheet) and
+`sections` (the heading path of Markdown headings), each a `Location` at the character offset where it starts;
+the chunker gives each chunk the page and section in force where its body starts.
 
 Every refusal is an `UnreadableDocument` with a stable machine `code` (a `ReasonCode`) and a human reason;
 both name the document at most, never quote its bytes.
@@ -12,6 +20,8 @@ import io
 import os
 import re
 import stat
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -26,7 +36,11 @@ CHARSET_DETECTION_MIN_BYTES = 2048
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
 PDF_SUFFIXES = {".pdf"}
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES
+# The business formats, read by ingest_pipeline.core.formats.
+OFFICE_SUFFIXES = {".docx", ".pptx", ".xlsx", ".odt", ".ods", ".odp", ".rtf", ".epub", ".eml", ".csv"}
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES | OFFICE_SUFFIXES
+# Formats whose extracted text is Markdown: chunked at headings, and their headings give the section paths.
+MARKDOWN_FORMATS = frozenset({"markdown", "docx", "pptx", "xlsx", "csv", "odt", "ods", "odp", "epub", "eml"})
 # Decoded text whose sample has more than this share of control characters (other than tab, newlines, form
 # feed and escape) is binary data that happened to decode.
 BINARY_CONTROL_SHARE = 0.01
@@ -42,8 +56,16 @@ class ReasonCode(StrEnum):
     BINARY = "binary"  # NUL bytes or control characters: not text, whatever the extension says
     ENCRYPTED_PDF = "encrypted-pdf"  # a PDF that needs a user password
     CORRUPT_PDF = "corrupt-pdf"  # a PDF the parser cannot read
-    DECOMPRESSION_LIMIT = "decompression-limit"  # a PDF stream inflates beyond the parser's limit (a bomb?)
-    UNSUPPORTED_FORMAT = "unsupported-format"  # an extension the pipeline does not read
+    # a PDF stream inflates beyond the parser's limit, or a container (Office, OpenDocument, EPUB) declares
+    # members that inflate beyond the limits or at a ratio no document has (a bomb?); refused before inflating
+    DECOMPRESSION_LIMIT = "decompression-limit"
+    UNSUPPORTED_FORMAT = "unsupported-format"  # a format the pipeline does not read (images, legacy .doc/.xls)
+    ENCRYPTED_DOCUMENT = "encrypted-document"  # an Office file or container member that needs a password
+    CORRUPT_DOCUMENT = "corrupt-document"  # an Office, OpenDocument, EPUB or RTF file its parser cannot read
+    # a container holding what no honest document does: a member path with '..' or an absolute one, an XML
+    # DTD or entity declaration (entity expansion, external entities) in a document part
+    UNSAFE_DOCUMENT = "unsafe-document"
+    CONTENT_LIMIT = "content-limit"  # more cells, slides, members or attachments than extraction reads
     TOO_LARGE = "too-large"  # more bytes than the configured maximum; refused before it is read
     NO_TEXT = "no-text"  # parsed, but no text in it (a scanned PDF, markup only)
     TIME_LIMIT = "time-limit"  # extraction and chunking took longer than the time bound
@@ -76,22 +98,46 @@ class UnreadableDocument(ValueError):
 
 
 @dataclass(frozen=True)
+class Location:
+    """Where a page or a section starts in an extracted text: its character offset and its label (a PDF page or
+    slide number such as "3", a sheet name, or a heading path such as "Terms > Payment")."""
+
+    offset: int
+    label: str
+
+
+@dataclass(frozen=True)
 class ExtractedText:
+    """A document's text, its format ("text", "markdown", "html", "pdf", "docx", "pptx", "xlsx", "csv", "odt",
+    "ods", "odp", "rtf", "epub" or "eml"), and where its pages and sections start (`Location`s by offset)."""
+
     text: str
-    format: str  # "text", "markdown", "html" or "pdf"
+    format: str
+    pages: tuple[Location, ...] = ()
+    sections: tuple[Location, ...] = ()
+
+
+def label_at(locations: Sequence[Location], offset: int) -> str | None:
+    """The label of the last location starting at or before `offset` (None before the first one)."""
+    position = bisect_right([location.offset for location in locations], offset)
+    return locations[position - 1].label if position else None
 
 
 def extract_text(
     document_name: str, data: bytes, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
 ) -> ExtractedText:
-    """Extract plain text from a document's bytes, choosing the parser by file extension.
+    """Extract plain text from a document's bytes, with its page and section markers, choosing the parser by
+    the content (`formats.detect_format`; the extension decides only where the content does not).
 
     Raises UnreadableDocument (with its `code`) for anything that is not readable text. Run it under
     `ingest_pipeline.core.sandbox` when the bytes come from outside: parsers can be made to take unbounded
     time or memory, which only a separate process can bound.
     """
+    from ingest_pipeline.core import formats  # formats builds on this module's refusals
+
     suffix = PurePosixPath(document_name).suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+    fmt = formats.detect_format(document_name, data)
+    if fmt is None:
         raise UnreadableDocument(
             document_name, f"unsupported format {suffix or '(no extension)'!r}; "
             f"accepted: {', '.join(sorted(SUPPORTED_SUFFIXES))}", ReasonCode.UNSUPPORTED_FORMAT,
@@ -102,24 +148,28 @@ def extract_text(
     if not data.strip():
         raise UnreadableDocument(document_name, "empty document", ReasonCode.EMPTY)
 
+    pages: list[Location] = []
     try:
-        if suffix in PDF_SUFFIXES:
-            text, fmt = _pdf_text(document_name, data), "pdf"
-        elif suffix in HTML_SUFFIXES:
-            text, fmt = _html_text(_decode(document_name, data)), "html"
-        else:
+        if fmt == "pdf":
+            text, pages = _pdf_text(document_name, data)
+        elif fmt == "html":
+            text = _html_text(_decode(document_name, data))
+        elif fmt in ("text", "markdown"):
             text = _decode(document_name, data)
-            fmt = "markdown" if suffix in {".md", ".markdown"} else "text"
+        else:
+            text, pages = formats.read_format(document_name, data, fmt, max_bytes)
     except RecursionError:
         raise UnreadableDocument(document_name, "nested too deeply for the parser", ReasonCode.TOO_DEEPLY_NESTED) \
             from None
     except MemoryError:
         raise UnreadableDocument(document_name, "extraction ran out of memory", ReasonCode.MEMORY_LIMIT) from None
 
-    text = _normalise_whitespace(text)
+    text, offsets = _normalise_whitespace(text, [page.offset for page in pages])
     if not text:
         raise UnreadableDocument(document_name, "no extractable text", ReasonCode.NO_TEXT)
-    return ExtractedText(text=text, format=fmt)
+    sections = heading_sections(text) if fmt in MARKDOWN_FORMATS else ()
+    pages = [Location(offset, page.label) for offset, page in zip(offsets, pages, strict=True)]
+    return ExtractedText(text=text, format=fmt, pages=tuple(pages), sections=sections)
 
 
 def read_document(folder: str | Path, document_name: str, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
@@ -171,6 +221,12 @@ def _is_symlink(name: str, dir_fd: int) -> bool:
         return False
 
 
+def decode_text(document_name: str, data: bytes) -> str:
+    """Bytes as text: UTF-8 (a BOM dropped), else a legacy encoding found with confidence; binary data (NUL
+    bytes, control characters) and undecodable bytes are refused (binary, invalid-encoding)."""
+    return _decode(document_name, data)
+
+
 def _decode(document_name: str, data: bytes) -> str:
     if b"\x00" in data:
         raise UnreadableDocument(document_name, "not text: binary content (NUL bytes)", ReasonCode.BINARY)
@@ -210,7 +266,8 @@ def _html_text(markup: str) -> str:
     return soup.get_text("\n")
 
 
-def _pdf_text(document_name: str, data: bytes) -> str:
+def _pdf_text(document_name: str, data: bytes) -> tuple[str, list[Location]]:
+    """The pages' text joined by blank lines, and where each page (numbered from 1) starts in it."""
     if not data.startswith(b"%PDF-"):
         raise UnreadableDocument(document_name, "corrupt PDF: no PDF header", ReasonCode.CORRUPT_PDF)
     try:
@@ -238,14 +295,87 @@ def _pdf_text(document_name: str, data: bytes) -> str:
             from None
     if not any(page.strip() for page in pages):
         raise UnreadableDocument(document_name, "no extractable text in PDF (scanned images?)", ReasonCode.NO_TEXT)
-    return "\n\n".join(pages)
+    starts, offset = [], 0
+    for number, page in enumerate(pages, start=1):
+        starts.append(Location(offset, str(number)))
+        offset += len(page) + 2
+    return "\n\n".join(pages), starts
 
 
 _TRAILING_SPACE = re.compile(r"[ \t\r\f\v]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_CRLF = re.compile(r"\r\n")
+_NUL = re.compile(r"\x00")
 
 
-def _normalise_whitespace(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\x00", "")
-    text = _TRAILING_SPACE.sub("\n", text)
-    return _BLANK_LINES.sub("\n\n", text).strip()
+def _normalise_whitespace(text: str, offsets: Sequence[int] = ()) -> tuple[str, list[int]]:
+    """The text with CRLF, NULs, trailing spaces and runs of blank lines normalised and its ends stripped, and
+    `offsets` into the text moved to where their characters are in the result."""
+    moved = list(offsets)
+    for pattern, replacement in ((_CRLF, "\n"), (_NUL, ""), (_TRAILING_SPACE, "\n"), (_BLANK_LINES, "\n\n")):
+        text, moved = _substitute(pattern, replacement, text, moved)
+    lead = len(text) - len(text.lstrip())
+    text = text.strip()
+    return text, [min(max(0, offset - lead), len(text)) for offset in moved]
+
+
+def _substitute(pattern: re.Pattern, replacement: str, text: str, offsets: list[int]) -> tuple[str, list[int]]:
+    """`pattern.sub(replacement, text)`, and the offsets moved with it (one inside a match goes to its start)."""
+    if not offsets:
+        return pattern.sub(replacement, text), offsets
+    starts, ends, shifts = [], [], []
+    shift = 0
+    for match in pattern.finditer(text):
+        starts.append(match.start())
+        ends.append(match.end())
+        shift += len(replacement) - (match.end() - match.start())
+        shifts.append(shift)
+    moved = []
+    for offset in offsets:
+        index = bisect_right(starts, offset) - 1
+        if index < 0:
+            moved.append(offset)
+        elif offset < ends[index]:  # inside a match: kept within its replacement
+            before = shifts[index - 1] if index else 0
+            moved.append(starts[index] + before + min(offset - starts[index], len(replacement)))
+        else:
+            moved.append(offset + shifts[index])
+    return pattern.sub(replacement, text), moved
+
+
+_HEADING = re.compile(r"^ {0,3}(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+def heading_sections(text: str) -> tuple[Location, ...]:
+    """Where each Markdown heading (ATX `#`, or a one-line paragraph underlined with = or -) starts, labelled with
+    its heading path ("Terms > Payment"); headings inside fenced code are not headings."""
+    sections: list[Location] = []
+    path: list[tuple[int, str]] = []
+    fence = None
+    lines = text.split("\n")
+    offset = 0
+    previous_blank = True
+    for number, line in enumerate(lines):
+        level = title = None
+        fenced = _FENCE.match(line)
+        if fence is not None:
+            if fenced and fenced.group(1)[0] == fence:
+                fence = None
+        elif fenced:
+            fence = fenced.group(1)[0]
+        elif heading := _HEADING.match(line):
+            level, title = len(heading.group(1)), heading.group(2).strip()
+        elif (line.strip() and previous_blank and number + 1 < len(lines)
+              and (underline := _SETEXT.match(lines[number + 1])) and not line.lstrip().startswith(("-", "*", ">"))
+              and not _SETEXT.match(line)):
+            level, title = (1 if underline.group(1)[0] == "=" else 2), line.strip()
+        if level is not None and title:
+            while path and path[-1][0] >= level:
+                path.pop()
+            path.append((level, title))
+            sections.append(Location(offset, " > ".join(part for _, part in path)))
+        previous_blank = not line.strip()
+        offset += len(line) + 1
+    return tuple(sections)

@@ -52,6 +52,7 @@ from ingest_pipeline.core.chunking import DEFAULT_MAX_TOKENS, DEFAULT_OVERLAP_TO
 from ingest_pipeline.core.embedding import resolve_model_path
 from ingest_pipeline.core.extraction import (
     DEFAULT_MAX_DOCUMENT_BYTES,
+    Location,
     ReasonCode,
     UnreadableDocument,
     extract_text,
@@ -149,6 +150,8 @@ class SandboxResult:
     chunks: list[Chunk] | None = None
     text: str | None = None
     peak_rss_bytes: int = 0
+    pages: tuple[Location, ...] = ()  # with the text (no ChunkingSpec): where its pages and sections start
+    sections: tuple[Location, ...] = ()
 
 
 @dataclass
@@ -468,14 +471,15 @@ def _process(folder: str, document_name: str, max_bytes: int, chunking: Chunking
         extracted = extract_text(document_name, data, max_bytes)
         del data
         if chunking is None:
-            return {"content_sha256": content_sha256, "format": extracted.format, "text": extracted.text}
+            return {"content_sha256": content_sha256, "format": extracted.format, "text": extracted.text,
+                    "pages": extracted.pages, "sections": extracted.sections}
         chunker = chunkers.get(chunking)
         if chunker is None:
             from ingest_pipeline.core.chunking import Chunker  # the tokenizer loads at the first document
 
             chunker = chunkers[chunking] = Chunker(chunking.tokenizer_file, chunking.max_tokens,
                                                    chunking.overlap_tokens)
-        chunks = chunker.split(extracted.text, extracted.format)
+        chunks = chunker.split_extracted(extracted)
         return {"content_sha256": content_sha256, "format": extracted.format, "chunks": chunks}
     except UnreadableDocument as exc:
         exc.content_sha256 = content_sha256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -10,11 +11,15 @@ import re
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from pypdf import PdfReader  # noqa: E402
 
 from ingest_pipeline.core.chunking import DEFAULT_MAX_TOKENS, Chunk, Chunker  # noqa: E402
 from ingest_pipeline.core.embedding import Embedder, bundled_model_path  # noqa: E402
+from ingest_pipeline.core.extraction import extract_text, label_at  # noqa: E402
 
 MODEL_MAX_SEQ_LENGTH = 256  # all-MiniLM-L6-v2's max_seq_length, special tokens included
 
@@ -229,3 +234,67 @@ def test_embedder_returns_unit_384d_float32_and_ranks_paraphrase_first():
     empty = embedder.embed([])
     assert empty.shape == (0, 384)
     assert empty.dtype == np.float32
+
+
+# --- chunk texts unchanged by location markers ---------------------------------------------------------
+
+SAMPLE_CORPUS = Path(__file__).resolve().parents[2] / "ingest_pipeline" / "sample_corpus"
+# Written by the Chunker and extract_text of commit 1a242eb (before pages and sections existed): per sample
+# document its format, the SHA-256 of its text, and of each chunk's text with its token count.
+CHUNKS_BEFORE_MARKERS = Path(__file__).with_name("sample_corpus_chunks.json")
+
+
+def test_sample_corpus_chunks_are_byte_identical_to_those_before_markers(chunker):
+    """Chunk ids and embeddings derive from chunk texts: pages and sections must not change a single byte."""
+    expected = json.loads(CHUNKS_BEFORE_MARKERS.read_text())
+    documents = sorted(path for path in SAMPLE_CORPUS.rglob("*") if path.is_file() and path.name != "SOURCES.md")
+    assert sorted(str(path.relative_to(SAMPLE_CORPUS)) for path in documents) == sorted(expected)
+    for path in documents:
+        before = expected[str(path.relative_to(SAMPLE_CORPUS))]
+        extracted = extract_text(path.name, path.read_bytes())
+        chunks = chunker.split_extracted(extracted)
+        assert extracted.format == before["format"]
+        assert hashlib.sha256(extracted.text.encode()).hexdigest() == before["text_sha256"], path.name
+        assert [hashlib.sha256(chunk.text.encode()).hexdigest() for chunk in chunks] == before["chunk_sha256"]
+        assert [chunk.token_count for chunk in chunks] == before["token_counts"]
+        assert [chunk.sequence for chunk in chunks] == list(range(len(chunks)))
+        if extracted.format == "pdf":
+            assert [page.label for page in extracted.pages] == [str(n) for n in range(1, len(extracted.pages) + 1)]
+            assert chunks[0].page == "1" and chunks[-1].page == extracted.pages[-1].label
+            start = 0
+            for chunk in chunks:  # each chunk carries the page its first character is on
+                start = extracted.text.index(chunk.text, start)
+                assert label_at(extracted.pages, start) == chunk.page
+        if extracted.format == "markdown":
+            assert extracted.sections and all(chunk.section for chunk in chunks[1:])
+
+
+def test_pdf_page_markers_point_at_each_pages_text(chunker):
+    path = SAMPLE_CORPUS / "acme" / "shared-mime-info-spec.pdf"
+    extracted = extract_text(path.name, path.read_bytes())
+    reader = PdfReader(path)
+    assert len(extracted.pages) == len(reader.pages)
+    for page, location in zip(reader.pages, extracted.pages, strict=True):
+        words = (page.extract_text() or "").split()
+        if words:
+            assert extracted.text[location.offset:].split()[:len(words[:8])] == words[:8]
+
+
+def test_markdown_sections_are_heading_paths_and_each_chunk_carries_the_one_at_its_start(chunker):
+    text = ("# Contract\n\nPreamble text.\n\n## Terms\n\n### Payment\n\nPay 40 euros.\n\n```\n# not a heading\n```"
+            "\n\n## Notice\n\nNinety days.\n\nSetext title\n============\n\nLast words.\n")
+    extracted = extract_text("contract.md", text.encode())
+    labels = [section.label for section in extracted.sections]
+    assert labels == ["Contract", "Contract > Terms", "Contract > Terms > Payment", "Contract > Notice",
+                      "Setext title"]
+    for section in extracted.sections:
+        assert extracted.text[section.offset:].startswith(("#", "Setext"))
+    small = Chunker(bundled_model_path() / "tokenizer.json", max_tokens=12, overlap_tokens=0)
+    by_text = {chunk.text: chunk.section for chunk in small.split_extracted(extracted)}
+    assert next(section for text, section in by_text.items() if "40 euros" in text) == "Contract > Terms > Payment"
+    assert next(section for text, section in by_text.items() if "Ninety" in text) == "Contract > Notice"
+    assert next(section for text, section in by_text.items() if "Last words" in text) == "Setext title"
+
+
+def test_a_chunk_built_without_markers_has_no_page_or_section():
+    assert Chunk(0, "text", 1) == Chunk(sequence=0, text="text", token_count=1, page=None, section=None)

@@ -12,6 +12,7 @@ from pypdf import PdfReader, PdfWriter
 from ingest_pipeline.core.extraction import (
     SUPPORTED_SUFFIXES,
     ExtractedText,
+    Location,
     ReasonCode,
     UnreadableDocument,
     extract_text,
@@ -190,7 +191,7 @@ def test_html_with_only_script_has_no_text():
 
 def test_pdf_text_is_extracted():
     result = extract_text("report.pdf", make_pdf())
-    assert result == ExtractedText(text=PDF_TEXT, format="pdf")
+    assert result == ExtractedText(text=PDF_TEXT, format="pdf", pages=(Location(0, "1"),))
 
 
 def test_pdf_suffix_is_case_insensitive():
@@ -225,7 +226,7 @@ def test_binary_bytes_in_html():
     assert_refused("page.html", b"<p>CONFIDENTIAL</p>\x00\x00", "NUL", secret="CONFIDENTIAL")
 
 
-@pytest.mark.parametrize("name", ["report.docx", "image.png", "archive.tar.gz", "no_extension", "script.py"])
+@pytest.mark.parametrize("name", ["report.doc", "image.png", "archive.tar.gz", "no_extension", "script.py"])
 def test_unsupported_extension(name):
     error = assert_refused(name, b"CONFIDENTIAL content", "unsupported format", secret="CONFIDENTIAL")
     for suffix in SUPPORTED_SUFFIXES:
@@ -233,7 +234,7 @@ def test_unsupported_extension(name):
 
 
 def test_unsupported_extension_names_the_suffix():
-    assert ".docx" in assert_refused("report.docx", b"PK\x03\x04", "unsupported").reason
+    assert ".key" in assert_refused("slides.key", b"PK\x03\x04", "unsupported").reason
     assert "(no extension)" in assert_refused("README", b"hello", "unsupported").reason
 
 
@@ -300,7 +301,8 @@ def test_unreadable_document_is_a_value_error():
         pytest.param("late.txt", b"CONFIDENTIAL text " * 1000 + b"\x00", ReasonCode.BINARY, id="nul-after-8k"),
         pytest.param("ctl.txt", b"CONFIDENTIAL\x01\x02\x03\x04\x05\x06\x07\x08" * 50, ReasonCode.BINARY,
                      id="control-characters"),
-        pytest.param("slides.docx", b"PK\x03\x04 CONFIDENTIAL", ReasonCode.UNSUPPORTED_FORMAT, id="unsupported"),
+        pytest.param("slides.key", b"PK\x03\x04 CONFIDENTIAL", ReasonCode.UNSUPPORTED_FORMAT, id="unsupported"),
+        pytest.param("slides.docx", b"PK\x03\x04 CONFIDENTIAL", ReasonCode.CORRUPT_DOCUMENT, id="truncated-zip"),
         pytest.param("fake.pdf", b"CONFIDENTIAL not a pdf", ReasonCode.CORRUPT_PDF, id="no-pdf-header"),
         pytest.param("broken.pdf", b"%PDF-1.7\nCONFIDENTIAL garbage", ReasonCode.CORRUPT_PDF, id="corrupt-pdf"),
         pytest.param("x.html", b"<script>var CONFIDENTIAL = 1;</script>", ReasonCode.NO_TEXT, id="no-text"),
@@ -401,3 +403,25 @@ def test_read_document_refuses_links_special_files_and_large_files(tmp_path):
         assert "CONFIDENTIAL" not in str(info.value)
     with pytest.raises(FileNotFoundError):
         read_document(tmp_path / "zone", "gone.txt")
+
+
+def test_whitespace_normalisation_moves_page_offsets_with_the_text():
+    """PDF page markers survive the normalisation: each lands where its page's first word is, in the very text
+    that normalising without markers gives."""
+    import random
+
+    from ingest_pipeline.core.extraction import _normalise_whitespace
+
+    rng = random.Random(7)
+    noise = ["", " ", "\n", "\n\n\n", " \t\n", "\r\n", "\x00", "\n \n\n"]
+    for _ in range(200):
+        pages = [rng.choice(noise) + (f"word{n} text " * rng.randint(0, 3)).strip() + rng.choice(noise)
+                 for n in range(rng.randint(1, 6))]
+        joined = "\n\n".join(pages)
+        offsets = [sum(len(page) + 2 for page in pages[:n]) for n in range(len(pages))]
+        text, moved = _normalise_whitespace(joined, offsets)
+        assert (text, []) == _normalise_whitespace(joined)
+        assert moved == sorted(moved) and all(0 <= offset <= len(text) for offset in moved)
+        for page, offset in zip(pages, moved, strict=True):
+            if page.split():
+                assert text[offset:].lstrip().startswith(page.split()[0].replace("\x00", ""))

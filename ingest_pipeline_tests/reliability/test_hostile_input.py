@@ -61,7 +61,7 @@ def hostile_uploads(folder) -> dict[str, set[str]]:
         "corrupt.pdf": (b"%PDF-1.7\n" + _marker("pdf") + bytes(range(256)) * 40, {ReasonCode.CORRUPT_PDF}),
         "bomb.pdf": (bomb_pdf(2048 * MiB), {ReasonCode.DECOMPRESSION_LIMIT, ReasonCode.MEMORY_LIMIT}),
         "pages-bomb.pdf": (bomb_pdf(70 * MiB, pages=15), {ReasonCode.MEMORY_LIMIT}),
-        "slides.docx": (b"PK\x03\x04" + _marker("docx"), {ReasonCode.UNSUPPORTED_FORMAT}),
+        "slides.docx": (b"PK\x03\x04" + _marker("docx"), {ReasonCode.CORRUPT_DOCUMENT}),  # a ZIP cut short
         # 100,000 nested elements: extracted, or refused as too deep; either way the step carries on.
         "deep.html": (b"<div>" * 100_000 + b"nested paragraphs" + b"</div>" * 100_000,
                       {None, ReasonCode.TOO_DEEPLY_NESTED, ReasonCode.TIME_LIMIT, ReasonCode.MEMORY_LIMIT}),
