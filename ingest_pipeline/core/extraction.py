@@ -1,4 +1,5 @@
-"""Text extraction from uploaded bytes (.txt, .md, .html, .pdf) with clear, content-free refusals.
+"""Text extraction from uploaded bytes (.txt, .md, .html, .pdf; scans and images through OCR, `core/ocr.py`) with
+clear, content-free refusals.
 
 Every refusal is an `UnreadableDocument` with a stable machine `code` (a `ReasonCode`) and a human reason;
 both name the document at most, never quote its bytes.
@@ -15,11 +16,15 @@ import stat
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from bs4 import BeautifulSoup
 from charset_normalizer import from_bytes
 from pypdf import PdfReader
 from pypdf.errors import LimitReachedError, PdfReadError
+
+if TYPE_CHECKING:
+    from ingest_pipeline.core.ocr import OcrPages, OcrSettings
 
 DEFAULT_MAX_DOCUMENT_BYTES = 50 * 1024 * 1024
 CHARSET_DETECTION_MIN_BYTES = 2048
@@ -54,6 +59,10 @@ class ReasonCode(StrEnum):
     BAD_NAME = "bad-name"  # a file name with control characters, '..', or separators that do not round-trip
     SYMLINK = "symlink"  # a symbolic link: never followed, wherever it points
     SPECIAL_FILE = "special-file"  # a FIFO, socket or device node: not a regular file
+    CORRUPT_IMAGE = "corrupt-image"  # an image (PNG, JPEG, TIFF) that cannot be decoded: truncated, broken
+    IMAGE_TOO_LARGE = "image-too-large"  # an image that declares more pixels than OCR takes (a decompression bomb?)
+    TOO_MANY_PAGES = "too-many-pages"  # more pages to OCR than the per-document limit
+    OCR_TIME_LIMIT = "ocr-time-limit"  # OCR of one page took longer than the per-page limit
     UNREADABLE = "unreadable"  # any other refusal
 
 
@@ -78,20 +87,25 @@ class UnreadableDocument(ValueError):
 @dataclass(frozen=True)
 class ExtractedText:
     text: str
-    format: str  # "text", "markdown", "html" or "pdf"
+    format: str  # "text", "markdown", "html", "pdf" or "image"
+    pages_ocred: int = 0  # PDF pages without a text layer, or image frames, read by OCR
 
 
 def extract_text(
-    document_name: str, data: bytes, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    document_name: str, data: bytes, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, ocr: OcrSettings | None = None
 ) -> ExtractedText:
-    """Extract plain text from a document's bytes, choosing the parser by file extension.
+    """Extract plain text from a document's bytes, choosing the parser by file extension (images by content).
+
+    With `ocr` enabled, PDF pages without a text layer and images (PNG, JPEG, TIFF, by their signature or
+    extension) are read by OCR; without it (the default) they are refused as no-text and unsupported-format.
 
     Raises UnreadableDocument (with its `code`) for anything that is not readable text. Run it under
     `ingest_pipeline.core.sandbox` when the bytes come from outside: parsers can be made to take unbounded
     time or memory, which only a separate process can bound.
     """
     suffix = PurePosixPath(document_name).suffix.lower()
-    if suffix not in SUPPORTED_SUFFIXES:
+    image = ocr is not None and ocr.enabled and _is_image(suffix, data)
+    if suffix not in SUPPORTED_SUFFIXES and not image:
         raise UnreadableDocument(
             document_name, f"unsupported format {suffix or '(no extension)'!r}; "
             f"accepted: {', '.join(sorted(SUPPORTED_SUFFIXES))}", ReasonCode.UNSUPPORTED_FORMAT,
@@ -102,9 +116,16 @@ def extract_text(
     if not data.strip():
         raise UnreadableDocument(document_name, "empty document", ReasonCode.EMPTY)
 
+    pages_ocred = 0
     try:
-        if suffix in PDF_SUFFIXES:
-            text, fmt = _pdf_text(document_name, data), "pdf"
+        if image:
+            from ingest_pipeline.core.ocr import ocr_image
+
+            pages = ocr_image(document_name, data, ocr)
+            text, fmt, pages_ocred = "\n\n".join(pages.texts), "image", pages.pages_ocred
+        elif suffix in PDF_SUFFIXES:
+            pages = pdf_page_texts(document_name, data, ocr)
+            text, fmt, pages_ocred = "\n\n".join(pages.texts), "pdf", pages.pages_ocred
         elif suffix in HTML_SUFFIXES:
             text, fmt = _html_text(_decode(document_name, data)), "html"
         else:
@@ -119,7 +140,13 @@ def extract_text(
     text = _normalise_whitespace(text)
     if not text:
         raise UnreadableDocument(document_name, "no extractable text", ReasonCode.NO_TEXT)
-    return ExtractedText(text=text, format=fmt)
+    return ExtractedText(text=text, format=fmt, pages_ocred=pages_ocred)
+
+
+def _is_image(suffix: str, data: bytes) -> bool:
+    from ingest_pipeline.core.ocr import IMAGE_SUFFIXES, image_kind
+
+    return suffix in IMAGE_SUFFIXES or image_kind(data) is not None
 
 
 def read_document(folder: str | Path, document_name: str, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
@@ -210,7 +237,23 @@ def _html_text(markup: str) -> str:
     return soup.get_text("\n")
 
 
-def _pdf_text(document_name: str, data: bytes) -> str:
+def pdf_page_texts(document_name: str, data: bytes, ocr: OcrSettings | None = None) -> OcrPages:
+    """A PDF's text page by page (an `OcrPages`: texts and pages_ocred), pages without a text layer OCRed when
+    `ocr` is enabled. Joined with blank lines they are the document's text; a page with a text layer is never
+    OCRed, so a PDF whose every page has text reads exactly as without OCR."""
+    from ingest_pipeline.core.ocr import OcrPages, ocr_pdf_pages
+
+    pages = _pdf_layer_pages(document_name, data)
+    read = ocr_pdf_pages(document_name, data, pages, ocr) if ocr is not None else OcrPages(pages, 0)
+    if not any(page.strip() for page in read.texts):
+        if read.pages_ocred:
+            raise UnreadableDocument(document_name, "no text in PDF, not even by OCR", ReasonCode.NO_TEXT)
+        raise UnreadableDocument(document_name, "no extractable text in PDF (scanned images?)", ReasonCode.NO_TEXT)
+    return read
+
+
+def _pdf_layer_pages(document_name: str, data: bytes) -> list[str]:
+    """The text layer of each page of a PDF ("" for a page without one)."""
     if not data.startswith(b"%PDF-"):
         raise UnreadableDocument(document_name, "corrupt PDF: no PDF header", ReasonCode.CORRUPT_PDF)
     try:
@@ -236,9 +279,7 @@ def _pdf_text(document_name: str, data: bytes) -> str:
         # The parser's message can quote document bytes, so only its type is kept.
         raise UnreadableDocument(document_name, f"corrupt PDF ({type(exc).__name__})", ReasonCode.CORRUPT_PDF) \
             from None
-    if not any(page.strip() for page in pages):
-        raise UnreadableDocument(document_name, "no extractable text in PDF (scanned images?)", ReasonCode.NO_TEXT)
-    return "\n\n".join(pages)
+    return pages
 
 
 _TRAILING_SPACE = re.compile(r"[ \t\r\f\v]+\n")
