@@ -161,8 +161,8 @@ def ocr_image(document_name: str, data: bytes, settings: OcrSettings) -> OcrPage
     is corrupt-image; more than `settings.max_pages` frames is too-many-pages.
     """
     program = _ready(settings)
-    frames = [_grey_png(document_name, frame) for frame in _frames(document_name, data, settings)]
-    texts = [_ocr(document_name, program, png, settings) for png in frames]
+    texts = [_ocr(document_name, program, _grey_png(document_name, frame), settings)
+             for frame in _frames(document_name, data, settings)]
     return OcrPages(texts, len(texts))
 
 
@@ -184,7 +184,8 @@ def _check_page_count(document_name: str, pages: int, settings: OcrSettings) -> 
 
 
 def _frames(document_name: str, data: bytes, settings: OcrSettings) -> Iterator:
-    """The frames of an image, each checked for its declared size before it is decoded."""
+    """The frames of an image, one at a time, each checked for its declared size before it is decoded; an image
+    with more frames than `settings.max_pages` is refused before any is decoded (seeking reads headers only)."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own guard too (it refuses at twice this)
@@ -198,29 +199,29 @@ def _frames(document_name: str, data: bytes, settings: OcrSettings) -> Iterator:
         raise UnreadableDocument(document_name, f"corrupt image ({type(exc).__name__})",
                                  ReasonCode.CORRUPT_IMAGE) from None
     with image:
-        index = 0
-        while True:
-            if index >= settings.max_pages:
-                try:
-                    image.seek(index)
-                except EOFError:
-                    return
-                raise UnreadableDocument(
-                    document_name, f"more than {settings.max_pages} pages (image frames) to OCR, the limit per "
-                    "document", ReasonCode.TOO_MANY_PAGES)
-            try:
-                if index:
-                    image.seek(index)
-            except EOFError:
+        if _has_frame(document_name, image, settings.max_pages):
+            raise UnreadableDocument(
+                document_name, f"more than {settings.max_pages} pages (image frames) to OCR, the limit per document",
+                ReasonCode.TOO_MANY_PAGES)
+        for index in range(settings.max_pages):
+            if not _has_frame(document_name, image, index):
                 return
-            except (OSError, ValueError, SyntaxError) as exc:
-                raise UnreadableDocument(document_name, f"corrupt image ({type(exc).__name__})",
-                                         ReasonCode.CORRUPT_IMAGE) from None
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise _too_large(document_name, width, height)
             yield image
-            index += 1
+
+
+def _has_frame(document_name: str, image, index: int) -> bool:
+    """Seek `image` to frame `index`: False when it has no such frame."""
+    try:
+        image.seek(index)
+    except EOFError:
+        return False
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UnreadableDocument(document_name, f"corrupt image ({type(exc).__name__})",
+                                 ReasonCode.CORRUPT_IMAGE) from None
+    return True
 
 
 def _too_large(document_name: str, width: int | None = None, height: int | None = None) -> UnreadableDocument:
