@@ -128,6 +128,11 @@ def missing_languages(settings: OcrSettings) -> list[str]:
     return [language for language in settings.languages.split("+") if language not in installed]
 
 
+def language_packages(languages: list[str]) -> str:
+    """Debian's packages of tesseract's data for `languages` ("chi_sim" is in tesseract-ocr-chi-sim)."""
+    return " ".join("tesseract-ocr-" + language.lower().replace("_", "-") for language in languages)
+
+
 def ocr_pdf_pages(document_name: str, data: bytes, page_texts: list[str], settings: OcrSettings) -> OcrPages:
     """`page_texts` (a PDF's text layer, page by page) with every page that has no text OCRed.
 
@@ -172,7 +177,7 @@ def _ready(settings: OcrSettings) -> str:
     if missing:
         raise OcrUnavailable(
             f"tesseract has no language data for {'+'.join(missing)} (INGEST_OCR_LANGUAGES); install it with: "
-            f"apt-get install {' '.join('tesseract-ocr-' + language.lower() for language in missing)}")
+            f"apt-get install {language_packages(missing)}")
     return tesseract_path(settings)
 
 

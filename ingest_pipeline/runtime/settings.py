@@ -22,6 +22,7 @@ from ingest_pipeline.core.ocr import (
     LANGUAGES_PATTERN,
     OcrSettings,
     OcrUnavailable,
+    language_packages,
     missing_languages,
 )
 
@@ -202,7 +203,7 @@ def ocr_settings(get: Callable[[str], str]) -> OcrSettings:
         if missing:
             raise ConfigurationError(
                 f"INGEST_OCR_LANGUAGES names {'+'.join(missing)}, which tesseract does not have; install "
-                f"{' '.join('tesseract-ocr-' + language.lower() for language in missing)} with apt-get, or set "
+                f"{language_packages(missing)} with apt-get, or set "
                 "INGEST_OCR_LANGUAGES to languages it lists (tesseract --list-langs)")
     return settings
 
