@@ -69,6 +69,15 @@ def test_png_is_read_by_ocr():
     assert "violin repair workshop" in extracted.text and "Varnish" in extracted.text
 
 
+def test_jpeg_is_read_by_ocr():
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(FIXTURES / "receipt.png").save(buffer, "JPEG", quality=70)  # as a camera or scanner writes it
+    extracted = extract_text("receipt.jpeg", buffer.getvalue(), ocr=OCR_ON)
+    assert extracted.format == "image" and "violin repair workshop" in extracted.text
+
+
 def test_each_tiff_frame_is_a_page_in_order():
     extracted = extract_text("two-pages.tiff", fixture("two-pages.tif"), ocr=OCR_ON)
     assert extracted.pages_ocred == 2
