@@ -11,7 +11,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# OCR of scans and images runs Debian's tesseract with its English data: installed with apt when it is missing.
 install: $(STAMP)
+	@tesseract --list-langs 2>/dev/null | grep -qx eng || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng; }
 
 run: install  ## ingest the bundled sample corpus for two tenants and show search results
 	$(VENV)/bin/ingest-pipeline demo

@@ -1,6 +1,7 @@
 """Hostile files built in a blink (PDF bombs, a long single line; Office, OpenDocument, EPUB and e-mail bombs,
 entity expansions, external entities, escaping member paths, a million cells, deep MIME nesting, encrypted and
-truncated containers), for the sandbox, extraction and hostile-input tests."""
+truncated containers; image bombs, truncated and many-page images), for the sandbox, extraction, OCR and
+hostile-input tests."""
 
 import hashlib
 import io
@@ -256,3 +257,35 @@ def encrypted_office_file(payload_bytes: int = 4096) -> bytes:
 def truncated(data: bytes, keep: float = 0.5) -> bytes:
     """The first `keep` share of `data`: a container cut off mid-way (its central directory lost)."""
     return data[: int(len(data) * keep)]
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def pixel_bomb_png(width: int = 50_000, height: int = 50_000, inflated_bytes: int = 16 * MiB) -> bytes:
+    """A valid-looking grey PNG whose header declares `width` x `height` pixels (2.5 G by default: a decompression
+    bomb), with `inflated_bytes` of zero rows in its data. ~16 KB; a reader that trusts the header is sunk."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", inflating_stream(inflated_bytes))
+            + _png_chunk(b"IEND", b""))
+
+
+def truncated_png(keep: float = 0.5) -> bytes:
+    """A real PNG (Pillow-written noise, 640 x 480) cut after `keep` of its bytes, as an interrupted upload is."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.effect_noise((640, 480), 64).save(buffer, "PNG")
+    data = buffer.getvalue()
+    return data[: int(len(data) * keep)]
+
+
+def many_frames_tiff(frames: int = 120) -> bytes:
+    """A real multi-page TIFF (Pillow-written) of `frames` tiny blank pages: more pages than OCR takes."""
+    from PIL import Image
+
+    pages = [Image.new("1", (16, 16), 1) for _ in range(frames)]
+    buffer = io.BytesIO()
+    pages[0].save(buffer, "TIFF", save_all=True, append_images=pages[1:])
+    return buffer.getvalue()

@@ -2,7 +2,8 @@
 
 The format is decided by the content (magic bytes, container structure), the extension being a hint only
 (`ingest_pipeline.core.formats.detect_format`): .txt, .md, .html and PDFs are read here; the business formats
-(.docx, .pptx, .xlsx, .csv, OpenDocument, .rtf, .epub, .eml) by `ingest_pipeline.core.formats`.
+(.docx, .pptx, .xlsx, .csv, OpenDocument, .rtf, .epub, .eml) by `ingest_pipeline.core.formats`; scanned PDF pages
+and images (PNG, JPEG, TIFF) through OCR (`ingest_pipeline.core.ocr`) when it is enabled.
 
 An `ExtractedText` carries location markers beside its text: `pages` (a PDF page, a slide, a sheet) and
 `sections` (the heading path of Markdown headings), each a `Location` at the character offset where it starts;
@@ -25,11 +26,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from bs4 import BeautifulSoup
 from charset_normalizer import from_bytes
 from pypdf import PdfReader
 from pypdf.errors import LimitReachedError, PdfReadError
+
+if TYPE_CHECKING:
+    from ingest_pipeline.core.ocr import OcrPages, OcrSettings
 
 DEFAULT_MAX_DOCUMENT_BYTES = 50 * 1024 * 1024
 CHARSET_DETECTION_MIN_BYTES = 2048
@@ -59,13 +64,17 @@ class ReasonCode(StrEnum):
     # a PDF stream inflates beyond the parser's limit, or a container (Office, OpenDocument, EPUB) declares
     # members that inflate beyond the limits or at a ratio no document has (a bomb?); refused before inflating
     DECOMPRESSION_LIMIT = "decompression-limit"
-    UNSUPPORTED_FORMAT = "unsupported-format"  # a format the pipeline does not read (images, legacy .doc/.xls)
+    UNSUPPORTED_FORMAT = "unsupported-format"  # not read: legacy .doc/.xls, images with OCR off
     ENCRYPTED_DOCUMENT = "encrypted-document"  # an Office file or container member that needs a password
     CORRUPT_DOCUMENT = "corrupt-document"  # an Office, OpenDocument, EPUB or RTF file its parser cannot read
     # a container holding what no honest document does: a member path with '..' or an absolute one, an XML
     # DTD or entity declaration (entity expansion, external entities) in a document part
     UNSAFE_DOCUMENT = "unsafe-document"
     CONTENT_LIMIT = "content-limit"  # more cells, slides, members or attachments than extraction reads
+    CORRUPT_IMAGE = "corrupt-image"  # an image (PNG, JPEG, TIFF) that cannot be decoded: truncated, broken
+    IMAGE_TOO_LARGE = "image-too-large"  # an image that declares more pixels than OCR takes (a decompression bomb?)
+    TOO_MANY_PAGES = "too-many-pages"  # more pages to OCR than the per-document limit
+    OCR_TIME_LIMIT = "ocr-time-limit"  # OCR of one page took longer than the per-page limit
     TOO_LARGE = "too-large"  # more bytes than the configured maximum; refused before it is read
     NO_TEXT = "no-text"  # parsed, but no text in it (a scanned PDF, markup only)
     TIME_LIMIT = "time-limit"  # extraction and chunking took longer than the time bound
@@ -109,12 +118,14 @@ class Location:
 @dataclass(frozen=True)
 class ExtractedText:
     """A document's text, its format ("text", "markdown", "html", "pdf", "docx", "pptx", "xlsx", "csv", "odt",
-    "ods", "odp", "rtf", "epub" or "eml"), and where its pages and sections start (`Location`s by offset)."""
+    "ods", "odp", "rtf", "epub", "eml" or "image"), where its pages and sections start (`Location`s by offset), and
+    how many of its pages were read by OCR (PDF pages without a text layer, image frames)."""
 
     text: str
     format: str
     pages: tuple[Location, ...] = ()
     sections: tuple[Location, ...] = ()
+    pages_ocred: int = 0
 
 
 def label_at(locations: Sequence[Location], offset: int) -> str | None:
@@ -124,10 +135,14 @@ def label_at(locations: Sequence[Location], offset: int) -> str | None:
 
 
 def extract_text(
-    document_name: str, data: bytes, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    document_name: str, data: bytes, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES, ocr: OcrSettings | None = None
 ) -> ExtractedText:
     """Extract plain text from a document's bytes, with its page and section markers, choosing the parser by
     the content (`formats.detect_format`; the extension decides only where the content does not).
+
+    With `ocr` enabled, PDF pages without a text layer and images (PNG, JPEG, TIFF, by their signature, or by
+    their extension when the content names no other format) are read by OCR; without it (the default) they are
+    refused as no-text and unsupported-format.
 
     Raises UnreadableDocument (with its `code`) for anything that is not readable text. Run it under
     `ingest_pipeline.core.sandbox` when the bytes come from outside: parsers can be made to take unbounded
@@ -136,7 +151,7 @@ def extract_text(
     from ingest_pipeline.core import formats  # formats builds on this module's refusals
 
     suffix = PurePosixPath(document_name).suffix.lower()
-    fmt = formats.detect_format(document_name, data)
+    fmt = _image_or_format(document_name, suffix, data, ocr)
     if fmt is None:
         raise UnreadableDocument(
             document_name, f"unsupported format {suffix or '(no extension)'!r}; "
@@ -149,9 +164,16 @@ def extract_text(
         raise UnreadableDocument(document_name, "empty document", ReasonCode.EMPTY)
 
     pages: list[Location] = []
+    pages_ocred = 0
     try:
-        if fmt == "pdf":
-            text, pages = _pdf_text(document_name, data)
+        if fmt == "image":
+            from ingest_pipeline.core.ocr import ocr_image
+
+            read = ocr_image(document_name, data, ocr)
+            (text, pages), pages_ocred = _joined_pages(read.texts), read.pages_ocred
+        elif fmt == "pdf":
+            read = pdf_page_texts(document_name, data, ocr)
+            (text, pages), pages_ocred = _joined_pages(read.texts), read.pages_ocred
         elif fmt == "html":
             text = _html_text(_decode(document_name, data))
         elif fmt in ("text", "markdown"):
@@ -169,7 +191,30 @@ def extract_text(
         raise UnreadableDocument(document_name, "no extractable text", ReasonCode.NO_TEXT)
     sections = heading_sections(text) if fmt in MARKDOWN_FORMATS else ()
     pages = [Location(offset, page.label) for offset, page in zip(offsets, pages, strict=True)]
-    return ExtractedText(text=text, format=fmt, pages=tuple(pages), sections=sections)
+    return ExtractedText(text=text, format=fmt, pages=tuple(pages), sections=sections, pages_ocred=pages_ocred)
+
+
+def _image_or_format(document_name: str, suffix: str, data: bytes, ocr: OcrSettings | None) -> str | None:
+    """"image" for an image to OCR (its signature, or its extension where the content names no other format),
+    else the format the content or the extension names (None: unsupported). With OCR off, images are not read."""
+    from ingest_pipeline.core import formats
+    from ingest_pipeline.core.ocr import IMAGE_SUFFIXES, image_kind
+
+    if ocr is not None and ocr.enabled and image_kind(data) is not None:
+        return "image"
+    fmt = formats.detect_format(document_name, data)
+    if fmt is None and ocr is not None and ocr.enabled and suffix in IMAGE_SUFFIXES:
+        return "image"
+    return fmt
+
+
+def _joined_pages(texts: Sequence[str]) -> tuple[str, list[Location]]:
+    """Page texts joined by blank lines, and where each page (numbered from 1) starts in the result."""
+    starts, offset = [], 0
+    for number, page in enumerate(texts, start=1):
+        starts.append(Location(offset, str(number)))
+        offset += len(page) + 2
+    return "\n\n".join(texts), starts
 
 
 def read_document(folder: str | Path, document_name: str, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
@@ -266,8 +311,23 @@ def _html_text(markup: str) -> str:
     return soup.get_text("\n")
 
 
-def _pdf_text(document_name: str, data: bytes) -> tuple[str, list[Location]]:
-    """The pages' text joined by blank lines, and where each page (numbered from 1) starts in it."""
+def pdf_page_texts(document_name: str, data: bytes, ocr: OcrSettings | None = None) -> OcrPages:
+    """A PDF's text page by page (an `OcrPages`: texts and pages_ocred), pages without a text layer OCRed when
+    `ocr` is enabled. Joined with blank lines they are the document's text; a page with a text layer is never
+    OCRed, so a PDF whose every page has text reads exactly as without OCR."""
+    from ingest_pipeline.core.ocr import OcrPages, ocr_pdf_pages
+
+    pages = _pdf_layer_pages(document_name, data)
+    read = ocr_pdf_pages(document_name, data, pages, ocr) if ocr is not None else OcrPages(pages, 0)
+    if not any(page.strip() for page in read.texts):
+        if read.pages_ocred:
+            raise UnreadableDocument(document_name, "no text in PDF, not even by OCR", ReasonCode.NO_TEXT)
+        raise UnreadableDocument(document_name, "no extractable text in PDF (scanned images?)", ReasonCode.NO_TEXT)
+    return read
+
+
+def _pdf_layer_pages(document_name: str, data: bytes) -> list[str]:
+    """The text layer of each page of a PDF ("" for a page without one)."""
     if not data.startswith(b"%PDF-"):
         raise UnreadableDocument(document_name, "corrupt PDF: no PDF header", ReasonCode.CORRUPT_PDF)
     try:
@@ -293,13 +353,7 @@ def _pdf_text(document_name: str, data: bytes) -> tuple[str, list[Location]]:
         # The parser's message can quote document bytes, so only its type is kept.
         raise UnreadableDocument(document_name, f"corrupt PDF ({type(exc).__name__})", ReasonCode.CORRUPT_PDF) \
             from None
-    if not any(page.strip() for page in pages):
-        raise UnreadableDocument(document_name, "no extractable text in PDF (scanned images?)", ReasonCode.NO_TEXT)
-    starts, offset = [], 0
-    for number, page in enumerate(pages, start=1):
-        starts.append(Location(offset, str(number)))
-        offset += len(page) + 2
-    return "\n\n".join(pages), starts
+    return pages
 
 
 _TRAILING_SPACE = re.compile(r"[ \t\r\f\v]+\n")

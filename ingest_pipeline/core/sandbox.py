@@ -59,6 +59,7 @@ from ingest_pipeline.core.extraction import (
     read_document,
 )
 from ingest_pipeline.core.faults import InjectedFault, fault_point
+from ingest_pipeline.core.ocr import OcrSettings, OcrUnavailable
 
 T = TypeVar("T")
 
@@ -77,6 +78,8 @@ LIMITED_BY = {
     ReasonCode.MEMORY_LIMIT: ("memory_mb",),
     ReasonCode.CRASHED: ("memory_mb",),
     ReasonCode.TOO_LARGE: ("max_document_bytes",),
+    ReasonCode.TOO_MANY_PAGES: ("ocr_max_pages",),
+    ReasonCode.OCR_TIME_LIMIT: ("ocr_page_timeout_s",),
 }
 # A worker killed by one of these was stopped from outside (the out-of-memory killer, an operator, a shutdown):
 # that says nothing of the document.
@@ -87,6 +90,15 @@ class ExtractionUnavailable(RuntimeError):
     """No verdict on the document: the worker did not start, the pipe to it broke, or it was killed by a signal
     that is none of our limits (the out-of-memory killer, an operator). Not the document's fault: try it again
     later. The message names the cause, never the content."""
+
+
+class OcrUnavailableError(ExtractionUnavailable):
+    """The document needs OCR and this machine cannot run it (tesseract or a language pack is missing): no
+    verdict on the document, which stays pending until the machine is fixed (the message says how). Unlike other
+    ExtractionUnavailable causes, trying again on the same machine does not help, so it never counts towards
+    quarantining the document. `code` is "ocr-unavailable"."""
+
+    code = OcrUnavailable.code
 
 
 class WorkerStartFailed(ExtractionUnavailable):
@@ -102,12 +114,14 @@ class SandboxLimits:
     timeout_s: wall-clock time per document, default 60 s; the worker is killed when it runs out.
     cpu_seconds: CPU time per document (RLIMIT_CPU); defaults to timeout_s rounded up.
     max_document_bytes: larger files are refused as too-large before they are read.
+    ocr: whether and how pages without a text layer and images are OCRed (languages, per-page time, page cap).
     """
 
     memory_bytes: int = DEFAULT_MEMORY_BYTES
     timeout_s: float = DEFAULT_TIMEOUT_S
     cpu_seconds: int | None = None
     max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES
+    ocr: OcrSettings = OcrSettings()
 
     @property
     def cpu_budget(self) -> int:
@@ -115,9 +129,10 @@ class SandboxLimits:
 
     def as_dict(self) -> dict[str, float]:
         """The limits by name, as a refusal's `limits` records them: timeout_s, cpu_seconds, memory_mb,
-        max_document_bytes."""
+        max_document_bytes, ocr_page_timeout_s, ocr_max_pages."""
         return {"timeout_s": self.timeout_s, "cpu_seconds": self.cpu_budget,
-                "memory_mb": self.memory_bytes // 2**20, "max_document_bytes": self.max_document_bytes}
+                "memory_mb": self.memory_bytes // 2**20, "max_document_bytes": self.max_document_bytes,
+                "ocr_page_timeout_s": self.ocr.page_timeout_s, "ocr_max_pages": self.ocr.max_pages}
 
     def refusal_limits(self, code: ReasonCode, *names: str) -> dict[str, float] | None:
         """The limits a refusal with `code` was made under (`names`, else those of LIMITED_BY), or None when
@@ -152,6 +167,7 @@ class SandboxResult:
     peak_rss_bytes: int = 0
     pages: tuple[Location, ...] = ()  # with the text (no ChunkingSpec): where its pages and sections start
     sections: tuple[Location, ...] = ()
+    pages_ocred: int = 0
 
 
 @dataclass
@@ -188,7 +204,7 @@ class ExtractionSandbox:
         worker = self._ensure_worker()
         try:
             worker.conn.send((str(folder), document_name, self.limits.max_document_bytes, self.limits.cpu_budget,
-                              self.chunking))
+                              self.chunking, self.limits.ocr))
         except OSError as exc:  # the worker died since it last answered
             exitcode = self._stop(kill=True)
             raise ExtractionUnavailable(f"the pipe to the extraction worker broke ({type(exc).__name__}; "
@@ -220,6 +236,8 @@ class ExtractionSandbox:
             return SandboxResult(peak_rss_bytes=peak, **payload)
         if kind == "missing":
             raise FileNotFoundError(document_name)
+        if kind == "unavailable":
+            raise OcrUnavailableError(f"{document_name}: {payload}")
         code, reason, content_sha256 = payload
         if code in _REPLACE_AFTER:
             self._stop(kill=False)
@@ -432,15 +450,17 @@ def _serve(conn, memory_bytes: int) -> None:
             return
         if request is None:
             return
-        folder, document_name, max_bytes, cpu_seconds, chunking = request
+        folder, document_name, max_bytes, cpu_seconds, chunking, ocr = request
         fault_point("extract:document")  # test-only seam: a worker killed mid-document (the OOM killer's SIGKILL)
         _limit_cpu(cpu_seconds)
         try:
-            payload = ("ok", _process(folder, document_name, max_bytes, chunking, chunkers))
+            payload = ("ok", _process(folder, document_name, max_bytes, chunking, chunkers, ocr))
         except UnreadableDocument as exc:
             payload = ("refused", (exc.code, exc.reason, exc.content_sha256))
         except FileNotFoundError:
             payload = ("missing", None)
+        except OcrUnavailable as exc:
+            payload = ("unavailable", str(exc))
         except MemoryError:
             payload = ("refused", (ReasonCode.MEMORY_LIMIT, "extraction ran out of memory", None))
         except RecursionError:
@@ -465,14 +485,14 @@ def _limit_cpu(seconds: int) -> None:
 
 
 def _process(folder: str, document_name: str, max_bytes: int, chunking: ChunkingSpec | None,
-             chunkers: dict) -> dict:
+             chunkers: dict, ocr: OcrSettings) -> dict:
     data, content_sha256 = read_document(folder, document_name, max_bytes)
     try:
-        extracted = extract_text(document_name, data, max_bytes)
+        extracted = extract_text(document_name, data, max_bytes, ocr)
         del data
+        found = {"content_sha256": content_sha256, "format": extracted.format, "pages_ocred": extracted.pages_ocred}
         if chunking is None:
-            return {"content_sha256": content_sha256, "format": extracted.format, "text": extracted.text,
-                    "pages": extracted.pages, "sections": extracted.sections}
+            return {**found, "text": extracted.text, "pages": extracted.pages, "sections": extracted.sections}
         chunker = chunkers.get(chunking)
         if chunker is None:
             from ingest_pipeline.core.chunking import Chunker  # the tokenizer loads at the first document
@@ -480,7 +500,9 @@ def _process(folder: str, document_name: str, max_bytes: int, chunking: Chunking
             chunker = chunkers[chunking] = Chunker(chunking.tokenizer_file, chunking.max_tokens,
                                                    chunking.overlap_tokens)
         chunks = chunker.split_extracted(extracted)
-        return {"content_sha256": content_sha256, "format": extracted.format, "chunks": chunks}
+        return {**found, "chunks": chunks}
+    except OcrUnavailable:
+        raise  # the machine cannot OCR: no verdict on the document
     except UnreadableDocument as exc:
         exc.content_sha256 = content_sha256
         raise

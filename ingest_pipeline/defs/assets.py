@@ -24,7 +24,7 @@ from ingest_pipeline.core.crypto import DecryptionError
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
 from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.core.ids import chunk_id
-from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionUnavailable, WorkerStartFailed
+from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionUnavailable, OcrUnavailableError, WorkerStartFailed
 from ingest_pipeline.defs.partitions import tenant_month_partitions
 from ingest_pipeline.defs.resources import (
     CyborgDB,
@@ -271,6 +271,10 @@ def document_chunks(
                 context.log.warning(f"{name}: not extracted, tried again later: {exc}")
                 retryable.append({"document": name, "cause": str(exc)})
                 break  # no worker starts: the documents after this one would fail the same way
+            except OcrUnavailableError as exc:  # this machine cannot OCR: the document stays registered, uncounted
+                context.log.warning(f"{name}: not extracted, tried again later: {exc}")
+                retryable.append({"document": name, "cause": str(exc)})
+                continue
             except ExtractionUnavailable as exc:  # no verdict on the document: it stays registered, a few times
                 with conn.transaction():
                     attempts = store.documents.count_extraction_without_verdict(conn, str(document.doc_id))

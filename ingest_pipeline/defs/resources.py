@@ -226,13 +226,15 @@ class LandingZoneResource(SettingsFromEnvironment):
             return None
 
     def sandbox_limits(self) -> SandboxLimits:
-        """The extraction bounds: these fields, else the environment, else the defaults."""
+        """The extraction bounds: these fields, else the environment, else the defaults; OCR's settings
+        (INGEST_OCR, INGEST_OCR_LANGUAGES, its per-page and per-document bounds) from the environment."""
         memory_mb = self.extraction_memory_mb or _positive_from_env("INGEST_EXTRACTION_MEMORY_MB", int)
         timeout_s = self.extraction_timeout_s or _positive_from_env("INGEST_EXTRACTION_TIMEOUT_S", float)
         return SandboxLimits(
             memory_bytes=int(memory_mb * 2**20) if memory_mb else DEFAULT_MEMORY_BYTES,
             timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
             max_document_bytes=self.max_document_bytes,
+            ocr=Settings.from_env().ocr,
         )
 
     def sandbox(self, chunking: ChunkingSpec | None = None) -> ExtractionSandbox:

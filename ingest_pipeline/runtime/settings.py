@@ -15,6 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingest_pipeline.core.crypto import MasterKeyError, generate_master_key, parse_master_key
+from ingest_pipeline.core.ocr import (
+    DEFAULT_LANGUAGES,
+    DEFAULT_MAX_PAGES,
+    DEFAULT_PAGE_TIMEOUT_S,
+    LANGUAGES_PATTERN,
+    OcrSettings,
+    OcrUnavailable,
+    language_packages,
+    missing_languages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +127,7 @@ class Settings:
     embedding_backend: str = "torch"
     embedding_device: str = "cpu"
     keys_dsn: str = ""  # the key vault; unset (development only): database <ledger database>_keys beside the ledger
+    ocr: OcrSettings = OcrSettings()  # INGEST_OCR, INGEST_OCR_LANGUAGES and its bounds (`ocr_settings`)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -152,6 +163,7 @@ class Settings:
             embedding_backend=backend,
             embedding_device=get("INGEST_EMBEDDING_DEVICE") or "cpu",
             keys_dsn=get("INGEST_KEYS_DSN"),
+            ocr=ocr_settings(get),
         )
 
     @property
@@ -161,3 +173,49 @@ class Settings:
     @property
     def dagster_state_dir(self) -> Path:
         return self.home / "dagster"
+
+
+def ocr_settings(get: Callable[[str], str]) -> OcrSettings:
+    """OCR's settings from the environment (`get` reads a variable, "" when unset).
+
+    INGEST_OCR: on (default) or off. INGEST_OCR_LANGUAGES: tesseract's `+`-joined codes (default eng), each of
+    which tesseract must have where it is installed; where it is not, documents that need OCR stay pending and
+    say how to install it (no verdict on them), while the others are read as usual. INGEST_OCR_PAGE_TIMEOUT_S
+    and INGEST_OCR_MAX_PAGES: the per-page time and per-document page bounds.
+    """
+    switch = (get("INGEST_OCR") or "on").lower()
+    if switch not in ("on", "off"):
+        raise ConfigurationError(f"INGEST_OCR must be 'on' or 'off', got {switch!r}")
+    languages = get("INGEST_OCR_LANGUAGES") or DEFAULT_LANGUAGES
+    if not LANGUAGES_PATTERN.fullmatch(languages):
+        raise ConfigurationError(f"INGEST_OCR_LANGUAGES must be tesseract language codes joined by '+' (eng+deu), "
+                                 f"got {languages!r}")
+    settings = OcrSettings(
+        enabled=switch == "on", languages=languages,
+        page_timeout_s=_positive(get, "INGEST_OCR_PAGE_TIMEOUT_S", float) or DEFAULT_PAGE_TIMEOUT_S,
+        max_pages=_positive(get, "INGEST_OCR_MAX_PAGES", int) or DEFAULT_MAX_PAGES,
+    )
+    if settings.enabled:
+        try:
+            missing = missing_languages(settings)
+        except OcrUnavailable:
+            missing = []  # tesseract is not installed: the documents that need it say so, the others are read
+        if missing:
+            raise ConfigurationError(
+                f"INGEST_OCR_LANGUAGES names {'+'.join(missing)}, which tesseract does not have; install "
+                f"{language_packages(missing)} with apt-get, or set "
+                "INGEST_OCR_LANGUAGES to languages it lists (tesseract --list-langs)")
+    return settings
+
+
+def _positive(get: Callable[[str], str], name: str, kind: type[int] | type[float]) -> int | float | None:
+    raw = get(name)
+    if not raw:
+        return None
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number, got {raw!r}")
+    return value

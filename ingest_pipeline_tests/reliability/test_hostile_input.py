@@ -12,11 +12,19 @@ from pypdf import PdfReader, PdfWriter
 
 from ingest_pipeline.core.extraction import ReasonCode
 from ingest_pipeline.core.ids import InvalidName
+from ingest_pipeline.core.ocr import DEFAULT_MAX_PAGES
 from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 from ingest_pipeline.stores.landing_zone import LandingZone, RefusedFile
 from ingest_pipeline.work.uploads import record_dropped_files
 from ingest_pipeline_tests.helpers import CORPUS, step_events
-from ingest_pipeline_tests.hostile_files import MiB, bomb_pdf, single_line
+from ingest_pipeline_tests.hostile_files import (
+    MiB,
+    bomb_pdf,
+    many_frames_tiff,
+    pixel_bomb_png,
+    single_line,
+    truncated_png,
+)
 from ingest_pipeline_tests.reliability.invariant import QUERIES, assert_invariant
 
 MARKER = "HOSTILE-CONTENT-{}-5b1e"  # written into each hostile file; must never show up anywhere
@@ -55,8 +63,12 @@ def hostile_uploads(folder) -> dict[str, set[str]]:
         "truncated-multibyte.md": ((b"\xe6\x97\xa5\xe6\x97" + _noise(60, 2)) * 100 + _marker("trunc"),
                                    {ReasonCode.INVALID_ENCODING}),
         "nul-bytes.txt": (_marker("nul") + b" plain words\x00\x00 more words", {ReasonCode.BINARY}),
+        # PNG's signature is read as an image whatever the extension says (OCR), and this one is broken.
         "photo.txt": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + _marker("png") + bytes(range(256)) * 16,
-                      {ReasonCode.BINARY}),
+                      {ReasonCode.CORRUPT_IMAGE}),
+        "pixel-bomb.png": (pixel_bomb_png(), {ReasonCode.IMAGE_TOO_LARGE}),  # 50,000 x 50,000 pixels declared
+        "truncated.png": (truncated_png(), {ReasonCode.CORRUPT_IMAGE}),
+        "frames.tif": (many_frames_tiff(), {ReasonCode.TOO_MANY_PAGES}),  # more frames than OCR's page cap
         "locked.pdf": (_encrypted_pdf(CORPUS / "acme/shared-mime-info-spec.pdf"), {ReasonCode.ENCRYPTED_PDF}),
         "corrupt.pdf": (b"%PDF-1.7\n" + _marker("pdf") + bytes(range(256)) * 40, {ReasonCode.CORRUPT_PDF}),
         "bomb.pdf": (bomb_pdf(2048 * MiB), {ReasonCode.DECOMPRESSION_LIMIT, ReasonCode.MEMORY_LIMIT}),
@@ -135,12 +147,15 @@ def test_hostile_input_is_quarantined_with_codes_bounded_and_the_rest_indexed(
     assert all(item["reason"] for item in summary["quarantined"][tenant])
     # A limit's refusal records the limit it was made under (a larger one tries it again); the content's, none.
     for item in summary["quarantined"][tenant]:
-        limited = item["code"] in {"time-limit", "memory-limit", "crashed", "too-large"}
+        limited = item["code"] in {"time-limit", "memory-limit", "crashed", "too-large", "too-many-pages",
+                                   "ocr-time-limit"}
         assert bool(item.get("limits")) == limited, item
         if item["code"] == "time-limit":
             assert item["limits"] in ({"timeout_s": TIMEOUT_S}, {"cpu_seconds": TIMEOUT_S}), item
         if item["code"] == "memory-limit":
             assert item["limits"] == {"memory_mb": MEMORY_LIMIT_MB}, item
+        if item["code"] == "too-many-pages":
+            assert item["limits"] == {"ocr_max_pages": DEFAULT_MAX_PAGES}, item
     readable = GOOD | ({"deep.html"} if "deep.html" not in found else set())
 
     # The run's metadata lists them, with their codes and a count per code, and the memory figures.

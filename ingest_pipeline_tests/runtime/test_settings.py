@@ -2,12 +2,17 @@
 
 import logging
 import os
+import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
 from ingest_pipeline.core.crypto import KEY_BYTES, MasterKeyError, generate_master_key
+from ingest_pipeline.core.sandbox import ExtractionSandbox, SandboxLimits
 from ingest_pipeline.runtime.settings import ConfigurationError, Settings, development_master_key, sqlalchemy_url
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "ocr"
 
 
 def no_tenants() -> bool:
@@ -72,3 +77,33 @@ def test_production_profile_names_every_missing_required_variable(tmp_path):
         Settings.from_env({**complete, "INGEST_KEYS_DSN": ""})
     with pytest.raises(ConfigurationError, match="INGEST_PROFILE must be"):
         Settings.from_env({"INGEST_PROFILE": "prod"})
+
+
+def test_ocr_settings_default_on_in_english_and_can_be_switched_off(tmp_path):
+    default = Settings.from_env({"INGEST_HOME": str(tmp_path)}).ocr
+    assert default.enabled and default.languages == "eng"
+    off = Settings.from_env({"INGEST_HOME": str(tmp_path), "INGEST_OCR": "OFF"}).ocr
+    assert not off.enabled
+    bounded = Settings.from_env({"INGEST_HOME": str(tmp_path), "INGEST_OCR_PAGE_TIMEOUT_S": "5",
+                                 "INGEST_OCR_MAX_PAGES": "7"}).ocr
+    assert (bounded.page_timeout_s, bounded.max_pages) == (5.0, 7)
+    for name, value in (("INGEST_OCR", "maybe"), ("INGEST_OCR_MAX_PAGES", "0"), ("INGEST_OCR_PAGE_TIMEOUT_S", "x"),
+                        ("INGEST_OCR_LANGUAGES", "eng;deu")):
+        with pytest.raises(ConfigurationError, match=name):
+            Settings.from_env({"INGEST_HOME": str(tmp_path), name: value})
+
+
+@pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract is not installed (`make install` does it)")
+def test_ocr_languages_are_checked_against_tesseract_and_reach_the_worker(tmp_path):
+    with pytest.raises(ConfigurationError, match="INGEST_OCR_LANGUAGES") as error:
+        Settings.from_env({"INGEST_HOME": str(tmp_path), "INGEST_OCR_LANGUAGES": "eng+zzz"})
+    assert "tesseract-ocr-zzz" in str(error.value)
+    # With OCR off the languages are not needed, so not checked.
+    assert not Settings.from_env({"INGEST_HOME": str(tmp_path), "INGEST_OCR": "off",
+                                  "INGEST_OCR_LANGUAGES": "zzz"}).ocr.enabled
+    # The setting travels to the sandboxed worker's tesseract: its orientation-and-script model reads no English.
+    shutil.copy(FIXTURES / "receipt.png", tmp_path / "receipt.png")
+    for languages, english in (("eng", True), ("osd", False)):
+        ocr = Settings.from_env({"INGEST_HOME": str(tmp_path), "INGEST_OCR_LANGUAGES": languages}).ocr
+        with ExtractionSandbox(SandboxLimits(ocr=ocr)) as sandbox:
+            assert ("violin" in sandbox.run(tmp_path, "receipt.png").text) is english
