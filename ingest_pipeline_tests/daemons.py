@@ -84,14 +84,18 @@ def run_status(run_id: str) -> DagsterRunStatus:
 
 
 def launch_partition_run(tenant: str, run_config: dict | None = None) -> str:
-    """Submit the ingest job for the tenant's current month as the UI does: a queued run with partition tags."""
+    """Submit the ingest job for the tenant's current month as the UI does: a queued run with partition tags and
+    the job's default run config, which the launchpad fills in (the in-process executor), unless `run_config`."""
+    from ingest_pipeline.defs.jobs import IN_PROCESS_BY_DEFAULT
+
+    run_config = run_config or IN_PROCESS_BY_DEFAULT
     month = current_month()
     tags = {"dagster/partition": str(MultiPartitionKey({"tenant": tenant, "month": month})),
             "dagster/partition/tenant": tenant, "dagster/partition/month": month}
     run_id = str(uuid.uuid4())
     result = subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(WORKSPACE), "-j", "ingest_job",
                              "--tags", json.dumps(tags), "--run-id", run_id,
-                             *(["--config-json", json.dumps(run_config)] if run_config else [])],
+                             "--config-json", json.dumps(run_config)],
                             cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_id
