@@ -1,9 +1,12 @@
 """Helpers shared by the integration tests: the sample corpus, test installations, runs and their events."""
 
+import contextlib
+import io
 import os
 import socket
 import subprocess
 import sys
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +60,25 @@ class Pipeline:
 
     def ledger(self):
         return prepare_environment()[1]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """`ingest-pipeline ARGS` in this process: its exit code, stdout and stderr (an uncaught exception's
+        traceback on stderr, exit code 1, as the interpreter would print it). The CLI's own code path, without a
+        new interpreter importing torch and loading the model; `run_cli` starts a process, for what only a fresh
+        process shows."""
+        stdout, stderr = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                code = cli.main(list(args))
+            except SystemExit as exc:  # argparse's refusals
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+        result = subprocess.CompletedProcess(["ingest-pipeline", *args], code, stdout.getvalue(), stderr.getvalue())
+        if check:
+            assert result.returncode == 0, result.stderr[-3000:]
+        return result
 
     def run_cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(

@@ -62,7 +62,7 @@ def test_a_missing_landing_zone_or_tenant_folder_fails_and_deletes_nothing(embed
 
     # The whole landing zone is gone (an unmounted volume): the CLI refuses, saying why.
     landing.rename(away)
-    result = pipeline.run_cli("ingest", check=False)
+    result = pipeline.cli("ingest", check=False)
     assert result.returncode == 1
     assert "landing zone" in result.stderr and "is missing" in result.stderr
     assert "nothing was deleted" in result.stderr
@@ -79,7 +79,7 @@ def test_a_missing_landing_zone_or_tenant_folder_fails_and_deletes_nothing(embed
     tenant_folder.rename(pipeline.home / "acme-elsewhere")
     assert "is missing" in _failure_message(materialize_partition(acme), "raw_documents")
     tenant_folder.write_text("not a folder")
-    result = pipeline.run_cli("ingest", "--tenant", acme, check=False)
+    result = pipeline.cli("ingest", "--tenant", acme, check=False)
     assert result.returncode == 1 and "is not a directory" in result.stderr
     assert _snapshot(pipeline, acme) == before
 
@@ -111,7 +111,7 @@ def test_a_partition_losing_most_of_its_documents_at_once_stops_until_confirmed(
     assert _snapshot(pipeline, acme) == before
 
     # The user confirms: the three are deleted from Postgres and the index, the fourth stays.
-    result = json.loads(pipeline.run_cli("ingest", "--tenant", acme, "--allow-mass-delete", "--json").stdout)
+    result = json.loads(pipeline.cli("ingest", "--tenant", acme, "--allow-mass-delete", "--json").stdout)
     assert result["failed_runs"] == 0 and result["totals"]["documents_deleted"] == 3
     status = pipeline.status(acme)
     assert status["documents"] == 1
@@ -471,7 +471,7 @@ def test_an_older_ciphertext_put_back_behind_the_ledgers_back_is_refused(embedde
     checks = {c.check_name: c for c in materialize_partition(acme).get_asset_check_evaluations()}
     assert not checks["ciphertexts_decrypt"].passed
     assert checks["ciphertexts_decrypt"].metadata["ciphertexts_failed"].value == 2
-    result = pipeline.run_cli("search", "--tenant", acme, "notice period", check=False)
+    result = pipeline.cli("search", "--tenant", acme, "notice period", check=False)
     assert result.returncode != 0 and "thirty" not in result.stdout + result.stderr
 
 
@@ -492,7 +492,7 @@ def test_search_refuses_an_index_built_by_another_model(embedded_pipeline, docs,
     monkeypatch.setenv("INGEST_MODEL_PATH", str(other))
     with pytest.raises(EmbeddingModelMismatch, match="was built with model"):
         cli.search(acme, ["patent license"], 1)
-    result = pipeline.run_cli("search", "--tenant", acme, "patent license", check=False)
+    result = pipeline.cli("search", "--tenant", acme, "patent license", check=False)
     assert result.returncode == 2 and "was built with model" in result.stderr
 
 

@@ -132,15 +132,15 @@ def test_one_upload_never_gives_two_files_one_name(embedded_pipeline, tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "README.md").write_text(f"# {folder}\n")
-    result = embedded_pipeline.run_cli("upload", "--tenant", embedded_pipeline.tenant("acme"),
-                                       str(tmp_path / "a" / "README.md"), str(tmp_path / "b" / "README.md"),
-                                       check=False)
+    result = embedded_pipeline.cli("upload", "--tenant", embedded_pipeline.tenant("acme"),
+                                   str(tmp_path / "a" / "README.md"), str(tmp_path / "b" / "README.md"),
+                                   check=False)
     assert result.returncode == 2
     assert "several files would be uploaded as README.md" in result.stderr
 
 
 @pytest.mark.parametrize("bad_tenant", ["Acme", "../etc", "a b", ""])
 def test_invalid_tenant_names_are_refused_by_the_cli(embedded_pipeline, docs, bad_tenant):
-    result = embedded_pipeline.run_cli("upload", "--tenant", bad_tenant, str(docs), check=False)
+    result = embedded_pipeline.cli("upload", "--tenant", bad_tenant, str(docs), check=False)
     assert result.returncode == 2
     assert "invalid tenant id" in result.stderr

@@ -44,8 +44,8 @@ def test_ingest_indexes_every_chunk_and_search_finds_it(pipeline, docs):
     # Many queries in one process, one answer list per line, in order, blank lines kept.
     queries = pipeline.home.parent / "queries.txt"
     queries.write_text(f"{MAGIC_QUERY}\n\nWhat does the Apache License say about patents?\n")
-    answers = json.loads(pipeline.run_cli("search", "--tenant", acme, "--top-k", "2", "--queries-file",
-                                          str(queries)).stdout)
+    answers = json.loads(pipeline.cli("search", "--tenant", acme, "--top-k", "2", "--queries-file",
+                                      str(queries)).stdout)
     assert [len(a) for a in answers] == [2, 0, 2]
     assert answers[0][0]["chunk_id"] == top["chunk_id"]
     assert answers[2][0]["source"] == "apache-license-2.0.txt"
@@ -130,7 +130,7 @@ def test_index_rebuilds_from_the_cold_copy_without_reembedding(pipeline, docs):
     assert resources["cyborgdb"].indexes.drop(keys)
     assert pipeline.status(acme)["index_vectors"] == 0
 
-    result = pipeline.run_cli("rebuild", "--tenant", acme, "--json")
+    result = pipeline.cli("rebuild", "--tenant", acme, "--json")
     assert '"success": true' in result.stdout
     status = pipeline.status(acme)
     assert status["chunks"] == status["indexed"] == status["index_vectors"] > 0

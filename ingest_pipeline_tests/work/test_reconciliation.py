@@ -124,7 +124,7 @@ def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipelin
     assert {cid: row["state"] for cid, row in ledger_chunks(ledger, acme).items()} == \
         {cid: row["state"] for cid, row in planted_rows.items()}
 
-    result = pipeline.run_cli("reconcile", "--tenant", acme, "--json")
+    result = pipeline.cli("reconcile", "--tenant", acme, "--json")
     repaired = json.loads(result.stdout)
     assert repaired["success"] and not repaired["dry_run"] and list(repaired["tenants"]) == [acme]
     report = repaired["tenants"][acme]
