@@ -90,7 +90,9 @@ def cyborgdb_service(tmp_path_factory):
 
 @pytest.fixture(params=["embedded", "service"])
 def pipeline(request, tmp_path, monkeypatch):
-    """The pipeline on each CyborgDB backend in turn."""
+    """The pipeline on each CyborgDB backend in turn: for what the index does (writes, deletes, searches,
+    rebuilds, isolation, what reaches its storage). A test whose subject is settled before the index (quarantine,
+    keys, the tenant's lock in Postgres, a fault injected at our own seam) takes `embedded_pipeline`."""
     service = request.getfixturevalue("cyborgdb_service") if request.param == "service" else None
     installation = new_installation(tmp_path, monkeypatch, request.param, service)
     yield installation
