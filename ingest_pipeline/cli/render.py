@@ -149,7 +149,7 @@ def print_hits(query: str, hits: list[dict]) -> None:
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("source")
-    table.add_column("where", overflow="fold")
+    table.add_column("where", overflow="fold", max_width=28)
     table.add_column("text", overflow="fold", ratio=1)
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit["text"].split())
