@@ -134,7 +134,8 @@ def ledger_chunks(ledger, tenant: str) -> dict[str, dict]:
     with ledger.connect() as conn:
         rows = conn.execute(
             "SELECT chunk_id::text AS chunk_id, doc_id::text AS doc_id, sequence, state, text_mac, text_ciphertext,"
-            " embedding_ciphertext, key_version, seal_format FROM ingest.chunks WHERE tenant_id = %s",
+            " embedding_ciphertext, citation_ciphertext, key_version, seal_format FROM ingest.chunks"
+            " WHERE tenant_id = %s",
             (tenant,),
         ).fetchall()
     return {row["chunk_id"]: row for row in rows}

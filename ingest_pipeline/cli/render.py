@@ -134,17 +134,27 @@ def print_upload_counts(tenant: str, result: dict[str, list[str]]) -> None:
     out.print(f"upload {tenant}: {len(result['uploaded'])} uploaded, {len(result['unchanged'])} unchanged")
 
 
+def citation_text(hit: dict) -> str:
+    """Where a hit came from, as the table shows it: "p. 3 · Terms > Payment" (a numbered page as "p. N", a sheet
+    by its name); empty when the document has no pages or sections, or the chunk predates citations."""
+    page, section = hit.get("page"), hit.get("section")
+    parts = [f"p. {page}" if page and page.isdigit() else page, section]
+    return " · ".join(part for part in parts if part)
+
+
 def print_hits(query: str, hits: list[dict]) -> None:
-    """A query's hits as a table: rank, score, source and chunk, the text (cut at 320 characters)."""
+    """A query's hits as a table: rank, score, source and chunk, where in it (page and section), the text (cut at
+    320 characters)."""
     table = Table(title=f"[bold]{query}[/bold]", title_justify="left", show_lines=True)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("source")
+    table.add_column("where", overflow="fold", max_width=28)
     table.add_column("text", overflow="fold", ratio=1)
     for rank, hit in enumerate(hits, 1):
         snippet = " ".join(hit["text"].split())
         table.add_row(str(rank), f"{hit['score']:.3f}", f"{hit['source']}\n#{hit['chunk_sequence']}",
-                      snippet[:320] + ("..." if len(snippet) > 320 else ""))
+                      citation_text(hit), snippet[:320] + ("..." if len(snippet) > 320 else ""))
     out.print(table if hits else f"{query}: no results")
 
 

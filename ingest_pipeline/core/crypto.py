@@ -1,15 +1,16 @@
-"""Tenant keys, their envelope under the master key, and authenticated encryption of chunk text and embeddings.
+"""Tenant keys, their envelope under the master key, and authenticated encryption of chunk text, citations and
+embeddings.
 
 The master key never encrypts data itself. Each tenant has random keys (envelope encryption): a data
 key per key version (AES-256-GCM), and a MAC key and a CyborgDB index key, all stored in Postgres
 wrapped (AES-256-GCM) under a key-encryption key derived from the master key. Data keys can thus be
 rotated, the master key changed by re-wrapping alone, and a tenant erased by destroying its wrapped
 keys. Tenants created before envelope encryption had keys derived from the master key with
-HKDF-SHA256 (`derive_tenant_keys`); they are wrapped as they are on first use. Each record is sealed with
-AES-256-GCM under a fresh 96-bit nonce, and the associated data binds tenant, chunk id, key version,
-field and the content version (the HMAC of the chunk's text), so a ciphertext copied to another
-row, tenant or column, or an older ciphertext of the same chunk put back, fails to decrypt. Text is
-also checked against its stored MAC after decryption.
+HKDF-SHA256 (`derive_tenant_keys`); they are wrapped as they are on first use. Each record (a chunk's text,
+its citation, its embedding) is sealed with AES-256-GCM under a fresh 96-bit nonce, and the associated data
+binds tenant, chunk id, key version, field and the content version (the HMAC of the chunk's text), so a
+ciphertext copied to another row, tenant or column, or an older ciphertext of the same chunk put back, fails to
+decrypt. Text is also checked against its stored MAC after decryption.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -162,8 +165,16 @@ def derive_tenant_keys(master_key: bytes, tenant_id: str, key_version: int = CUR
     )
 
 
+class Citation(NamedTuple):
+    """Where a chunk came from: its page (a PDF or scanned page, a slide number, a sheet name) and section path
+    (such as "Terms > Payment"), each None when the document has none or the chunk was stored before citations."""
+
+    page: str | None = None
+    section: str | None = None
+
+
 class VectorEncryptor:
-    """Seals and opens one tenant's chunk text and embeddings with AES-256-GCM."""
+    """Seals and opens one tenant's chunk text, citations and embeddings with AES-256-GCM."""
 
     def __init__(self, keys: TenantKeys):
         self._keys = keys
@@ -206,6 +217,20 @@ class VectorEncryptor:
         if not hmac.compare_digest(self.text_mac(text), bytes(text_mac)):
             raise DecryptionError(f"text of chunk {chunk_id} does not match its MAC (an older or substituted copy)")
         return text
+
+    def encrypt_citation(self, chunk_id: str, citation: Citation, text_mac: bytes,
+                         seal_format: int = SEAL_FORMAT) -> bytes:
+        """Seal a chunk's page and section (one JSON object) bound to the chunk and the MAC of its text."""
+        plaintext = json.dumps({"page": citation.page, "section": citation.section}, ensure_ascii=False)
+        return self._seal(plaintext.encode("utf-8"), chunk_id, "citation", text_mac, seal_format)
+
+    def decrypt_citation(self, chunk_id: str, sealed: bytes | None, text_mac: bytes,
+                         seal_format: int = SEAL_FORMAT) -> Citation:
+        """Open a chunk's citation; a chunk stored before citations (None) has an unknown, empty one."""
+        if sealed is None:
+            return Citation()
+        fields = json.loads(self._open(bytes(sealed), chunk_id, "citation", text_mac, seal_format))
+        return Citation(page=fields.get("page"), section=fields.get("section"))
 
     def encrypt_vector(
         self, chunk_id: str, vector: np.ndarray, text_mac: bytes, seal_format: int = SEAL_FORMAT

@@ -20,7 +20,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from ingest_pipeline.core.crypto import DecryptionError
+from ingest_pipeline.core.crypto import Citation, DecryptionError
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
 from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.core.ids import chunk_id
@@ -216,7 +216,7 @@ def document_chunks(
 
     Chunks are cut at headings, paragraphs and sentences with the embedding model's own tokenizer,
     so none exceeds the model's window. Chunk ids are uuid5(NAMESPACE_DNS, "{doc_id}_{sequence}");
-    text is sealed with the tenant's AES-256-GCM data key. A chunk whose text is unchanged keeps its
+    text and citation are sealed with the tenant's AES-256-GCM data key. A chunk whose text is unchanged keeps its
     embedding, and one whose text moved to another position (a paragraph inserted before it) takes the
     embedding of that text with it, so only new text is embedded; chunks beyond a shortened document's end
     are marked stale. A document that cannot be read is quarantined with its reason and reason code, and the
@@ -226,8 +226,9 @@ def document_chunks(
     memory and time (LandingZoneResource.extraction_memory_mb, extraction_timeout_s; two such workers side by
     side by default, extraction_workers): a PDF bomb, a 50 MB line or markup nested 100,000 deep is
     quarantined as memory-limit or time-limit, never takes the step down. The metadata lists the quarantined
-    documents with their codes, a count per code, and the
-    peak memory of the workers and of the step's own process.
+    documents with their codes, a count per code, the documents chunked per format (`documents_by_format`), the
+    pages read by OCR (`pages_ocred`), and the peak memory of the workers and of the step's own process. Each
+    chunk's citation (its page and section path) is sealed like its text, never put in metadata or logs.
 
     A document refused by a limit rather than its content is quarantined with the limits it failed under, and
     tried again by the first run whose limit is larger. One the sandbox could not judge (a worker that did not
@@ -239,6 +240,7 @@ def document_chunks(
     counts: Counter[str] = Counter()
     max_tokens = 0
     quarantined: list[dict[str, str]] = []
+    by_format: Counter[str] = Counter()  # documents chunked, per format name (never a document's name)
     retryable: list[dict[str, str]] = []  # not judged (an infrastructure failure): left registered, tried again
     started = time.perf_counter()
     step_rss_at_start = _own_peak_rss_mb()
@@ -309,12 +311,16 @@ def document_chunks(
                 embedding = None if mac_of.get(cid) == mac else _reused_embedding(
                     session.keys, encryptor, by_mac.get(mac), cid, mac)
                 counts["embeddings_reused"] += embedding is not None
+                citation = encryptor.encrypt_citation(cid, Citation(chunk.page, chunk.section), mac)
                 rows.append(ChunkWrite(cid, chunk.sequence, chunk.token_count, mac,
-                                       encryptor.encrypt_text(cid, chunk.text), encryptor.key_version, embedding))
+                                       encryptor.encrypt_text(cid, chunk.text), encryptor.key_version, embedding,
+                                       citation))
                 max_tokens = max(max_tokens, chunk.token_count)
             with conn.transaction():
                 store.chunks.store(conn, document, content_sha256, rows)
             counts["documents"] += 1
+            by_format[extracted.format] += 1
+            counts["pages_ocred"] += extracted.pages_ocred
             counts["chunks"] += len(rows)
             counts["tokens"] += sum(row.token_count for row in rows)
     if retryable:
@@ -334,6 +340,8 @@ def document_chunks(
             "documents_quarantined": len(quarantined),
             "quarantined_documents": MetadataValue.json(quarantined),
             "quarantined_by_code": MetadataValue.json(dict(sorted(Counter(q["code"] for q in quarantined).items()))),
+            "documents_by_format": MetadataValue.json(dict(sorted(by_format.items()))),
+            "pages_ocred": counts["pages_ocred"],
             "documents_missing": counts["missing"],
             "chunks": counts["chunks"],
             "embeddings_reused": counts["embeddings_reused"],

@@ -125,7 +125,7 @@ def index_matches_ledger(
 def ciphertexts_decrypt(
     context: AssetCheckExecutionContext, ledger: PostgresLedger, keyring: TenantKeyring
 ) -> AssetCheckResult:
-    """Every chunk text and embedding ciphertext of the partition decrypts under the tenant's key."""
+    """Every chunk text, citation and embedding ciphertext of the partition decrypts under the tenant's key."""
     tenant, month = tenant_and_month(context)
     store = ledger.ledger
     checked = failed = 0
@@ -134,15 +134,15 @@ def ciphertexts_decrypt(
         keys = keyring.keyset(tenant, conn) if rows else None
     for row in rows:
         encryptor = keys.encryptor(row.key_version)
-        for field, sealed in (("text", row.text_ciphertext), ("embedding", row.embedding_ciphertext)):
+        opens = {"text": encryptor.decrypt_text, "citation": encryptor.decrypt_citation,
+                 "embedding": encryptor.decrypt_vector}
+        for field, sealed in (("text", row.text_ciphertext), ("citation", row.citation_ciphertext),
+                              ("embedding", row.embedding_ciphertext)):
             if sealed is None:
                 continue
             checked += 1
             try:
-                if field == "text":
-                    encryptor.decrypt_text(row.chunk_id, sealed, row.text_mac, row.seal_format)
-                else:
-                    encryptor.decrypt_vector(row.chunk_id, sealed, row.text_mac, row.seal_format)
+                opens[field](row.chunk_id, sealed, row.text_mac, row.seal_format)
             except DecryptionError:
                 failed += 1
     return AssetCheckResult(

@@ -1,7 +1,7 @@
 """Moving a tenant's rows to its active data key (after `rotate-key`), in batches, resumably.
 
-Each batch is a transaction on the tenant's writer lock: its rows are opened with the key version
-they were sealed under and sealed again under the active one (and in the current seal format, which
+Each batch is a transaction on the tenant's writer lock: its rows (text, citation, embedding) are opened with
+the key version they were sealed under and sealed again under the active one (and in the current seal format, which
 also upgrades rows of seal format 1). A crash loses at most the batch in flight, and the next run
 starts where this one stopped, since it selects the rows still under another version. Batches page
 through the tenant's rows by chunk_id (each starts after the last row of the one before, on the index
@@ -72,17 +72,21 @@ def reencrypt_tenant(
                     for row in rows:
                         source, chunk_id, mac = keys.encryptor(row.key_version), row.chunk_id, row.text_mac
                         text = source.decrypt_text(chunk_id, row.text_ciphertext, mac, row.seal_format)
-                        embedding = None
+                        embedding = citation = None
                         if row.embedding_ciphertext is not None:
                             vector = source.decrypt_vector(chunk_id, row.embedding_ciphertext, mac,
                                                            row.seal_format)
                             embedding = target.encrypt_vector(chunk_id, vector, mac)
-                        updates.append((target.encrypt_text(chunk_id, text), embedding, target.key_version,
-                                        SEAL_FORMAT, chunk_id))
+                        if row.citation_ciphertext is not None:  # None: stored before citations, stays unknown
+                            citation = target.encrypt_citation(chunk_id, source.decrypt_citation(
+                                chunk_id, row.citation_ciphertext, mac, row.seal_format), mac)
+                        updates.append((target.encrypt_text(chunk_id, text), embedding, citation,
+                                        target.key_version, SEAL_FORMAT, chunk_id))
                     with conn.cursor() as cursor:
                         cursor.executemany(
                             "UPDATE ingest.chunks SET text_ciphertext = %s, embedding_ciphertext = %s,"
-                            " key_version = %s, seal_format = %s WHERE chunk_id = %s::uuid",
+                            " citation_ciphertext = %s, key_version = %s, seal_format = %s"
+                            " WHERE chunk_id = %s::uuid",
                             updates,
                         )
                     report.rows_moved += len(rows)

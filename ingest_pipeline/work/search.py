@@ -1,4 +1,4 @@
-"""Semantic search over one tenant's encrypted index, answered with decrypted chunk text."""
+"""Semantic search over one tenant's encrypted index, answered with decrypted chunk text and citations."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ from ingest_pipeline.stores.tenant_index import TenantIndex
 
 @dataclass(frozen=True)
 class SearchHit:
+    """One answer: the chunk, its score, its document's name (`source`), its decrypted text and citation (`page`
+    and `section`, None when the document has none or the chunk was stored before citations were kept)."""
+
     doc_id: str
     chunk_id: str
     chunk_sequence: int
     score: float
     source: str
     text: str
+    page: str | None = None
+    section: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,11 +65,14 @@ def search_tenant(
             row = rows.get(hit["id"])
             if row is None:  # indexed in CyborgDB but no longer in the ledger: never shown
                 continue
+            encryptor = encryptor_for(row.key_version)
+            citation = encryptor.decrypt_citation(row.chunk_id, row.citation_ciphertext, row.text_mac,
+                                                  row.seal_format)
             answer.append(SearchHit(
                 doc_id=row.doc_id, chunk_id=row.chunk_id, chunk_sequence=row.sequence,
                 score=round(1.0 - float(hit["distance"]), 6), source=row.doc_name,
-                text=encryptor_for(row.key_version).decrypt_text(
-                    row.chunk_id, row.text_ciphertext, row.text_mac, row.seal_format),
+                text=encryptor.decrypt_text(row.chunk_id, row.text_ciphertext, row.text_mac, row.seal_format),
+                page=citation.page, section=citation.section,
             ))
         answers.append(answer)
     return answers

@@ -13,6 +13,7 @@ from ingest_pipeline.core.crypto import (
     KEY_BYTES,
     LEGACY_SEAL_FORMAT,
     NONCE_BYTES,
+    Citation,
     DecryptionError,
     MasterKeyError,
     TenantKeys,
@@ -365,3 +366,23 @@ def test_legacy_rows_stay_readable_and_their_text_is_checked_against_its_mac(enc
         enc.decrypt_text(CHUNK, legacy_new, enc.text_mac(new_text))
     with pytest.raises(DecryptionError):
         enc.decrypt_text(CHUNK, enc.encrypt_text(CHUNK, new_text), enc.text_mac(new_text), LEGACY_SEAL_FORMAT)
+
+
+# --- citations ---------------------------------------------------------------------------------------
+
+
+def test_a_citation_round_trips_and_is_bound_to_its_chunk_text_and_field(enc):
+    citation = Citation(page="3", section="Terms > Payment — Ünïcødé")
+    sealed = enc.encrypt_citation(CHUNK, citation, SECRET_MAC)
+    assert b"Payment" not in sealed and b"Terms" not in sealed
+    assert enc.decrypt_citation(CHUNK, sealed, SECRET_MAC) == citation
+    assert enc.decrypt_citation(CHUNK, enc.encrypt_citation(CHUNK, Citation(), SECRET_MAC), SECRET_MAC) == Citation()
+    for chunk, mac in ((OTHER_CHUNK, SECRET_MAC), (CHUNK, VECTOR_MAC)):
+        with pytest.raises(DecryptionError):
+            enc.decrypt_citation(chunk, sealed, mac)
+    with pytest.raises(DecryptionError):  # a citation put in the text column does not open as text
+        enc.decrypt_text(CHUNK, sealed, SECRET_MAC)
+
+
+def test_a_chunk_stored_before_citations_has_an_empty_one(enc):
+    assert enc.decrypt_citation(CHUNK, None, SECRET_MAC) == Citation(None, None)

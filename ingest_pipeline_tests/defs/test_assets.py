@@ -150,6 +150,11 @@ def test_a_section_inserted_at_the_start_embeds_only_the_new_text(embedded_pipel
     pipeline.ingest()
     ledger = pipeline.ledger()
     embedded_before = ledger.tenants.status(acme).embeddings_computed
+    keyring = build_resources()["keyring"]
+    before = next(row for row in ledger_chunks(ledger, acme).values() if row["sequence"] == 4)
+    cited_before = keyring.encryptor(acme, before["key_version"]).decrypt_citation(
+        before["chunk_id"], before["citation_ciphertext"], before["text_mac"], before["seal_format"])
+    assert cited_before.section  # the document's headings
 
     # Every later chunk moves one sequence number down: same texts under other chunk ids.
     preface = "# Preface\n\nZebra crossings in Lisbon are painted white and black.\n\n"
@@ -168,13 +173,15 @@ def test_a_section_inserted_at_the_start_embeds_only_the_new_text(embedded_pipel
     hits = pipeline.search(acme, "How does pip resolve dependency conflicts?", 3)
     assert hits and all(hit["source"] == document.name for hit in hits)
     assert pipeline.search(acme, "What colour are zebra crossings in Lisbon?", 1)[0]["chunk_sequence"] == 0
-    # A moved chunk's vector is its text's own, sealed for its new id: its text as the query finds that chunk.
-    keyring = build_resources()["keyring"]
+    # A moved chunk's vector is its text's own, sealed for its new id: its text as the query finds that chunk, with
+    # its citation sealed for the new id too (the same section: the preface heading closed before it).
     moved = next(row for row in ledger_chunks(ledger, acme).values() if row["sequence"] == 5)
+    assert moved["text_mac"] == before["text_mac"]
     text = keyring.encryptor(acme, moved["key_version"]).decrypt_text(
         moved["chunk_id"], moved["text_ciphertext"], moved["text_mac"], moved["seal_format"])
     top = pipeline.search(acme, text, 1)[0]
     assert top["chunk_id"] == moved["chunk_id"] and top["score"] > 0.99
+    assert (top["page"], top["section"]) == tuple(cited_before)
 
 
 # --- quarantine: what the document caused, and what the machine caused ------------------------------------------

@@ -1,10 +1,12 @@
-"""A leak scanner: is any chunk text, embedding or key of an installation stored or logged in clear?
+"""A leak scanner: is any chunk text, citation, embedding or key of an installation stored or logged in clear?
 
 Given installations (an INGEST_HOME, the environment with its master key) it builds markers from what they
 hold, decrypted at scan time with the installation's own keyring:
 
 - chunk text: 40-character windows of every chunk's text (and of each landed document's extracted text),
   as UTF-8 and as JSON-escaped ASCII;
+- citations: each chunk's page and section labels (decrypted from their own column) and each heading of a
+  section path, those distinctive enough to be evidence (`CITATION_MIN_CHARS`, two words), raw and JSON-escaped;
 - vectors: 16 bytes (4 float32) at the start and the middle of each stored embedding, and the start of the
   embedding as Python/JSON would print it as a list;
 - keys: the master key (raw and base64) and each tenant's data, MAC and index keys (raw, hex, base64,
@@ -47,6 +49,7 @@ TEXT_WINDOW = 40  # characters of chunk text per marker
 CHUNK_STRIDE = 64  # a marker starts every CHUNK_STRIDE characters of each chunk (and at its end)
 DOCUMENT_STRIDE = 200  # ... and every DOCUMENT_STRIDE characters of each landed document's text
 VECTOR_BYTES = 16  # float32 bytes per vector marker
+CITATION_MIN_CHARS = 12  # shorter page or section labels ("1", "Terms") occur everywhere: not evidence
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # landed documents larger than this are not extracted for markers
 READ_BLOCK = 32 * 1024 * 1024  # files are read in blocks of this size (with overlap)
 # Environment variables that say which installation a process works on; set per installation while scanning.
@@ -81,7 +84,7 @@ class Installation:
 class Finding:
     """One marker found where it must not be. `marker` says whose secret it is, never the secret."""
 
-    kind: str  # chunk-text | vector | key | credential
+    kind: str  # chunk-text | citation | vector | key | credential
     where: str  # a file path, "<home> table schema.table.column", or "exception <name>"
     marker: str
 
@@ -100,6 +103,8 @@ class ScanReport:
     markers: int = 0
     chunks_decrypted: int = 0
     vectors_decrypted: int = 0
+    citations_decrypted: int = 0
+    citation_markers: int = 0  # page and section label parts added as markers, counted per chunk
     tenants: int = 0
     exception_texts: int = 0
     dagster_files: int = 0  # files under INGEST_HOME/dagster: compute logs and artifacts
@@ -113,6 +118,7 @@ class ScanReport:
         return {"files_scanned": self.files_scanned, "bytes_scanned": self.bytes_scanned,
                 "rows_scanned": self.rows_scanned, "markers": self.markers, "tenants": self.tenants,
                 "chunks_decrypted": self.chunks_decrypted, "vectors_decrypted": self.vectors_decrypted,
+                "citations_decrypted": self.citations_decrypted, "citation_markers": self.citation_markers,
                 "exception_texts": self.exception_texts, "dagster_files": self.dagster_files, "seconds": self.seconds,
                 "tables": len(self.tables), "undecryptable": len(self.undecryptable),
                 "unreachable": self.unreachable}
@@ -148,6 +154,21 @@ class MarkerSet:
             escaped = json.dumps(window)[1:-1]
             if escaped != window:
                 self.add(escaped.encode("ascii"), kind, label)
+
+    def add_label(self, text: str, kind: str, label: str) -> int:
+        """A page or section label, whole and each part of a section path ("Terms > Payment"), raw and JSON-escaped;
+        only parts of at least CITATION_MIN_CHARS characters and two words. How many parts were added."""
+        parts = {text, *(part.strip() for part in text.split(" > "))}
+        added = 0
+        for part in sorted(parts):
+            if len(part) < CITATION_MIN_CHARS or len(part.split()) < 2:
+                continue
+            self.add(part.encode("utf-8"), kind, label)
+            escaped = json.dumps(part)[1:-1]
+            if escaped != part:
+                self.add(escaped.encode("ascii"), kind, label)
+            added += 1
+        return added
 
     def add_key(self, key: bytes, kind: str, label: str) -> None:
         """A key raw and as hex, base64 (standard and URL-safe) and a Python bytes repr would show it."""
@@ -312,10 +333,10 @@ def add_installation_markers(installation: Installation, dsn: str, markers: Mark
             return
         rows = conn.execute(
             "SELECT chunk_id::text, tenant_id, key_version, seal_format, text_mac, text_ciphertext,"
-            " embedding_ciphertext FROM ingest.chunks ORDER BY tenant_id, chunk_id").fetchall()
+            " embedding_ciphertext, citation_ciphertext FROM ingest.chunks ORDER BY tenant_id, chunk_id").fetchall()
     keyring = build_resources()["keyring"]
     encryptors: dict[tuple[str, int], object] = {}
-    for chunk_id, tenant, version, seal_format, mac, text_sealed, vector_sealed in rows:
+    for chunk_id, tenant, version, seal_format, mac, text_sealed, vector_sealed, citation_sealed in rows:
         if (tenant, version) not in encryptors:
             try:
                 keys = keyring.tenant_keys(tenant, version)
@@ -337,6 +358,12 @@ def add_installation_markers(installation: Installation, dsn: str, markers: Mark
                 markers.add_vector(encryptor.decrypt_vector(chunk_id, vector_sealed, mac, seal_format),
                                    f"embedding of tenant {tenant}")
                 report.vectors_decrypted += 1
+            if citation_sealed is not None:
+                citation = encryptor.decrypt_citation(chunk_id, citation_sealed, mac, seal_format)
+                report.citations_decrypted += 1
+                for where in (citation.page, citation.section):
+                    if where:
+                        report.citation_markers += markers.add_label(where, "citation", f"citation of tenant {tenant}")
         except DecryptionError:  # tampered on purpose by an isolation scenario
             report.undecryptable.append(f"{label(home)}: chunk of {tenant}")
     report.tenants += len({tenant for tenant, _ in encryptors})

@@ -102,7 +102,7 @@ def test_no_path_returns_or_counts_another_tenants_chunks(pipeline, tmp_path, sc
         assert (figures["ledger_indexed"], figures["index_vectors_before"], figures["missing"], figures["orphans"]) \
             == (indexed, indexed, 0, 0), figures
         checks = _check_metadata(materialize_partition(tenant))
-        assert checks["ciphertexts_decrypt"] == {"ciphertexts_checked": 2 * len(own[tenant]),
+        assert checks["ciphertexts_decrypt"] == {"ciphertexts_checked": 3 * len(own[tenant]),
                                                  "ciphertexts_failed": 0}, checks
         # The index checks of that run (which wrote nothing) return at once; launched on their own, they count
         # and sample this tenant only.
@@ -219,10 +219,12 @@ def test_a_moved_ciphertext_fails_authentication_and_is_never_shown(embedded_pip
             assert hit["chunk_id"] in own[tenant] and hit["text"] == own[tenant][hit["chunk_id"]]["text"]
             assert hit["chunk_id"] not in {first["chunk_id"], second["chunk_id"], victim["chunk_id"]}
     checks = {tenant: _check_metadata(materialize_partition(tenant)) for tenant in (acme, globex)}
-    assert checks[acme]["ciphertexts_decrypt"] == {"ciphertexts_checked": 2 * len(own[acme]),
-                                                   "ciphertexts_failed": 4}, checks
-    assert checks[globex]["ciphertexts_decrypt"] == {"ciphertexts_checked": 2 * len(own[globex]),
-                                                     "ciphertexts_failed": 2}, checks
+    # Text, citation and embedding of each row whose text and MAC were moved (the citation stayed, bound to the
+    # MAC that left).
+    assert checks[acme]["ciphertexts_decrypt"] == {"ciphertexts_checked": 3 * len(own[acme]),
+                                                   "ciphertexts_failed": 6}, checks
+    assert checks[globex]["ciphertexts_decrypt"] == {"ciphertexts_checked": 3 * len(own[globex]),
+                                                     "ciphertexts_failed": 3}, checks
     # Ingesting more for globex: the run's checks report the moved ciphertext, nothing is shown.
     (tmp_path / "more.txt").write_text("\n\n".join([GLOBEX_ONLY.replace("Globex", "Globex East")] * 2))
     pipeline.upload(globex, tmp_path / "more.txt")

@@ -49,6 +49,13 @@ def vault_rows(tenant: str) -> dict[int, str]:
     return {version: row["master_key_id"] for version, row in store.vault.wrapped(tenant).items()}
 
 
+def citations_of(rows: dict[str, dict], tenant: str) -> dict:
+    """The decrypted citation of each of these chunk rows (`ledger_chunks`), by chunk id."""
+    keyring = build_resources()["keyring"]
+    return {cid: keyring.encryptor(tenant, row["key_version"]).decrypt_citation(
+        cid, row["citation_ciphertext"], row["text_mac"], row["seal_format"]) for cid, row in rows.items()}
+
+
 def test_new_tenants_get_random_keys_kept_only_in_the_vault(embedded_pipeline, docs, scenario):
     scenario.category = "keys"
     acme, globex = embedded_pipeline.tenant("acme"), embedded_pipeline.tenant("globex")
@@ -91,6 +98,9 @@ def test_rotate_key_moves_every_row_resumably_while_search_keeps_working(embedde
     computed = embedded_pipeline.ledger().tenants.status(acme).embeddings_computed
     rows = sum(versions_in_rows(embedded_pipeline, acme).values())
     assert versions_in_rows(embedded_pipeline, acme) == {1: rows}
+    sealed_before = ledger_chunks(embedded_pipeline.ledger(), acme)
+    citations = citations_of(sealed_before, acme)
+    assert any(citation.section for citation in citations.values())  # the Markdown and HTML headings
 
     # The re-encryption job is SIGKILLed after its first batch of 20 rows.
     killed = cli(embedded_pipeline, "rotate-key", "--tenant", acme, "--batch-size", "20", "--json",
@@ -113,6 +123,12 @@ def test_rotate_key_moves_every_row_resumably_while_search_keeps_working(embedde
     assert report["versions_before"] == [1, 2] and report["versions_after"] == [2]
     assert versions_in_rows(embedded_pipeline, acme) == {2: rows + 1}
     assert set(vault_rows(acme)) == {0, 2}  # version 1's wrapped key is gone from the vault
+    # Each citation was re-sealed with its row: it opens under version 2 to what it was, and no ciphertext of
+    # version 1 is left.
+    sealed_after = ledger_chunks(embedded_pipeline.ledger(), acme)
+    assert {cid: c for cid, c in citations_of(sealed_after, acme).items() if cid in citations} == citations
+    assert not {bytes(row["citation_ciphertext"]) for row in sealed_before.values()} & {
+        bytes(row["citation_ciphertext"]) for row in sealed_after.values()}
     # Nothing was embedded again; the invariant holds; search answers exactly as before.
     assert embedded_pipeline.ledger().tenants.status(acme).embeddings_computed == computed + 1
     found = assert_invariant(acme, {"apache-license-2.0.txt", "new.md"})

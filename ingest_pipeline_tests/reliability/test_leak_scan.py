@@ -1,4 +1,4 @@
-"""The leak scan: no chunk text, vector or key of any installation the session created is stored or logged in
+"""The leak scan: no chunk text, citation, vector or key of any installation the session created is stored or logged in
 clear (Postgres rows and files, CyborgDB's files and the service's log, Dagster's event log and compute logs,
 exception texts). The reliability conftest puts this module after every other test of the session, so it scans
 their installations too; alone, its own scenario makes the scan meaningful."""
@@ -14,6 +14,7 @@ import pytest
 
 from ingest_pipeline import cli
 from ingest_pipeline.core.crypto import generate_master_key
+from ingest_pipeline.core.ids import document_id
 from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.runtime.settings import stop_embedded_postgres
 from ingest_pipeline.stores.tenant_index import TenantIndex
@@ -63,8 +64,9 @@ def _ingest_with_failures(pipeline, docs, monkeypatch, caught: dict) -> None:
     caught[f"{pipeline.backend}: CyborgDB failure"] = json.dumps(summary["runs"])
 
     # A run and a search under another master key: refused, with an exception text.
-    (docs.parent / f"later-{pipeline.backend}.md").write_text(
-        "# Later notes\n\nThe quarterly archive of sealed ledgers moves to the cold vault after review.\n")
+    (docs.parent / f"later-{pipeline.backend}.md").write_text(  # a distinctive heading: a citation to look for
+        "# Later notes\n\n## Halvorsen cold vault schedule\n\n"
+        "The quarterly archive of sealed ledgers moves to the cold vault after review.\n")
     pipeline.upload(acme, docs.parent / f"later-{pipeline.backend}.md")
     with monkeypatch.context() as patch:
         patch.setenv("INGEST_MASTER_KEY", generate_master_key())
@@ -78,17 +80,20 @@ def _ingest_with_failures(pipeline, docs, monkeypatch, caught: dict) -> None:
 
 
 def test_the_scanner_finds_planted_text_vectors_and_keys(embedded_pipeline, docs, scenario):
-    """A chunk sentence, a vector's bytes and keys planted in files, rows (compressed too) and exception text
-    are each found, and the findings never quote them."""
+    """A chunk sentence, a section heading, a vector's bytes and keys planted in files, rows (compressed too) and
+    exception text are each found, and the findings never quote them."""
     scenario.category = "leak-scan"
     pipeline = embedded_pipeline
     helpers.INSTALLATIONS.remove(pipeline)  # planted leaks must not fail the session's scan
     acme = pipeline.tenant("acme")
-    pipeline.upload(acme, docs / "apache-license-2.0.txt")
+    heading = "Brightwater escrow release conditions"
+    (docs.parent / "escrow.md").write_text(f"# Escrow\n\n## {heading}\n\nFunds are released after the audit.\n")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs.parent / "escrow.md")
     pipeline.ingest()
     keyring = build_resources()["keyring"]
     keys = keyring.tenant_keys(acme)
-    row = next(iter(ledger_chunks(pipeline.ledger(), acme).values()))
+    license_doc = document_id(acme, "apache-license-2.0.txt")
+    row = next(row for row in ledger_chunks(pipeline.ledger(), acme).values() if row["doc_id"] == license_doc)
     encryptor = keyring.encryptor(acme, row["key_version"])
     text = encryptor.decrypt_text(row["chunk_id"], row["text_ciphertext"], row["text_mac"], row["seal_format"])
     vector = encryptor.decrypt_vector(row["chunk_id"], row["embedding_ciphertext"], row["text_mac"],
@@ -98,8 +103,10 @@ def test_the_scanner_finds_planted_text_vectors_and_keys(embedded_pipeline, docs
 
     clean = leaks.scan([leaks.Installation.of(pipeline)])
     assert not clean.findings, list(map(str, clean.findings))
+    assert clean.citations_decrypted == clean.chunks_decrypted and clean.citation_markers >= 2
 
     (pipeline.home / "dagster" / "logs" / "planted.log").write_text(f"step failed on chunk: {sentence}\n")
+    (pipeline.home / "dagster" / "logs" / "planted-citation.log").write_text(f"chunk 3 of escrow.md: {heading}\n")
     (pipeline.home / "cyborgdb" / "planted.bin").write_bytes(b"\x00" * 37 + vector_bytes[:64] + b"\x01")
     (pipeline.home / "planted-master.txt").write_text(f"INGEST_MASTER_KEY={master}\n")
     with psycopg.connect(pipeline.ledger().dsn, autocommit=True) as conn:
@@ -107,7 +114,8 @@ def test_the_scanner_finds_planted_text_vectors_and_keys(embedded_pipeline, docs
         conn.execute(  # a large repetitive value: Postgres compresses it on disk, the query sees it whole
             "INSERT INTO public.planted VALUES (%s, %s, %s)",
             ("x" * 9000 + f"index key {keys.index_key.hex()}" + "y" * 9000, b"\x02" + keys.data_key + b"\x03",
-             json.dumps({"error": f"could not embed \"{sentence}\"\n", "vector": vector[:8].tolist()})))
+             json.dumps({"error": f"could not embed \"{sentence}\"\n", "vector": vector[:8].tolist(),
+                         "section": f"Escrow > {heading}"})))
     report = leaks.scan([leaks.Installation.of(pipeline)],
                         texts={"planted exception": f"ValueError: bad chunk {text[200:300]!r}"})
 
@@ -117,9 +125,11 @@ def test_the_scanner_finds_planted_text_vectors_and_keys(embedded_pipeline, docs
                 ("key", f"{leaks.label(pipeline.home)} table public.planted.payload"),
                 ("chunk-text", f"{leaks.label(pipeline.home)} table public.planted.doc"),
                 ("vector", f"{leaks.label(pipeline.home)} table public.planted.doc"),
-                ("chunk-text", "exception planted exception")}
+                ("chunk-text", "exception planted exception"), ("citation", "planted-citation.log"),
+                ("citation", f"{leaks.label(pipeline.home)} table public.planted.doc")}
     assert expected <= found, sorted(found)
-    secrets = [sentence, master, keys.index_key.hex(), keys.data_key.hex(), base64.b64encode(keys.data_key).decode()]
+    secrets = [sentence, heading, master, keys.index_key.hex(), keys.data_key.hex(),
+               base64.b64encode(keys.data_key).decode()]
     assert not [f for f in report.findings for s in secrets if s[:16] in str(f)]
     scenario.leaks = 0
     scenario.details = {**report.details(), "planted": len(expected), "planted_found": len(expected & found)}
@@ -146,6 +156,8 @@ def test_no_chunk_text_vector_or_key_leaks_anywhere(tmp_path, monkeypatch, docs,
     # The scan saw what it had to: both installations' chunks, vectors and keys, Dagster's failure texts.
     assert not [u for u in report.unreachable if any(u.startswith(leaks.label(h)) for h in homes)]
     assert report.chunks_decrypted > 50 and report.vectors_decrypted > 50 and report.tenants >= 4
+    # Every chunk's citation was opened, and the section labels (the later notes' distinctive heading) searched.
+    assert report.citations_decrypted == report.chunks_decrypted and report.citation_markers >= 2
     assert report.exception_texts >= 6 and report.files_scanned > 1000 and report.rows_scanned > 1000
     assert {"event_logs", "runs", "chunks", "tenants"} <= {t.rsplit(".", 1)[-1] for t in report.tables}
     assert not report.findings, "leaks:\n" + "\n".join(map(str, report.findings))

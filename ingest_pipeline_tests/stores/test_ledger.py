@@ -134,6 +134,37 @@ def test_pages_by_chunk_id_and_by_id_variants(ledger, tenant):
         assert sorted(row.chunk_id for row in resealable) == sorted(tenant["chunked"] + tenant["stale"])
 
 
+def test_a_chunks_sealed_citation_is_stored_read_and_follows_its_texts_key_version(ledger):
+    """The citation column is written and read by every chunk row type; a re-chunked document's unchanged text
+    takes its new citation when both are sealed alike, and keeps its own when the row's text stays under an older
+    key version (re-encryption moves it later); a chunk stored without one reads None."""
+    tenant = "initech-ledger"
+    with ledger.connect() as conn, conn.transaction():
+        conn.execute("INSERT INTO ingest.tenants (tenant_id, key_check) VALUES (%s, 'check')", (tenant,))
+        conn.execute("INSERT INTO ingest.tenant_keys (tenant_id, key_version, scheme) VALUES (%s, 1, 'derived'),"
+                     " (%s, 2, 'derived')", (tenant, tenant))
+        document = _document(ledger, conn, tenant, "cited.md", 2)
+        doc = str(document.doc_id)
+        first, second = chunk_id(doc, 0), chunk_id(doc, 1)
+
+        def store(key_version: int, citations: list[bytes | None]) -> dict[str, bytes | None]:
+            rows = [ChunkWrite(chunk_id(doc, seq), seq, 10 + seq, b"mac-%d" % seq, b"text-%d" % seq, key_version,
+                               None, citation) for seq, citation in enumerate(citations)]
+            ledger.chunks.store(conn, document, "0" * 64, rows)
+            return {row.chunk_id: row.citation_ciphertext for row in ledger.chunks.in_partition(conn, tenant, MONTH)}
+
+        assert store(1, [None, None]) == {first: None, second: None}  # as if stored before citations
+        assert store(1, [b"cite-0", b"cite-1"]) == {first: b"cite-0", second: b"cite-1"}
+        # Same text, now sealed under version 2: the rows keep their version-1 text, and so their citation.
+        assert store(2, [b"cite-0 v2", b"cite-1 v2"]) == {first: b"cite-0", second: b"cite-1"}
+        ledger.chunks.mark_indexed(conn, [first, second])
+        hits = ledger.chunks.hits(conn, tenant, [first])
+        assert hits[first].citation_ciphertext == b"cite-0"
+        resealable = ledger.chunks.to_reseal(conn, tenant, "00000000-0000-0000-0000-000000000000", 2, 2, 10)
+        assert {row.chunk_id: row.citation_ciphertext for row in resealable} == {first: b"cite-0", second: b"cite-1"}
+        conn.execute("DELETE FROM ingest.chunks WHERE tenant_id = %s", (tenant,))  # the module's other tests
+
+
 def test_a_sample_is_a_random_subset_of_the_indexed_chunks(ledger, tenant):
     with ledger.connect() as conn:
         whole = ledger.chunks.sample_indexed(conn, tenant["id"], 10, random.Random(1))

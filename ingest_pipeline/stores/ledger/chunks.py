@@ -267,17 +267,24 @@ class Chunks:
         """Upsert a document's encrypted chunks; keep the embedding of a chunk whose text is unchanged.
 
         The embedding of a ChunkWrite is None, or one already computed for the same text (sealed for this chunk
-        id): such a chunk is stored as embedded and is not embedded again.
+        id): such a chunk is stored as embedded and is not embedded again. The citation is the new one (a heading
+        renamed above unchanged text moves it), unless the row keeps text sealed under another key version or
+        seal format than the new citation's: then it keeps its own citation, which re-encryption moves with it.
         """
         rows = [ChunkWrite(*row) for row in rows]
         with conn.cursor() as cur:
             cur.executemany(
                 """
                 INSERT INTO ingest.chunks AS c (chunk_id, tenant_id, doc_id, sequence, token_count, text_mac,
-                                               text_ciphertext, key_version, embedding_ciphertext, state)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                               text_ciphertext, key_version, embedding_ciphertext, state,
+                                               citation_ciphertext)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (chunk_id) DO UPDATE SET
                     token_count = EXCLUDED.token_count,
+                    citation_ciphertext = CASE
+                        WHEN c.text_mac <> EXCLUDED.text_mac
+                          OR (c.key_version = EXCLUDED.key_version AND c.seal_format = EXCLUDED.seal_format)
+                        THEN EXCLUDED.citation_ciphertext ELSE c.citation_ciphertext END,
                     text_ciphertext = CASE WHEN c.text_mac = EXCLUDED.text_mac
                                            THEN c.text_ciphertext ELSE EXCLUDED.text_ciphertext END,
                     key_version = CASE WHEN c.text_mac = EXCLUDED.text_mac
@@ -294,7 +301,7 @@ class Chunks:
                 """,
                 [(row.chunk_id, document.tenant_id, document.doc_id, row.sequence, row.token_count, row.text_mac,
                   row.text_ciphertext, row.key_version, row.embedding_ciphertext,
-                  "chunked" if row.embedding_ciphertext is None else "embedded")
+                  "chunked" if row.embedding_ciphertext is None else "embedded", row.citation_ciphertext)
                  for row in rows],
             )
         conn.execute(

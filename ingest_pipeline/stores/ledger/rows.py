@@ -79,6 +79,7 @@ class Chunk:
     key_version: int
     seal_format: int
     state: str
+    citation_ciphertext: bytes | None = None  # None: stored before citations were kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +108,7 @@ class SealedEmbedding:
 
 @dataclass(frozen=True, slots=True)
 class SealedChunk:
-    """A chunk's sealed text and embedding and how they are sealed (what re-encryption reads)."""
+    """A chunk's sealed text, citation and embedding and how they are sealed (what re-encryption reads)."""
 
     chunk_id: str
     text_mac: bytes
@@ -115,11 +116,12 @@ class SealedChunk:
     embedding_ciphertext: bytes | None
     key_version: int
     seal_format: int
+    citation_ciphertext: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Hit:
-    """A search hit's chunk: its sealed text and its document's name."""
+    """A search hit's chunk: its sealed text and citation and its document's name."""
 
     chunk_id: str
     doc_id: str
@@ -129,6 +131,7 @@ class Hit:
     key_version: int
     seal_format: int
     doc_name: str
+    citation_ciphertext: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +142,8 @@ class ChunkId:
 
 
 class ChunkWrite(NamedTuple):
-    """A chunk to store (`Chunks.store`): the embedding is None, or one already computed for the same text."""
+    """A chunk to store (`Chunks.store`): the embedding is None, or one already computed for the same text; the
+    citation sealed under the same key version as the text."""
 
     chunk_id: str
     sequence: int
@@ -148,6 +152,7 @@ class ChunkWrite(NamedTuple):
     text_ciphertext: bytes
     key_version: int
     embedding_ciphertext: bytes | None
+    citation_ciphertext: bytes | None = None  # the sealed page and section (VectorEncryptor.encrypt_citation)
 
 
 class EmbeddingWrite(NamedTuple):
