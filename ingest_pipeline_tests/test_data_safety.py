@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import psycopg
 import pytest
-from dagster import DagsterEventType, MultiPartitionKey, materialize
+from dagster import DagsterEventType, Failure, MultiPartitionKey, materialize
 
 from ingest_pipeline import cli
 from ingest_pipeline.core.embedding import bundled_model_path
@@ -365,11 +365,12 @@ def test_rebuild_fills_a_new_index_beside_the_live_one_and_an_interrupted_rebuil
 
     real_upsert, writes, seen_during_rebuild = TenantIndex.upsert, [], []
 
-    def crash_after_two_batches(self, items):  # fault injector: the rebuild's process keeps failing
+    def crash_after_two_batches(self, items):  # fault injector: the rebuild's run fails for good after two batches
         if self.generation > 1:
             if len(writes) == 2:
                 seen_during_rebuild.append(pipeline.search(acme, MAGIC_QUERY, 3))
-                raise ConnectionError("injected: CyborgDB went away")
+                # Not retried: the step's retries would meet the same fault, after 14 s of backoff.
+                raise Failure("injected: CyborgDB went away", allow_retries=False)
             writes.append(len(items))
         return real_upsert(self, items)
 
