@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import random
+from pathlib import Path
 
 import pytest
 from dagster import DagsterEventType
@@ -13,16 +14,27 @@ from pypdf import PdfReader, PdfWriter
 from ingest_pipeline.core.extraction import ReasonCode
 from ingest_pipeline.core.ids import InvalidName
 from ingest_pipeline.core.ocr import DEFAULT_MAX_PAGES
+from ingest_pipeline.definitions import build_resources
 from ingest_pipeline.runtime.instance import dagster_instance, prepare_environment
 from ingest_pipeline.stores.landing_zone import LandingZone, RefusedFile
 from ingest_pipeline.work.uploads import record_dropped_files
 from ingest_pipeline_tests.helpers import CORPUS, step_events
 from ingest_pipeline_tests.hostile_files import (
     MiB,
+    billion_laughs_docx,
     bomb_pdf,
+    docx_with_member,
+    encrypted_office_file,
+    entity_epub,
+    external_entity_docx,
+    external_entity_odt,
     many_frames_tiff,
+    million_cell_xlsx,
+    nested_multipart_email,
+    office_zip_bomb,
     pixel_bomb_png,
     single_line,
+    truncated,
     truncated_png,
 )
 from ingest_pipeline_tests.reliability.invariant import QUERIES, assert_invariant
@@ -55,8 +67,10 @@ def _noise(size: int, seed: int) -> bytes:
     return bytes(generator.randrange(1, 256) for _ in range(size))
 
 
-def hostile_uploads(folder) -> dict[str, set[str]]:
-    """Write the hostile files that go through `ingest-pipeline upload`; return each name's acceptable codes."""
+def hostile_uploads(folder, outside_secret) -> dict[str, set[str]]:
+    """Write the hostile files that go through `ingest-pipeline upload`; return each name's acceptable codes.
+    `outside_secret` is a file outside the upload that external entities point at (never to be read)."""
+    contract = Path(__file__).parents[1] / "fixtures" / "formats" / "contract.docx"  # written by pandoc
     files = {
         "empty.txt": (b"", {ReasonCode.EMPTY}),
         "invalid-utf8.txt": (_marker("utf8") + _noise(6000, 1), {ReasonCode.INVALID_ENCODING}),
@@ -72,8 +86,21 @@ def hostile_uploads(folder) -> dict[str, set[str]]:
         "locked.pdf": (_encrypted_pdf(CORPUS / "acme/shared-mime-info-spec.pdf"), {ReasonCode.ENCRYPTED_PDF}),
         "corrupt.pdf": (b"%PDF-1.7\n" + _marker("pdf") + bytes(range(256)) * 40, {ReasonCode.CORRUPT_PDF}),
         "bomb.pdf": (bomb_pdf(2048 * MiB), {ReasonCode.DECOMPRESSION_LIMIT, ReasonCode.MEMORY_LIMIT}),
-        "pages-bomb.pdf": (bomb_pdf(70 * MiB, pages=15), {ReasonCode.MEMORY_LIMIT}),
+        # Pages inflating to 1 GiB in all: past the memory bound, or past the time bound first on a busy machine.
+        "pages-bomb.pdf": (bomb_pdf(70 * MiB, pages=15), {ReasonCode.MEMORY_LIMIT, ReasonCode.TIME_LIMIT}),
         "slides.docx": (b"PK\x03\x04" + _marker("docx"), {ReasonCode.CORRUPT_DOCUMENT}),  # a ZIP cut short
+        # Business documents: each container is checked before a parser sees it.
+        "bomb.docx": (office_zip_bomb(2 * 1024 * MiB), {ReasonCode.DECOMPRESSION_LIMIT}),  # 2 GiB inflated
+        "lying-sizes.docx": (office_zip_bomb(256 * MiB, lie=True), {ReasonCode.CORRUPT_DOCUMENT}),
+        "laughs.docx": (billion_laughs_docx(), {ReasonCode.UNSAFE_DOCUMENT}),
+        "xxe.docx": (external_entity_docx(str(outside_secret)), {ReasonCode.UNSAFE_DOCUMENT}),
+        "xxe.odt": (external_entity_odt(str(outside_secret)), {ReasonCode.UNSAFE_DOCUMENT}),
+        "entities.epub": (entity_epub(), {ReasonCode.UNSAFE_DOCUMENT}),
+        "escape.docx": (docx_with_member("../../etc/cron.d/job", _marker("escape")), {ReasonCode.UNSAFE_DOCUMENT}),
+        "million.xlsx": (million_cell_xlsx(), {ReasonCode.CONTENT_LIMIT, ReasonCode.TIME_LIMIT}),
+        "nested.eml": (nested_multipart_email(5_000), {ReasonCode.TOO_DEEPLY_NESTED, ReasonCode.TIME_LIMIT}),
+        "locked.xlsx": (encrypted_office_file(), {ReasonCode.ENCRYPTED_DOCUMENT}),
+        "cut.docx": (truncated(contract.read_bytes()), {ReasonCode.CORRUPT_DOCUMENT}),
         # 100,000 nested elements: extracted, or refused as too deep; either way the step carries on.
         "deep.html": (b"<div>" * 100_000 + b"nested paragraphs" + b"</div>" * 100_000,
                       {None, ReasonCode.TOO_DEEPLY_NESTED, ReasonCode.TIME_LIMIT, ReasonCode.MEMORY_LIMIT}),
@@ -101,10 +128,10 @@ def test_hostile_input_is_quarantined_with_codes_bounded_and_the_rest_indexed(
     tenant = pipeline.tenant("hostile")
     hostile = tmp_path / "hostile"
     hostile.mkdir()
-    expected = hostile_uploads(hostile)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret.txt").write_bytes(_marker("outside") + b" a file outside the upload\n")
+    expected = hostile_uploads(hostile, outside / "secret.txt")
 
     # Refused at upload: a control character in the name, and a link (which could point anywhere).
     bad_upload = tmp_path / "bad-upload"
@@ -137,6 +164,9 @@ def test_hostile_input_is_quarantined_with_codes_bounded_and_the_rest_indexed(
                "bell\x07name.txt": ReasonCode.BAD_NAME, "..\\..\\escape.txt": ReasonCode.BAD_NAME,
                os.fsdecode(b"caf\xe9.txt"): ReasonCode.BAD_NAME, "pipe.txt": ReasonCode.SPECIAL_FILE}
 
+    # The model loaded first (as in a code server that has ingested before): the growth bound below is the step's
+    # own, not the model's, which an ingest otherwise loads on a thread while this step chunks.
+    build_resources()["embedding_model"].embedder  # noqa: B018 - loads it
     summary = pipeline.ingest(tenant)  # asserts the run succeeded
 
     # Every uploaded hostile file is quarantined with an expected code; deep.html may have been read.
