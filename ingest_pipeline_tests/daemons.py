@@ -99,3 +99,20 @@ def launch_partition_run(tenant: str, run_config: dict | None = None) -> str:
                             cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_id
+
+
+def execute_partition_run(tenant: str, run_config: dict, folder: Path) -> str:
+    """Execute the ingest job for the tenant's current month with `dagster job execute` (the run in that command's
+    process, its steps as `run_config`'s executor starts them), with the partition's tags; returns the run's id."""
+    month = current_month()
+    tags = {"dagster/partition": str(MultiPartitionKey({"tenant": tenant, "month": month})),
+            "dagster/partition/tenant": tenant, "dagster/partition/month": month}
+    config = folder / "run-config.json"  # JSON is YAML
+    config.write_text(json.dumps(run_config))
+    before = {run.run_id for run in dagster_instance().get_runs()}
+    result = subprocess.run([str(BIN / "dagster"), "job", "execute", "-m", "ingest_pipeline.definitions",
+                             "-j", "ingest_job", "--tags", json.dumps(tags), "-c", str(config)],
+                            cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_id,) = {run.run_id for run in dagster_instance().get_runs()} - before
+    return run_id

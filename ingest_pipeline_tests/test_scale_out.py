@@ -1,20 +1,21 @@
 """The same code location, scaled out as far as one machine allows: an external PostgreSQL by DSN, the CyborgDB
-service, the production profile (no fallback anywhere), queued runs launched by the daemon, the multiprocess
-executor."""
+service, the production profile (no fallback anywhere), the multiprocess executor (each step a process of its own),
+the run started by the `dagster` CLI as a deployment's run worker starts it. (Queued runs launched by the daemon,
+with run monitoring and retries: runtime/test_instance.py and defs/test_backfills.py.)"""
 
 from dagster import DagsterEventType, DagsterRunStatus
 
 from ingest_pipeline.runtime.instance import dagster_instance
 from ingest_pipeline.runtime.settings import embedded_postgres_uri, stop_embedded_postgres
 from ingest_pipeline.stores.key_vault import KeyVault
-from ingest_pipeline_tests.daemons import FINISHED, launch_partition_run, run_status, stop_upload_sensor, wait_for
+from ingest_pipeline_tests.daemons import execute_partition_run, run_status
 from ingest_pipeline_tests.helpers import new_installation, step_events
 
 MULTIPROCESS = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}
 
 
-def test_a_queued_run_on_external_postgres_and_the_cyborgdb_service_with_the_multiprocess_executor(
-    tmp_path, monkeypatch, cyborgdb_service, docs, daemons
+def test_a_run_on_external_postgres_and_the_cyborgdb_service_with_the_multiprocess_executor(
+    tmp_path, monkeypatch, cyborgdb_service, docs
 ):
     server_home = tmp_path / "db-server"  # a PostgreSQL server that is not under INGEST_HOME
     dsn = embedded_postgres_uri(server_home)
@@ -25,11 +26,8 @@ def test_a_queued_run_on_external_postgres_and_the_cyborgdb_service_with_the_mul
         monkeypatch.setenv("INGEST_PROFILE", "production")
         acme = pipeline.tenant("acme")
         pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "pip-dependency-resolution.md")
-        stop_upload_sensor()
-        daemons.start()
-        run_id = launch_partition_run(acme, MULTIPROCESS)
-        assert wait_for(lambda: run_status(run_id) in FINISHED and run_status(run_id), "the run to finish",
-                        daemons, 240) == DagsterRunStatus.SUCCESS
+        run_id = execute_partition_run(acme, MULTIPROCESS, tmp_path)
+        assert run_status(run_id) == DagsterRunStatus.SUCCESS
 
         # Each step ran in a process of its own, started by the multiprocess executor.
         records = dagster_instance().all_logs(run_id, of_type=DagsterEventType.STEP_WORKER_STARTED)
