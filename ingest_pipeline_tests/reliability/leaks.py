@@ -103,6 +103,7 @@ class ScanReport:
     markers: int = 0
     chunks_decrypted: int = 0
     vectors_decrypted: int = 0
+    citations_sealed: int = 0  # chunks with a citation ciphertext (those written before citations have none)
     citations_decrypted: int = 0
     citation_markers: int = 0  # page and section label parts added as markers, counted per chunk
     tenants: int = 0
@@ -118,6 +119,7 @@ class ScanReport:
         return {"files_scanned": self.files_scanned, "bytes_scanned": self.bytes_scanned,
                 "rows_scanned": self.rows_scanned, "markers": self.markers, "tenants": self.tenants,
                 "chunks_decrypted": self.chunks_decrypted, "vectors_decrypted": self.vectors_decrypted,
+                "citations_sealed": self.citations_sealed,
                 "citations_decrypted": self.citations_decrypted, "citation_markers": self.citation_markers,
                 "exception_texts": self.exception_texts, "dagster_files": self.dagster_files, "seconds": self.seconds,
                 "tables": len(self.tables), "undecryptable": len(self.undecryptable),
@@ -359,7 +361,12 @@ def add_installation_markers(installation: Installation, dsn: str, markers: Mark
                                    f"embedding of tenant {tenant}")
                 report.vectors_decrypted += 1
             if citation_sealed is not None:
-                citation = encryptor.decrypt_citation(chunk_id, citation_sealed, mac, seal_format)
+                report.citations_sealed += 1
+                try:
+                    citation = encryptor.decrypt_citation(chunk_id, citation_sealed, mac, seal_format)
+                except DecryptionError:  # its text MAC moved by an isolation scenario
+                    report.undecryptable.append(f"{label(home)}: citation of {tenant}")
+                    continue
                 report.citations_decrypted += 1
                 for where in (citation.page, citation.section):
                     if where:
