@@ -39,7 +39,13 @@ from ingest_pipeline.core.sandbox import (
     SandboxLimits,
     SandboxPool,
 )
-from ingest_pipeline.runtime.settings import ConfigurationError, Settings, development_master_key, postgres_dsn
+from ingest_pipeline.runtime.settings import (
+    ConfigurationError,
+    Settings,
+    development_master_key,
+    positive_setting,
+    postgres_dsn,
+)
 from ingest_pipeline.stores.key_vault import KeyStore, KeyVault, TenantKeySet
 from ingest_pipeline.stores.landing_zone import LandingZone
 from ingest_pipeline.stores.ledger import Ledger
@@ -228,8 +234,8 @@ class LandingZoneResource(SettingsFromEnvironment):
     def sandbox_limits(self) -> SandboxLimits:
         """The extraction bounds: these fields, else the environment, else the defaults; OCR's settings
         (INGEST_OCR, INGEST_OCR_LANGUAGES, its per-page and per-document bounds) from the environment."""
-        memory_mb = self.extraction_memory_mb or _positive_from_env("INGEST_EXTRACTION_MEMORY_MB", int)
-        timeout_s = self.extraction_timeout_s or _positive_from_env("INGEST_EXTRACTION_TIMEOUT_S", float)
+        memory_mb = self.extraction_memory_mb or positive_setting("INGEST_EXTRACTION_MEMORY_MB", int)
+        timeout_s = self.extraction_timeout_s or positive_setting("INGEST_EXTRACTION_TIMEOUT_S", float)
         return SandboxLimits(
             memory_bytes=int(memory_mb * 2**20) if memory_mb else DEFAULT_MEMORY_BYTES,
             timeout_s=timeout_s or DEFAULT_TIMEOUT_S,
@@ -243,19 +249,6 @@ class LandingZoneResource(SettingsFromEnvironment):
 
     def sandbox_pool(self, chunking: ChunkingSpec | None = None) -> SandboxPool:
         """`extraction_workers` sandboxes side by side (each within sandbox_limits()), documents in order."""
-        workers = self.extraction_workers or _positive_from_env("INGEST_EXTRACTION_WORKERS", int) \
+        workers = self.extraction_workers or positive_setting("INGEST_EXTRACTION_WORKERS", int) \
             or min(2, len(os.sched_getaffinity(0)))
         return SandboxPool(self.sandbox_limits(), chunking, workers)
-
-
-def _positive_from_env(name: str, kind: type[int] | type[float]) -> int | float | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ConfigurationError(f"{name} must be a positive number, got {raw!r}")
-    return value

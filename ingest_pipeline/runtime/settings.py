@@ -192,8 +192,8 @@ def ocr_settings(get: Callable[[str], str]) -> OcrSettings:
                                  f"got {languages!r}")
     settings = OcrSettings(
         enabled=switch == "on", languages=languages,
-        page_timeout_s=_positive(get, "INGEST_OCR_PAGE_TIMEOUT_S", float) or DEFAULT_PAGE_TIMEOUT_S,
-        max_pages=_positive(get, "INGEST_OCR_MAX_PAGES", int) or DEFAULT_MAX_PAGES,
+        page_timeout_s=positive_setting("INGEST_OCR_PAGE_TIMEOUT_S", float, get) or DEFAULT_PAGE_TIMEOUT_S,
+        max_pages=positive_setting("INGEST_OCR_MAX_PAGES", int, get) or DEFAULT_MAX_PAGES,
     )
     if settings.enabled:
         try:
@@ -208,8 +208,11 @@ def ocr_settings(get: Callable[[str], str]) -> OcrSettings:
     return settings
 
 
-def _positive(get: Callable[[str], str], name: str, kind: type[int] | type[float]) -> int | float | None:
-    raw = get(name)
+def positive_setting(name: str, kind: type[int] | type[float], get: Callable[[str], str] | None = None
+                     ) -> int | float | None:
+    """Variable `name` as a positive `kind`, None when unset; anything else is a ConfigurationError naming it.
+    `get` reads a variable ("" when unset); by default this process's environment."""
+    raw = get(name) if get else os.environ.get(name, "").strip()
     if not raw:
         return None
     try:
