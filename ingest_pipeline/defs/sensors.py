@@ -129,7 +129,8 @@ def upload_sensor(
 ) -> SensorResult | SkipReason:
     """New uploads and landing-zone changes become partition runs.
 
-    Each upload triggers once (the cursor is the last upload event handled), a repeated tick is harmless
+    Each upload triggers once (the cursor is the last upload event handled) unless it is already ingested (no
+    no-op runs for what `ingest-pipeline ingest` did before the daemon ran), a repeated tick is harmless
     (run keys name the newest upload of the partition), a tenant with a run queued or running is held back
     until it finishes, and a new tenant's dynamic partition is added before its first run.
     """
@@ -175,7 +176,13 @@ def upload_sensor(
     # New upload events, a page at a time.
     wanted: dict[str, str] = dict(cursor.deferred)
     page = store.uploads.after(cursor.upload_id, UPLOADS_PER_TICK)
+    # An event already ingested (by `ingest-pipeline ingest` before the daemon first ran, say) needs no run.
+    with_work_left = store.uploads.with_work_left([upload.upload_id for upload in page])
+    if len(with_work_left) < len(page):
+        notes.append(f"{len(page) - len(with_work_left)} upload event(s) already ingested: no run for them")
     for upload in page:
+        if upload.upload_id not in with_work_left:
+            continue
         wanted[f"{upload.tenant_id}|{upload.partition_month}"] = (
             f"{upload.tenant_id}|{upload.partition_month}|upload|{upload.upload_id}")
     next_upload_id = page[-1].upload_id if page else cursor.upload_id

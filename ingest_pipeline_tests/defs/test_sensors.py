@@ -60,6 +60,11 @@ def test_each_upload_triggers_once_and_a_repeated_tick_is_harmless(embedded_pipe
     # The next tick, with the saved cursor: nothing new.
     skipped = tick(first.cursor)
     assert isinstance(skipped, SkipReason) and "no new uploads" in skipped.skip_message
+    # Once ingested, the same events replayed from no cursor (a daemon started after CLI ingests) ask for no run.
+    assert launch(first) == [first.run_requests[0].run_key]
+    replayed = tick(None)
+    assert isinstance(replayed, SkipReason), replayed
+    assert "2 upload event(s) already ingested" in replayed.skip_message
 
     # A new upload of one tenant, and a first one by a tenant Dagster has not seen: exactly those partitions.
     (docs / "apache-license-2.0.txt").write_text("Licensed under the Apache License, Version 2.0, amended.\n")

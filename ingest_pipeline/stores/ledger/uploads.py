@@ -13,6 +13,10 @@ from ingest_pipeline.stores.ledger.rows import Partition, Upload
 
 _COLUMNS = ("upload_id, tenant_id, doc_id::text AS doc_id, doc_name, content_sha256, is_delete, partition_month,"
             " size_bytes, uploaded_at, file_mtime_ns")
+# An upload event `u` whose document `d` is not done with it yet: never registered, registered by an older event
+# (this one not yet read), registered but not chunked, or with chunks not yet indexed.
+_WORK_LEFT = ("(d.doc_id IS NULL OR d.upload_id < u.upload_id OR d.status = 'registered'"
+              " OR EXISTS (SELECT 1 FROM ingest.chunks c WHERE c.doc_id = d.doc_id AND c.state <> 'indexed'))")
 _COLUMNS_OF_U = ("u.upload_id, u.tenant_id, u.doc_id::text AS doc_id, u.doc_name, u.content_sha256, u.is_delete,"
                  " u.partition_month, u.size_bytes, u.uploaded_at, u.file_mtime_ns")
 
@@ -85,6 +89,18 @@ class Uploads:
             return read_rows(conn, Upload, f"SELECT {_COLUMNS} FROM ingest.uploads WHERE upload_id > %s"
                                            " ORDER BY upload_id LIMIT %s", (upload_id, limit))
 
+    def with_work_left(self, upload_ids: list[int]) -> set[int]:
+        """Of these upload events, those whose document is not done with them yet. An event superseded by a newer
+        one of the same document counts as done: the newer event carries the work."""
+        if not upload_ids:
+            return set()
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                "SELECT u.upload_id FROM ingest.uploads u LEFT JOIN ingest.documents d ON d.doc_id = u.doc_id"
+                f" WHERE u.upload_id = ANY(%s) AND {_WORK_LEFT}", (list(upload_ids),),
+            ).fetchall()
+        return {row["upload_id"] for row in rows}
+
     def pending_partitions(self, tenant_id: str | None = None, limits: dict | None = None) -> list[Partition]:
         """(tenant, month) partitions with an upload not yet registered or work not yet indexed, and, given the
         current extraction `limits` (SandboxLimits.as_dict), those with a document quarantined under a smaller
@@ -97,11 +113,7 @@ class Uploads:
                 LEFT JOIN ingest.documents d ON d.doc_id = u.doc_id
                 WHERE u.upload_id = (SELECT max(v.upload_id) FROM ingest.uploads v WHERE v.doc_id = u.doc_id)
                   AND (%(tenant)s::text IS NULL OR u.tenant_id = %(tenant)s)
-                  AND (d.doc_id IS NULL OR d.upload_id <> u.upload_id
-                       OR d.status = 'registered'
-                       OR EXISTS (SELECT 1 FROM ingest.chunks c
-                                  WHERE c.doc_id = d.doc_id AND c.state <> 'indexed')
-                       OR """ + RETRYABLE_QUARANTINE + """)
+                  AND (""" + _WORK_LEFT + " OR " + RETRYABLE_QUARANTINE + """)
                 ORDER BY 1, 2
                 """,
                 {"tenant": tenant_id, "limits": Jsonb(limits) if limits else None},
