@@ -482,7 +482,7 @@ def format_throughput(embedder, workdir: Path, repeats: int = 5) -> list[dict] |
             embedder.embed(texts)
             embed_s = time.perf_counter() - tick
             row = {"format": fmt, "documents": len(paths), "pages": pages, "chunks": len(texts),
-                   "extract_s": round(seconds, 3), "documents_per_s": round(len(paths) / seconds, 1),
+                   "extract_s": round(seconds, 3), "documents_per_s": round(len(paths) / seconds, 2),
                    "pages_per_s": round(pages / seconds, 1), "pages_ocred": ocred,
                    "ocr_pages_per_s": round(ocred / seconds, 2) if ocred else None, "embed_s": round(embed_s, 2),
                    "embedding_share": round(embed_s / (embed_s + seconds), 3)}
