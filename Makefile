@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test reliability dev lint bench bench-large bench-empty bench-sensor bench-checks bench-backends recall stop screenshot validate
+.PHONY: install format-tools run test reliability dev lint bench bench-large bench-empty bench-sensor bench-checks bench-backends recall recall-formats stop screenshot validate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 	@tesseract --list-langs 2>/dev/null | grep -qx eng || { apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng; }
+
+# The per-format benchmarks write their documents with pandoc and LibreOffice headless: installed with apt when missing.
+format-tools:
+	@command -v pandoc >/dev/null && command -v soffice >/dev/null && \
+		test -e /usr/lib/libreoffice/program/libsclo.so -a -e /usr/lib/libreoffice/program/libsdlo.so || \
+		{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pandoc \
+		libreoffice-writer-nogui libreoffice-calc-nogui libreoffice-impress-nogui; }
 
 run: install  ## ingest the bundled sample corpus for two tenants and show search results
 	$(VENV)/bin/ingest-pipeline demo
@@ -31,10 +38,10 @@ dev: install  ## the Dagster UI on the same instance and state
 lint: install
 	$(VENV)/bin/ruff check .
 
-bench: install  ## end to end vs. the bare model at 500 and 2,000 chunks, re-runs, search latency, upserts, recall at 100k: a table and bench-report.json
+bench: install format-tools  ## end to end vs. the bare model at 500 and 2,000 chunks, re-runs, search latency, upserts, recall at 100k, extraction per format: a table and bench-report.json
 	$(PY) benchmarks/bench.py
 
-bench-large: install  ## the same with 8,000 chunks too (about 35 minutes on 2 cores)
+bench-large: install format-tools  ## the same with 8,000 chunks too (about 35 minutes on 2 cores)
 	$(PY) benchmarks/bench.py --sizes 500,2000,8000
 
 bench-empty: install  ## a backfill over partitions with no pending work: ms per partition, no model load
@@ -55,6 +62,9 @@ validate: install  ## dagster definitions validate and dg check defs, on this in
 
 recall: install  ## encrypted-index recall vs exact search, and answer-in-top-k, on the bundled SQuAD sample
 	$(PY) benchmarks/retrieval_quality.py
+
+recall-formats: install format-tools  ## answer-in-top-5 / top-1 per document format (pandoc, LibreOffice, e-mail, OCRed scans) against plain text
+	$(PY) benchmarks/format_retrieval.py
 
 screenshot: install  ## headless-Chromium screenshots of the asset graph and an asset's page, into docs/screenshots
 	test -x /usr/bin/chromium || { apt-get update && \

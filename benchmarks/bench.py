@@ -16,9 +16,17 @@
    embeddings (the corpus's chunks and the QA set's contexts) plus Gaussian noise, normalised. Strict and tie-aware
    recall, ms per query (the library's default n_probes and rerank).
 
-Prints a table and writes bench-report.json. `make bench-large` runs bigger sizes.
+6. Formats: the SQuAD sample's articles in every format `make recall-formats` measures (benchmarks/format_corpus.py:
+   pandoc, LibreOffice, email, scans at 200 dpi), extracted and chunked by the pipeline's sandboxed worker
+   (`ExtractionSandbox` with the default limits and OCR settings, one worker): documents/s and pages/s per format
+   (pages as LibreOffice lays the articles out, the same for every format), OCR pages/s, and beside each format the
+   seconds the bundled model takes to embed the very chunks it made, in the same run. Skipped, and said so, when
+   pandoc or LibreOffice is missing (the Makefile installs them).
+
+Prints a table and writes bench-report.json. `make bench-large` runs bigger sizes; `--only formats` runs section 6.
 
     .venv/bin/python benchmarks/bench.py [--sizes 500,2000,8000] [--vectors 100000] [--json-out bench-report.json]
+                                         [--only formats]
 """
 
 from __future__ import annotations
@@ -436,6 +444,53 @@ def recall_at_scale(indexes, base: np.ndarray, count: int, queries: np.ndarray, 
     return figures
 
 
+# ---- 6. formats --------------------------------------------------------------------------------------
+
+
+def format_throughput(embedder, workdir: Path, repeats: int = 5) -> list[dict] | dict:
+    """Per format: extraction (and chunking) in the pipeline's sandboxed worker, documents/s and pages/s, OCR
+    pages/s, and the seconds the model takes to embed the chunks of the same documents. Text formats are read
+    `repeats` times (they take milliseconds), scans once."""
+    from format_corpus import SCANS, build_corpus, missing_tools, pdf_pages
+
+    from ingest_pipeline.core.embedding import bundled_model_path
+    from ingest_pipeline.core.sandbox import ChunkingSpec, ExtractionSandbox, SandboxLimits
+
+    if missing := missing_tools():
+        return {"skipped": f"not installed: {', '.join(missing)}"}
+    files = build_corpus(workdir / "formats")
+    pages = pdf_pages(files)
+    rows = []
+    with ExtractionSandbox(SandboxLimits(), ChunkingSpec.for_model(bundled_model_path())) as sandbox:
+        warm = files["txt"][0]
+        sandbox.run(warm.parent, warm.name)  # the worker's start and the tokenizer's load are not a format's
+        for fmt, paths in files.items():
+            rounds = 1 if fmt in SCANS else repeats
+            if fmt not in SCANS:  # its parser's imports, once per worker, are not its throughput
+                sandbox.run(paths[0].parent, paths[0].name)
+            chunks, ocred = [], 0
+            tick = time.perf_counter()
+            for _ in range(rounds):
+                chunks, ocred = [], 0
+                for path in paths:
+                    result = sandbox.run(path.parent, path.name)
+                    chunks += result.chunks
+                    ocred += result.pages_ocred
+            seconds = (time.perf_counter() - tick) / rounds
+            texts = [chunk.text for chunk in chunks]
+            tick = time.perf_counter()
+            embedder.embed(texts)
+            embed_s = time.perf_counter() - tick
+            row = {"format": fmt, "documents": len(paths), "pages": pages, "chunks": len(texts),
+                   "extract_s": round(seconds, 3), "documents_per_s": round(len(paths) / seconds, 2),
+                   "pages_per_s": round(pages / seconds, 1), "pages_ocred": ocred,
+                   "ocr_pages_per_s": round(ocred / seconds, 2) if ocred else None, "embed_s": round(embed_s, 2),
+                   "embedding_share": round(embed_s / (embed_s + seconds), 3)}
+            rows.append(row)
+            print(f"format {fmt}: {row}", file=sys.stderr)
+    return rows
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 
 
@@ -444,8 +499,14 @@ def table(report: dict) -> str:
     columns = ["chunks", "end_to_end_s", "end_to_end_chunks_per_s", "bare_model_chunks_per_s", "ratio",
                "token_batched_model_chunks_per_s", "ratio_to_token_batched_model", "ms_per_chunk_end_to_end",
                "cli_peak_rss_mb"]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in report["throughput"]]
+    lines = []
+    if report["throughput"]:
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in report["throughput"]]
+    if isinstance(report.get("formats"), list):
+        format_columns = list(report["formats"][0])
+        lines += ["", "| " + " | ".join(format_columns) + " |", "|" + "---|" * len(format_columns)]
+        lines += ["| " + " | ".join(str(row[c]) for c in format_columns) + " |" for row in report["formats"]]
     for section, figures in report.items():
         if isinstance(figures, dict):
             lines += ["", f"| {section} | |", "|---|---|"]
@@ -461,6 +522,7 @@ def main() -> int:
     parser.add_argument("--json-out", default=str(ROOT / "bench-report.json"))
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
                         help="also ingest the 2,000-chunk corpus with the int8 ONNX backend")
+    parser.add_argument("--only", choices=["formats"], help="run only this section (the machine is always shown)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sizes = [int(size) for size in args.sizes.split(",") if size]
@@ -477,7 +539,16 @@ def main() -> int:
     _, questions = load_qa()
     queries = [q["question"] for q in questions][:100]
     corpus_vectors = None
+    if args.only == "formats":
+        with tempfile.TemporaryDirectory(prefix="ingest-bench-") as workdir:
+            report["formats"] = format_throughput(embedder, Path(workdir))
+        report["seconds"] = round(time.perf_counter() - started, 1)
+        print(table(report))
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwritten: {args.json_out}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="ingest-bench-") as workdir:
+        report["formats"] = format_throughput(embedder, Path(workdir))
         for size in sizes:
             with scratch_installation("ingest-bench-home-"):
                 figures = throughput(size, documents, embedder, Path(workdir))

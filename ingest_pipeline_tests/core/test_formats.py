@@ -226,3 +226,22 @@ def test_a_docx_table_is_read_row_by_row_under_its_header():
 def test_a_semicolon_csv_keeps_its_columns():
     text = extract_text("stock.csv", b"Item;Count\nBolts;40\nNuts;25\n").text
     assert text == "Item: Bolts\nCount: 40\n\nItem: Nuts\nCount: 25"
+
+
+def test_a_csv_cell_with_doubled_quotes_and_commas_stays_one_cell():
+    # As Excel, LibreOffice and Python's csv write it; the standard library's sniffer takes it for a dialect
+    # without doubled quotes, which split the cell at its commas.
+    data = b'article,text\nNormans,"Norse (""Norman"" is ""Norseman"") raiders from Denmark, Iceland and Norway"\n'
+    text = extract_text("articles.csv", data).text
+    assert text == 'article: Normans\ntext: Norse ("Norman" is "Norseman") raiders from Denmark, Iceland and Norway'
+
+
+def test_a_row_too_long_for_a_chunk_keeps_its_short_columns_with_its_text(chunker):
+    # Cut at lines, such a row left "article: Normans / part: 2" as a chunk of its own, matching any question
+    # about the Normans and cut off from the text it labels.
+    passage = " ".join(f"Sentence {n} tells how the duchy grew in the year {900 + n}." for n in range(60))
+    data = f"article,part,text\nNormans,2,{passage}\n".encode()
+    chunks = chunker.split_extracted(extract_text("articles.csv", data))
+    assert len(chunks) > 1
+    assert chunks[0].text.startswith("article: Normans | part: 2 | text: Sentence 0 tells")
+    assert all("Sentence" in chunk.text for chunk in chunks)

@@ -11,8 +11,9 @@ Why these libraries (each permissively licensed, offline, no model weights):
 - .pptx: python-pptx (MIT): one page per slide (numbered from 1), the slide title as a heading, text frames,
   tables and notes.
 - .xlsx: openpyxl (MIT) in read-only (streaming) mode: one page and heading per sheet (its name), each row as
-  "column: value" lines under its header, at most `MAX_CELLS` cells.
-- .csv: the standard library's csv with the same row layout.
+  "column: value" lines under its header (a row longer than `markup.LONG_RECORD_CHARS` on one line, so that a
+  chunk boundary inside it keeps its short columns with its text), at most `MAX_CELLS` cells.
+- .csv: the standard library's csv with the same row layout (the delimiter sniffed, quotes doubled as RFC 4180).
 - .odt/.ods/.odp: odfpy (Apache-2.0, one of its three licences): headings by outline level, tables, one page
   per sheet or slide.
 - .rtf: striprtf (BSD-3-Clause): plain text (RTF headings are only font sizes, so no sections).

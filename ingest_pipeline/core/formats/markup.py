@@ -14,6 +14,9 @@ _MARKUP_LINE = re.compile(r"^(\s*)(#|=+\s*$|-+\s*$|```|~~~)", re.MULTILINE)
 _HEADINGS = {f"h{level}": level for level in range(1, 7)}
 _BLOCKS = {"p", "li", "pre", "blockquote", "dd", "dt", "figcaption", "caption", "address", "td", "th"}
 _SKIPPED = {"script", "style", "noscript", "template", "head", "title", "svg", "math"}
+# A table row with more characters than this is written on one line (MarkdownText.record): about 150 word pieces,
+# so any row that might not fit in one chunk (254) with the rows around it.
+LONG_RECORD_CHARS = 600
 
 
 def escape_markup(text: str) -> str:
@@ -70,14 +73,21 @@ class MarkdownText:
             self.paragraph(" | ".join(value for value in header if value))
 
     def record(self, header: Sequence[str], values: Sequence[str]) -> bool:
-        """One table row as "column: value" lines (empty values left out), so the row keeps its column names."""
+        """One table row as "column: value" lines (empty values left out), so the row keeps its column names.
+
+        A row longer than LONG_RECORD_CHARS (prose in a cell) is one line instead, its pairs joined by " | ": a
+        row too long for one chunk is cut at lines first, which left its short columns ("article: X", "part: 2")
+        as a chunk of their own, matching any query about X and cut off from the text they describe; on one line
+        it is cut at sentences, and its first chunk starts with them.
+        """
         lines = []
         for index, value in enumerate(values):
             if value:
                 name = header[index] if index < len(header) and header[index] else f"column {index + 1}"
                 lines.append(f"{name}: {value}")
         if lines:
-            self.paragraph("\n".join(lines))
+            long = sum(map(len, lines)) > LONG_RECORD_CHARS
+            self.paragraph((" | " if long else "\n").join(lines))
         return bool(lines)
 
     def build(self) -> tuple[str, list[Location]]:

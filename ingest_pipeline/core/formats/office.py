@@ -106,9 +106,13 @@ def read_csv(document_name: str, data: bytes) -> MarkdownText:
     """The rows under the first row (the header), each as "column: value" lines; at most MAX_CELLS cells."""
     text = decode_text(document_name, data)
     try:
-        dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
+        sniffed = csv.Sniffer().sniff(text[:8192], delimiters=",;\t|")
     except csv.Error:
-        dialect = csv.excel
+        sniffed = csv.excel
+    # The sniffer's guess is kept for the delimiter and quote character only. Its `doublequote` is often False on
+    # files that escape quotes the RFC 4180 way (Excel, LibreOffice, Python's csv), and then a `""` inside a quoted
+    # field ends it: the rest of the cell is split at its commas into columns of its own.
+    dialect = _Dialect(sniffed.delimiter, sniffed.quotechar or '"', sniffed.skipinitialspace)
     out = MarkdownText()
     rows, cells = [], 0
     try:
@@ -121,6 +125,15 @@ def read_csv(document_name: str, data: bytes) -> MarkdownText:
                                  ReasonCode.CORRUPT_DOCUMENT) from None
     out.table(rows)
     return out
+
+
+class _Dialect(csv.Dialect):
+    def __init__(self, delimiter: str, quotechar: str, skipinitialspace: bool) -> None:
+        self.delimiter, self.quotechar, self.skipinitialspace = delimiter, quotechar, skipinitialspace
+        self.doublequote = True
+        self.quoting = csv.QUOTE_MINIMAL
+        self.lineterminator = "\r\n"
+        super().__init__()
 
 
 def check_cells(document_name: str, cells: int) -> None:
