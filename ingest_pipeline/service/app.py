@@ -64,13 +64,16 @@ class ServiceSettings:
     """The service's settings, from the environment: INGEST_API_RATE_PER_S (a key's default requests per second,
     20), INGEST_API_MAX_BATCH (queries per request, 32), INGEST_API_MAX_BODY_BYTES (65536),
     INGEST_API_BATCH_WAIT_MS (how long the first query waits for others to share its model call, 2),
-    INGEST_API_CORS_ORIGINS (comma-separated origins allowed to call from a browser; unset: CORS off)."""
+    INGEST_API_CORS_ORIGINS (comma-separated origins allowed to call from a browser; unset: CORS off),
+    INGEST_API_MODEL_THREADS (PyTorch threads of the model; default half the cores this process may use, at least
+    one: the other half serves Postgres, the index and decryption)."""
 
     rate_per_s: float = 20.0
     max_batch: int = 32
     max_body_bytes: int = 65536
     batch_wait_ms: float = 2.0
     cors_origins: tuple[str, ...] = ()
+    model_threads: int = 0
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -81,6 +84,8 @@ class ServiceSettings:
             max_body_bytes=positive_setting("INGEST_API_MAX_BODY_BYTES", int) or cls.max_body_bytes,
             batch_wait_ms=positive_setting("INGEST_API_BATCH_WAIT_MS", float) or cls.batch_wait_ms,
             cors_origins=origins,
+            model_threads=positive_setting("INGEST_API_MODEL_THREADS", int)
+            or max(1, len(os.sched_getaffinity(0)) // 2),
         )
 
 
@@ -275,6 +280,10 @@ class ServiceState:
     def load_model(self) -> None:
         """Load the model and run one query through it (the first call is slower), then say ready."""
         try:
+            if self.settings.model_threads and self.model.resolved_backend == "torch":
+                import torch
+
+                torch.set_num_threads(self.settings.model_threads)
             self.model.embedder.embed(["warm up"])
         except Exception as exc:  # readyz says why (the type only); the process keeps serving health
             self.model_error = type(exc).__name__
