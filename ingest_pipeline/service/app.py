@@ -3,8 +3,8 @@
 It reads what the pipeline wrote (the ledger, the key vault, CyborgDB) and writes nothing but a key's last use.
 Everything it needs is built once per process, in the app's lifespan: the resources, a pooled ledger and key
 vault, the index backend, and the model, which is loaded (and warmed) before `/readyz` answers ready. Concurrent
-queries are embedded in one model call (`EmbeddingBatcher`). Every key check reads Postgres, so a revoked key is
-refused by every replica from the next request on.
+queries are embedded in one model call, and those of one tenant searched in one index call (`QueryBatcher`).
+Every key check reads Postgres, so a revoked key is refused by every replica from the next request on.
 
 Nothing a tenant sends or reads (queries, results, chunk text, keys) reaches a log line, a metric label or an
 error body: errors name the field and the reason, logs the route template, status and duration.
@@ -37,9 +37,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ingest_pipeline.runtime.settings import ConfigurationError, Settings, positive_setting, postgres_dsn
-from ingest_pipeline.service.batching import EmbeddingBatcher
+from ingest_pipeline.service.batching import QueryBatcher
 from ingest_pipeline.service.limits import RateLimiter, retry_after
 from ingest_pipeline.service.pooling import PooledKeyVault, PooledLedger
+from ingest_pipeline.stores import locks
 from ingest_pipeline.stores.key_vault import TenantErased, UnknownTenant
 from ingest_pipeline.stores.ledger.api_keys import ERASED
 from ingest_pipeline.stores.tenant_index import CallTimedOut, IndexUnavailable, TenantIndex
@@ -56,6 +57,8 @@ FORMAT = re.compile(r"[a-z0-9]{1,16}")
 REQUEST_FIELDS = ("query", "queries", "top_k", "filters", "mode", "alpha")
 # One body for every refused key (missing, malformed, unknown, revoked): nothing tells them apart.
 UNAUTHORIZED = {"error": "unauthorized", "detail": "a valid API key is required: Authorization: Bearer KEY"}
+# An embedded index unused this long is let go (another process may want it; see ServiceState.index).
+EMBEDDED_IDLE_S = 1.0
 SEARCH_OPTIONS = frozenset(inspect.signature(search_tenant).parameters)
 
 
@@ -269,13 +272,18 @@ class ServiceState:
         self.metrics = Metrics()
         self.model_ready = threading.Event()
         self.model_error: str | None = None
-        self.batcher = EmbeddingBatcher(self._embed, settings.batch_wait_ms / 1000, max_texts=64,
-                                        observe=self.metrics.batch.observe)
+        self.batcher = QueryBatcher(self._embed, self._search_group, settings.batch_wait_ms / 1000, max_texts=64,
+                                    observe=self.metrics.batch.observe)
         self._handles: OrderedDict[tuple, TenantIndex] = OrderedDict()
         self._handles_lock = threading.Lock()
+        self._last_use: dict[str, float] = {}
 
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self.model.embedder.embed(texts)
+
+    def _search_group(self, group: tuple, queries: list[str], vectors: np.ndarray) -> list:
+        tenant_id, top_k, options = group
+        return self.search(tenant_id, queries, vectors, top_k, json.loads(options))
 
     def load_model(self) -> None:
         """Load the model and run one query through it (the first call is slower), then say ready."""
@@ -291,26 +299,60 @@ class ServiceState:
             return
         self.model_ready.set()
 
-    def index(self, keys) -> TenantIndex | None:
-        """The tenant's live index. The service backend's handles are kept (keyed by generation and index key, so a
-        rebuild or a new key opens anew); an embedded index is opened per request and let go after it, since
-        cyborgdb-core locks an open index to one process and the pipeline's writers must be able to open it."""
+    def index(self, keys) -> tuple[TenantIndex | None, bool]:
+        """The tenant's live index, and whether it is kept for the next requests. Handles are kept by tenant,
+        generation and index key (a rebuild or a new key opens anew). An embedded index is kept only while no
+        writer of the tenant is at work and for at most EMBEDDED_IDLE_S without a request (`release_embedded`):
+        cyborgdb-core locks an open index to one process, and a writer (which takes the tenant's lock, then opens
+        the index, retrying while it is held open) must get it; while one is at work, each request opens it and
+        lets go after."""
         with self.ledger.connect() as conn:
             live, _, _ = self.ledger.tenants.generations(conn, keys.tenant_id)
-        if self.embedded:
-            return self.indexes.open(keys, generation=live)
+            if self.embedded and _writer_at_work(conn, keys.tenant_id):
+                self.drop_handles(keys.tenant_id)
+                return self.indexes.open(keys, generation=live), False
         cache_key = (keys.tenant_id, live, hashlib.sha256(keys.index_key).digest())
         with self._handles_lock:
             if cache_key in self._handles:
                 self._handles.move_to_end(cache_key)
-                return self._handles[cache_key]
+                self._last_use[keys.tenant_id] = time.monotonic()
+                return self._handles[cache_key], True
         index = self.indexes.open(keys, generation=live)
         if index is not None:
             with self._handles_lock:
                 self._handles[cache_key] = index
+                self._last_use[keys.tenant_id] = time.monotonic()
                 while len(self._handles) > 256:
                     self._handles.popitem(last=False)
-        return index
+        return index, True
+
+    def drop_handles(self, tenant_id: str) -> None:
+        """Let go of the tenant's kept index handles (an embedded store is released with its last reference)."""
+        with self._handles_lock:
+            dropped = [key for key in self._handles if key[0] == tenant_id]
+            for key in dropped:
+                del self._handles[key]
+            self._last_use.pop(tenant_id, None)
+        if dropped and self.embedded:
+            gc.collect()
+
+    def release_embedded(self, stop: threading.Event) -> None:
+        """Every EMBEDDED_IDLE_S / 4: let go of embedded indexes unused for EMBEDDED_IDLE_S or wanted by a writer, so
+        that a writer, or another process's reader, never waits long for a service that holds one open."""
+        while not stop.wait(EMBEDDED_IDLE_S / 4):
+            with self._handles_lock:
+                tenants = dict(self._last_use)
+            if not tenants:
+                continue
+            try:
+                with self.ledger.connect() as conn:
+                    now = time.monotonic()
+                    for tenant_id, used in tenants.items():
+                        if now - used > EMBEDDED_IDLE_S or _writer_at_work(conn, tenant_id):
+                            self.drop_handles(tenant_id)
+            except psycopg.Error:  # Postgres down: no writer can work either; let go of everything
+                for tenant_id in tenants:
+                    self.drop_handles(tenant_id)
 
     def search(self, tenant_id: str, queries: list[str], vectors: np.ndarray, top_k: int, options: dict) -> list:
         """The hits (as `search --json` prints them) of each query in the tenant's index."""
@@ -319,16 +361,16 @@ class ServiceState:
                 keys = self.keyring.keyset(tenant_id, conn)
             except UnknownTenant:  # a key issued before the tenant's first ingest
                 return [[] for _ in queries]
-        index = self.index(keys.index_keys())
+        index, kept = self.index(keys.index_keys())
         answers = _run_search(
             tenant_id=tenant_id, queries=queries, top_k=top_k, embedder=_Vectors(vectors), index=index,
             ledger=self.ledger, model_ids=self.model_ids,
             encryptor_for=lambda v: (keys if v in keys.data_keys else self.keyring.keyset(tenant_id)).encryptor(v),
             **options,
         )
-        if self.embedded and index is not None:
+        if self.embedded and not kept and index is not None:
             del index
-            gc.collect(0)  # the engine's store is let go with its last reference
+            gc.collect()  # the engine's store is let go with its last reference
         return [[hit.as_dict() for hit in hits] for hits in answers]
 
     def readiness(self) -> dict[str, str]:
@@ -349,6 +391,15 @@ class ServiceState:
         checks["model"] = "ok" if self.model_ready.is_set() else (
             f"failed ({self.model_error})" if self.model_error else "loading")
         return checks
+
+
+def _writer_at_work(conn: psycopg.Connection, tenant_id: str) -> bool:
+    """Whether a writer holds, or waits for, the tenant's lock (`TenantLocks.writer`: exclusive)."""
+    return conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+        " AND classid = %s::oid AND objid = hashtext(%s)::oid AND objsubid = 2) AS busy",
+        (locks.TENANT.classid, tenant_id),
+    ).fetchone()["busy"]
 
 
 def _dependency_down(exc: BaseException) -> str | None:
@@ -386,10 +437,15 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         state = await run_in_threadpool(ServiceState, settings)
         app.state.service = state
         state.batcher.start()
+        stop = threading.Event()
+        if state.embedded:
+            threading.Thread(target=state.release_embedded, args=(stop,), name="embedded-index-release",
+                             daemon=True).start()
         loader = asyncio.get_running_loop().run_in_executor(None, state.load_model)
         try:
             yield
         finally:
+            stop.set()
             await state.batcher.stop()
             loader.cancel()
 
@@ -468,9 +524,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             parsed = parse_search(body, settings.max_batch)
             if not state.model_ready.is_set():
                 raise HTTPRefusal(503, {"error": "unavailable", "dependency": "model"}, {"Retry-After": "5"})
-            vectors = await state.batcher.embed(parsed.queries)
-            answers = await run_in_threadpool(state.search, row.tenant_id, parsed.queries, vectors, parsed.top_k,
-                                              parsed.options)
+            group = (row.tenant_id, parsed.top_k, json.dumps(parsed.options, sort_keys=True))
+            answers = await state.batcher.submit(group, parsed.queries)
         except HTTPRefusal:
             raise
         except TenantErased:

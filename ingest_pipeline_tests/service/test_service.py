@@ -182,6 +182,9 @@ def test_no_query_key_or_text_in_logs_or_metrics(served):
         metrics = client.get("/metrics").text
         assert client.get("/readyz").json()["status"] == "ready" and client.get("/healthz").status_code == 200
         assert client.get("/docs").status_code == 200 and "/v1/search" in client.get("/openapi.json").text
+        preflight = client.options("/v1/search", headers={"Origin": "https://elsewhere.example",
+                                                          "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in preflight.headers  # CORS is off unless configured
     log = served.log()
     assert 'route="/v1/search"' in metrics and "/v1/search/../search" not in metrics
     assert "POST /v1/search 200" in log
@@ -189,13 +192,23 @@ def test_no_query_key_or_text_in_logs_or_metrics(served):
         assert secret not in log and secret not in metrics
 
 
-def test_erased_tenant_answers_410(served):
-    """Erasure revokes the tenant's keys (listed as erased) and the service answers 410 Gone."""
-    served.pipeline.cli("erase-tenant", "--tenant", served.tenants["globex"], "--yes")
-    answer = served.search(served.keys["globex"], {"query": QUERY})
-    assert answer.status_code == 410
-    rows = json.loads(served.pipeline.cli("api-key", "list", "--tenant", served.tenants["globex"], "--json").stdout)
-    assert rows and all(row["revoked_reason"] == "erased" for row in rows)
+def test_erased_tenant_answers_410(served, tmp_path):
+    """A key of a tenant not ingested yet answers no hits; erasing the tenant revokes its keys (listed as erased),
+    and the service answers 410 Gone. A tenant of its own, so that no other test depends on this one."""
+    tenant = served.pipeline.tenant("initech")
+    doc = tmp_path / "notes.md"
+    doc.write_text("# Notes\n\nA document uploaded and never ingested.\n")
+    served.pipeline.upload(tenant, doc)
+    created = json.loads(served.pipeline.cli("api-key", "create", "--tenant", tenant, "--json").stdout)
+    served.secrets_seen.append(created["key"])
+    assert created["tenant"] == tenant and created["key"].startswith(f"ipk_{created['key_id']}_")
+    answer = served.search(created["key"], {"query": QUERY})
+    assert answer.status_code == 200 and answer.json() == {"results": []}
+    served.pipeline.cli("erase-tenant", "--tenant", tenant, "--yes")
+    answer = served.search(created["key"], {"query": QUERY})
+    assert answer.status_code == 410 and tenant not in answer.text
+    rows = json.loads(served.pipeline.cli("api-key", "list", "--tenant", tenant, "--json").stdout)
+    assert [row["revoked_reason"] for row in rows] == ["erased"]
     assert served.search(served.keys["acme"], {"query": QUERY}).status_code == 200
 
 
