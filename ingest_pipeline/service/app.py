@@ -301,11 +301,11 @@ class ServiceState:
 
     def index(self, keys) -> tuple[TenantIndex | None, bool]:
         """The tenant's live index, and whether it is kept for the next requests. Handles are kept by tenant,
-        generation and index key (a rebuild or a new key opens anew). An embedded index is kept only while no
-        writer of the tenant is at work and for at most EMBEDDED_IDLE_S without a request (`release_embedded`):
-        cyborgdb-core locks an open index to one process, and a writer (which takes the tenant's lock, then opens
-        the index, retrying while it is held open) must get it; while one is at work, each request opens it and
-        lets go after."""
+        generation and index key (a rebuild or a new key opens anew). An embedded index is kept only while nobody
+        holds the tenant's lock (a writer, or an asset check reading) and for at most EMBEDDED_IDLE_S without a
+        request (`release_embedded`): cyborgdb-core locks an open index to one process, and those (which take the
+        tenant's lock, then open the index, retrying while it is held open) must get it; while one is at work,
+        each request opens it and lets go after."""
         with self.ledger.connect() as conn:
             live, _, _ = self.ledger.tenants.generations(conn, keys.tenant_id)
             if self.embedded and _writer_at_work(conn, keys.tenant_id):
@@ -337,8 +337,8 @@ class ServiceState:
             gc.collect()
 
     def release_embedded(self, stop: threading.Event) -> None:
-        """Every EMBEDDED_IDLE_S / 4: let go of embedded indexes unused for EMBEDDED_IDLE_S or wanted by a writer, so
-        that a writer, or another process's reader, never waits long for a service that holds one open."""
+        """Every EMBEDDED_IDLE_S / 4: let go of embedded indexes unused for EMBEDDED_IDLE_S or wanted by a writer or a
+        check, so that they, or another process's search, never wait long for a service that holds one open."""
         while not stop.wait(EMBEDDED_IDLE_S / 4):
             with self._handles_lock:
                 tenants = dict(self._last_use)
@@ -394,9 +394,10 @@ class ServiceState:
 
 
 def _writer_at_work(conn: psycopg.Connection, tenant_id: str) -> bool:
-    """Whether a writer holds, or waits for, the tenant's lock (`TenantLocks.writer`: exclusive)."""
+    """Whether a writer or a locked reader (an asset check) holds, or waits for, the tenant's lock
+    (`TenantLocks.writer`, exclusive, and `reader`, shared): both open the tenant's index."""
     return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND mode = 'ExclusiveLock'"
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
         " AND classid = %s::oid AND objid = hashtext(%s)::oid AND objsubid = 2) AS busy",
         (locks.TENANT.classid, tenant_id),
     ).fetchone()["busy"]
