@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install format-tools run test reliability dev lint bench bench-large bench-empty bench-sensor bench-checks bench-backends recall recall-formats stop screenshot validate
+.PHONY: install format-tools run test reliability dev lint bench bench-large bench-empty bench-sensor bench-checks bench-backends bench-service recall recall-formats stop screenshot validate
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,8 @@ run: install  ## ingest the bundled sample corpus for two tenants and show searc
 	$(VENV)/bin/ingest-pipeline demo
 
 test: install  ## the test suite, against real Postgres, CyborgDB (embedded and service) and the model
+	test -x /usr/bin/chromium || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; }
 	$(PY) -m pytest -q --durations=15 --ignore=ingest_pipeline_tests/reliability
 
 reliability: install  ## the fault matrix, races, disk full and hostile input: a summary table and reliability-report.json
@@ -52,6 +54,9 @@ bench-sensor: install  ## one upload-sensor tick over 200 tenants x 1,000 files:
 
 bench-checks: install  ## the two index checks on a tenant of 200,000 synthetic chunks (no model), before and after: s and peak RSS
 	$(PY) benchmarks/checks_at_scale.py
+
+bench-service: install  ## the search service under HTTP load on 100,000 vectors: p50/p99, 1-64 clients, a soak's RSS
+	$(PY) benchmarks/service_load.py $(if $(SOAK_S),--soak-s $(SOAK_S))
 
 bench-backends: install  ## the int8 ONNX backend against bare PyTorch: chunks/s and answer-in-top-5, side by side
 	$(PY) benchmarks/embedding_backends.py

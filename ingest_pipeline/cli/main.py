@@ -6,6 +6,7 @@ import argparse
 import logging
 import warnings
 
+from ingest_pipeline.cli import api_keys as cli_api_keys
 from ingest_pipeline.cli import keys as cli_keys
 from ingest_pipeline.cli import local, render
 from ingest_pipeline.cli import quarantine as cli_quarantine
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_reconcile.add_parser(commands)
     cli_quarantine.add_parser(commands)
     cli_keys.add_parsers(commands)
+    cli_api_keys.add_parsers(commands)
     commands.add_parser("env", help="print shell exports that point the dagster CLI at this instance")
     commands.add_parser("stop-postgres", help="stop the embedded PostgreSQL server")
     commands.add_parser("demo", help="ingest the bundled sample corpus for two tenants and search it")
@@ -95,6 +97,8 @@ def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return cli_quarantine.run(args)
     if args.command in {"rotate-key", "rotate-master-key", "erase-tenant", "readmit-tenant"}:
         return cli_keys.run(args)
+    if args.command in {"api-key", "serve"}:
+        return cli_api_keys.run(args)
     if args.command == "env":
         return local.print_env()
     if args.command == "stop-postgres":

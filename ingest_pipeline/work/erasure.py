@@ -54,6 +54,7 @@ class ErasureReport:
     keys_destroyed: int = 0
     indexes_dropped: list[str] = field(default_factory=list)
     rows_deleted: dict[str, int] = field(default_factory=dict)
+    api_keys_revoked: int = 0
     landing_files_deleted: int = 0
     dagster_runs_deleted: int = 0
     resumed: bool = False
@@ -85,6 +86,8 @@ def erase_tenant(
                 " RETURNING requested_at, keys_destroyed_at",
                 (tenant_id,),
             ).fetchone()
+            # The search service's keys stop working with the tombstone.
+            report.api_keys_revoked = ledger.api_keys.revoke_tenant(conn, tenant_id)
         if erasure is None:  # an erasure of this tenant is under way: finish it
             report.resumed = True
             erasure = conn.execute("SELECT requested_at, keys_destroyed_at FROM ingest.tenant_erasures"

@@ -4,7 +4,8 @@ Every statement is parameterized; every state change happens in a transaction. S
 tenant's rows hold that tenant's advisory lock, so two runs for one tenant never interleave.
 
 `Ledger` holds the connection helper and the tenant locks; its concerns share that helper:
-`ledger.uploads`, `ledger.documents`, `ledger.chunks`, `ledger.quarantine`, `ledger.tenants`.
+`ledger.uploads`, `ledger.documents`, `ledger.chunks`, `ledger.quarantine`, `ledger.tenants`,
+`ledger.api_keys` (the search service's keys).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from contextlib import AbstractContextManager
 
 import psycopg
 
+from ingest_pipeline.stores.ledger.api_keys import ApiKeys
 from ingest_pipeline.stores.ledger.chunks import ChunkQuery, Chunks
 from ingest_pipeline.stores.ledger.connection import Database
 from ingest_pipeline.stores.ledger.documents import Documents
@@ -68,6 +70,7 @@ class Ledger(Database):
         self.chunks = Chunks(self)
         self.quarantine = Quarantine(self)
         self.tenants = Tenants(self)
+        self.api_keys = ApiKeys(self)
         self._locks = TenantLocks(self)
 
     def tenant_writer(self, tenant_id: str) -> AbstractContextManager[TenantSession]:

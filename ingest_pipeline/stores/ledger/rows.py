@@ -211,3 +211,18 @@ class TenantStatus:
     indexed: int
     embedded: int
     embeddings_computed: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A search-service API key's row (`ingest.api_keys`), never the key itself: `rate_per_s` None means the
+    service's default rate; `revoked_reason` is 'revoked' or 'erased' (its tenant was erased) once revoked."""
+
+    key_id: str
+    tenant_id: str
+    label: str | None
+    rate_per_s: float | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+    revoked_reason: str | None

@@ -1,0 +1,1 @@
+"""The HTTP search service: tenants' applications query their index with an API key (`ingest-pipeline serve`)."""
