@@ -197,9 +197,13 @@ def _reconciled_tenant_line(tenant: str, row: dict) -> str:
     found = [(row["missing"], "missing"), (row["orphans"], "orphan vectors"),
              (row["unfinished_rows"], "unfinished rows"), (row["stale_rows"], "stale rows"),
              (row["rebuild_missing"], "missing in the rebuild"),
-             (row["rebuild_orphans"], "orphan vectors in the rebuild")]
+             (row["rebuild_orphans"], "orphan vectors in the rebuild"),
+             (row.get("text_missing", 0), "without their full-text field"),
+             (int(bool(row.get("old_layout"))), "index on the vector-only layout")]
     done = [(row["repaired_missing"], "re-upserted from the cold copy"), (row["removed_orphans"], "orphans deleted"),
-            (row["finished_rows"], "rows finished"), (row["removed_stale_rows"], "stale rows removed")]
+            (row["finished_rows"], "rows finished"), (row["removed_stale_rows"], "stale rows removed"),
+            (row.get("repaired_text", 0), "full-text fields restored"),
+            (int(bool(row.get("layout_rebuilt"))), "index rebuilt in the current layout")]
     drift = ", ".join(f"{n} {what}" for n, what in found if n)
     line = f"[bold]{tenant}[/bold]: " + (drift or "in line with the ledger")
     if any(n for n, _ in done):
