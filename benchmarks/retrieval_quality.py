@@ -44,7 +44,7 @@ ALPHAS = (0.2, 0.35, 0.5, 0.65, 0.8)
 def load_qa(path: Path = QA_SET, limit: int | None = None) -> tuple[dict[str, str], list[dict]]:
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     questions = records[:limit] if limit else records
-    contexts = {r["context_id"]: r["context"] for r in records}
+    contexts = {r["context_id"]: r["context"] for r in records if "context_id" in r}
     return contexts, questions
 
 
