@@ -321,6 +321,8 @@ class TenantIndex:
 
     def keyword(self, texts: list[str], top_k: int, filters: dict | None = None) -> list[list[dict]]:
         """BM25 over the text field for each text, inside the index (no vector): lists of {"id", "score"}."""
+        if self._embedded and self.count() == 0:  # as query(): an empty embedded index is not asked
+            return [[] for _ in texts]
         extra = {"filters": filters} if filters else {}
         return [list(self._call("keyword query", "query_metadata", text=text, top_k=top_k, **extra) or [])
                 for text in texts]
