@@ -65,7 +65,7 @@ validate: install  ## dagster definitions validate and dg check defs, on this in
 	$(VENV)/bin/dagster definitions validate -w workspace.yaml
 	VIRTUAL_ENV=$(abspath $(VENV)) $(VENV)/bin/dg check defs
 
-recall: install  ## encrypted-index recall vs exact search, and answer-in-top-k, on the bundled SQuAD sample
+recall: install  ## encrypted-index recall vs exact search; answer-in-top-5 and latency of vector, keyword and hybrid (several alphas) on two QA sets
 	$(PY) benchmarks/retrieval_quality.py
 
 recall-formats: install format-tools  ## answer-in-top-5 / top-1 per document format (pandoc, LibreOffice, e-mail, OCRed scans) against plain text

@@ -12,7 +12,7 @@ from ingest_pipeline.cli import local, render
 from ingest_pipeline.cli import quarantine as cli_quarantine
 from ingest_pipeline.cli import reconcile as cli_reconcile
 from ingest_pipeline.cli.documents import ingest, rebuild, status, upload
-from ingest_pipeline.cli.search import search, search_lines
+from ingest_pipeline.cli.search import SearchFellBack, search, search_answers, search_lines
 from ingest_pipeline.core.ids import InvalidName
 from ingest_pipeline.stores.key_vault import TenantErased
 from ingest_pipeline.stores.landing_zone import LandingZoneUnavailable
@@ -37,9 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="confirm that files missing from the landing zone were removed on purpose")
     p.add_argument("--json", action="store_true")
 
-    p = commands.add_parser("search", help="semantic search in a tenant's encrypted index")
+    p = commands.add_parser("search", help="hybrid (keyword + vector) search in a tenant's encrypted index")
     p.add_argument("--tenant", required=True)
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--mode", choices=("hybrid", "vector", "keyword"), default="hybrid",
+                   help="ranking inside the index: BM25 and vector fused (default), vector only, or BM25 only")
+    p.add_argument("--alpha", type=float, help="hybrid only: weight of the vector leg, 0 (keyword) to 1 (vector)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--queries-file", help="one query per line; prints a JSON list of result lists")
     p.add_argument("query", nargs="?")
@@ -75,13 +78,27 @@ def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         render.print_json(summary, default=str) if args.json else render.print_ingest(summary)
         return 1 if summary["failed_runs"] else 0
     if args.command == "search":
+        from ingest_pipeline.work.search import check_search_options
+
+        options = {"mode": args.mode, "alpha": args.alpha}
+        try:
+            check_search_options(args.mode, args.alpha, args.top_k)
+        except ValueError as exc:
+            parser.error(str(exc))
         if args.queries_file:
-            render.print_json(search_lines(args.tenant, args.queries_file, args.top_k))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SearchFellBack)
+                render.print_json(search_lines(args.tenant, args.queries_file, args.top_k, **options))
+            for warning in caught:
+                render.print_warning(str(warning.message))
             return 0
         if not args.query:
             parser.error("search needs a QUERY or --queries-file")
-        hits = search(args.tenant, [args.query], args.top_k)[0]
-        render.print_json(hits) if args.json else render.print_hits(args.query, hits)
+        result = search_answers(args.tenant, [args.query], args.top_k, **options)
+        hits = result["answers"][0]
+        render.print_json(hits) if args.json else render.print_hits(args.query, hits, result["warning"])
+        if result["warning"] and args.json:
+            render.print_warning(result["warning"])
         return 0
     if args.command == "status":
         report = status(args.tenant)

@@ -142,10 +142,17 @@ def citation_text(hit: dict) -> str:
     return " · ".join(part for part in parts if part)
 
 
-def print_hits(query: str, hits: list[dict]) -> None:
-    """A query's hits as a table: rank, score, source and chunk, where in it (page and section), the text (cut at
-    320 characters)."""
-    table = Table(title=f"[bold]{query}[/bold]", title_justify="left", show_lines=True)
+def print_warning(message: str) -> None:
+    """A warning on stderr (a search that ranked otherwise than asked)."""
+    err.print(f"[yellow]warning:[/yellow] {escape(message)}")
+
+
+def print_hits(query: str, hits: list[dict], warning: str | None = None) -> None:
+    """A query's hits as a table: rank, score (and what it is), source and chunk, where in it (page and section),
+    the text (cut at 320 characters); a fallback's warning under it."""
+    kind = hits[0].get("score_kind") if hits else None
+    table = Table(title=f"[bold]{query}[/bold]" + (f" [dim]({kind})[/dim]" if kind else ""), title_justify="left",
+                  show_lines=True, caption=f"warning: {escape(warning)}" if warning else None)
     table.add_column("#", justify="right")
     table.add_column("score", justify="right")
     table.add_column("source")
@@ -156,16 +163,18 @@ def print_hits(query: str, hits: list[dict]) -> None:
         table.add_row(str(rank), f"{hit['score']:.3f}", f"{hit['source']}\n#{hit['chunk_sequence']}",
                       citation_text(hit), snippet[:320] + ("..." if len(snippet) > 320 else ""))
     out.print(table if hits else f"{query}: no results")
+    if warning and not hits:
+        print_warning(warning)
 
 
 def print_status(report: dict) -> None:
     """The status report as a table, one row per tenant."""
     table = Table(title="ingest-pipeline status", title_justify="left")
-    for column in ("tenant", "documents", "chunks", "indexed", "quarantined", "index_vectors"):
-        table.add_column(column, justify="left" if column == "tenant" else "right")
+    for column in ("tenant", "documents", "chunks", "indexed", "quarantined", "index_vectors", "search"):
+        table.add_column(column, justify="left" if column in {"tenant", "search"} else "right")
     for tenant, row in report["tenants"].items():
-        table.add_row(tenant, *(str(row[k]) for k in ("documents", "chunks", "indexed", "quarantined",
-                                                       "index_vectors")))
+        table.add_row(tenant, *(str(row.get(k, "")) for k in ("documents", "chunks", "indexed", "quarantined",
+                                                               "index_vectors", "search")))
     out.print(table)
 
 
@@ -188,9 +197,13 @@ def _reconciled_tenant_line(tenant: str, row: dict) -> str:
     found = [(row["missing"], "missing"), (row["orphans"], "orphan vectors"),
              (row["unfinished_rows"], "unfinished rows"), (row["stale_rows"], "stale rows"),
              (row["rebuild_missing"], "missing in the rebuild"),
-             (row["rebuild_orphans"], "orphan vectors in the rebuild")]
+             (row["rebuild_orphans"], "orphan vectors in the rebuild"),
+             (row.get("text_missing", 0), "without their full-text field"),
+             (int(bool(row.get("old_layout"))), "index on the vector-only layout")]
     done = [(row["repaired_missing"], "re-upserted from the cold copy"), (row["removed_orphans"], "orphans deleted"),
-            (row["finished_rows"], "rows finished"), (row["removed_stale_rows"], "stale rows removed")]
+            (row["finished_rows"], "rows finished"), (row["removed_stale_rows"], "stale rows removed"),
+            (row.get("repaired_text", 0), "full-text fields restored"),
+            (int(bool(row.get("layout_rebuilt"))), "index rebuilt in the current layout")]
     drift = ", ".join(f"{n} {what}" for n, what in found if n)
     line = f"[bold]{tenant}[/bold]: " + (drift or "in line with the ledger")
     if any(n for n, _ in done):

@@ -40,7 +40,7 @@ from ingest_pipeline.stores.ledger import (
     EmbeddingModelMismatch,
     SealedEmbedding,
 )
-from ingest_pipeline.stores.tenant_index import PermanentIndexError
+from ingest_pipeline.stores.tenant_index import LAYOUT_FULL_TEXT, PermanentIndexError
 from ingest_pipeline.work.embedding_stage import embed_pending
 from ingest_pipeline.work.indexing import IndexWriter
 from ingest_pipeline.work.landing_scan import scan_changes
@@ -460,6 +460,7 @@ def cyborgdb_index(
             removed = writer.remove_stale(month)
             upserted, batches = writer.upsert_embedded(month)
             index_vectors = writer.count()
+            layout = writer.live_layout()
             trained_now = writer.train_if_due(config.train_at_vectors, index_vectors)
         except (DecryptionError, PermanentIndexError) as exc:
             # A wrong index key, a dimension mismatch or refused credentials: retrying cannot help, and the
@@ -477,6 +478,10 @@ def cyborgdb_index(
             "upserted_ids_sample": MetadataValue.json(writer.upserted.ids),
             "removed_ids_sample": MetadataValue.json(writer.removed.ids),
             "backend": cyborgdb.indexes.backend,
+            # 2: the chunk text is in the index as a full-text field (hybrid and keyword search); 1: an index
+            # built before it, searched by vector only until `reconcile` (or a rebuild) moves it.
+            "index_layout": layout,
+            "search_modes": "hybrid, vector, keyword" if layout >= LAYOUT_FULL_TEXT else "vector only",
             "duration_s": round(time.perf_counter() - started, 3),
         }
     )

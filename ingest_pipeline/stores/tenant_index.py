@@ -28,6 +28,13 @@ from ingest_pipeline.core.crypto import TenantKeys
 from ingest_pipeline.core.ids import index_name
 
 METRIC = "cosine"
+# Each item's metadata holds its chunk's text under TEXT_FIELD, a full-text (BM25) field that CyborgDB encrypts
+# under the tenant's index key like the vectors. Index layouts: 1 = vectors and metadata only (indexes created
+# before the field; vector search only), 2 = with the full-text field (hybrid and keyword search).
+TEXT_FIELD = "text"
+LAYOUT_VECTOR_ONLY = 1
+LAYOUT_FULL_TEXT = 2
+CURRENT_LAYOUT = LAYOUT_FULL_TEXT
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_CALL_TIMEOUT_S = 60.0
 # A call that fails transiently (5xx, 429, a refused or dropped connection, a timeout) is retried with
@@ -246,6 +253,7 @@ class TenantIndex:
         self._embedded = embedded
         self._timeout_s = timeout_s
         self._retry_budget_s = retry_budget_s
+        self._layout: int | None = None
 
     def _kw(self) -> dict:
         return {"index_key": self._key} if self._embedded else {}
@@ -269,21 +277,64 @@ class TenantIndex:
         if ids:
             self._call("delete", "delete", list(ids))
 
-    def query(self, vectors: np.ndarray, top_k: int) -> list[list[dict]]:
-        """Nearest neighbours for each row of `vectors`: lists of {"id", "distance"}."""
+    @property
+    def layout(self) -> int:
+        """LAYOUT_FULL_TEXT when the index was created with the full-text field, else LAYOUT_VECTOR_ONLY (read
+        from the index's own configuration once: it is fixed at creation)."""
+        if self._layout is None:
+            def schema() -> dict:
+                if self._embedded:
+                    return self._handle.index_config().get("metadata_schema") or {}
+                return self._handle.metadata_schema
+            fields = _guarded("describe", self.tenant_id, schema, timeout_s=self._timeout_s,
+                              budget_s=self._retry_budget_s)
+            full_text = bool(fields.get(TEXT_FIELD, {}).get("full_text"))
+            self._layout = LAYOUT_FULL_TEXT if full_text else LAYOUT_VECTOR_ONLY
+        return self._layout
+
+    def query(
+        self, vectors: np.ndarray, top_k: int, *, texts: list[str] | None = None, alpha: float | None = None,
+        filters: dict | None = None,
+    ) -> list[list[dict]]:
+        """Nearest neighbours for each row of `vectors`: lists of {"id", "distance"}; with `texts` (one per row,
+        on a full-text index), hybrid: BM25 over the text field and the vector ranks fused inside the index by
+        weighted reciprocal-rank fusion, lists of {"id", "score"} (higher is better; `alpha` 0 = BM25 only,
+        1 = vectors only). `filters` are CyborgDB metadata filters, evaluated inside the index."""
         vectors = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         empty = [[] for _ in range(len(vectors))]
         if self._embedded and self.count() == 0:  # an empty embedded index cannot be queried
             return empty
+        extra = {"filters": filters} if filters else {}
         try:
-            results = self._call("query", "query", vectors, top_k=top_k, include=["distance"])
+            if texts is None:
+                results = self._call("query", "query", vectors, top_k=top_k, include=["distance"], **extra)
+                if results and isinstance(results[0], dict):
+                    results = [results]
+            else:  # the text leg takes one query text per call
+                results = [self._call("query", "query", vector, top_k=top_k, text=text, alpha=alpha, **extra)
+                           for vector, text in zip(vectors, texts, strict=True)]
         except IndexUnavailable:
             if self.count() == 0:
                 return empty
             raise
-        if results and isinstance(results[0], dict):
-            results = [results]
         return [list(r) for r in results]
+
+    def keyword(self, texts: list[str], top_k: int, filters: dict | None = None) -> list[list[dict]]:
+        """BM25 over the text field for each text, inside the index (no vector): lists of {"id", "score"}."""
+        if self._embedded and self.count() == 0:  # as query(): an empty embedded index is not asked
+            return [[] for _ in texts]
+        extra = {"filters": filters} if filters else {}
+        return [list(self._call("keyword query", "query_metadata", text=text, top_k=top_k, **extra) or [])
+                for text in texts]
+
+    def metadata(self, ids: list[str]) -> dict[str, dict]:
+        """The metadata the index holds for these ids (decrypted by CyborgDB), 500 per call."""
+        found: dict[str, dict] = {}
+        ids = list(ids)
+        for start in range(0, len(ids), 500):
+            for item in self._call("get", "get", ids[start:start + 500], include=["metadata"]):
+                found[item["id"]] = item.get("metadata") or {}
+        return found
 
     def list_ids(self) -> set[str]:
         return set(self._call("list_ids", "list_ids"))
@@ -321,6 +372,15 @@ class TenantIndex:
         minutes on a large index, so it is not bounded by the per-call timeout."""
         _guarded("train", self.tenant_id, self._handle.train, timeout_s=None, budget_s=self._retry_budget_s,
                  **self._kw())
+
+
+def _layout_options(layout: int) -> dict:
+    """create_index's options for an index layout."""
+    if layout == LAYOUT_FULL_TEXT:
+        return {"text_fields": [TEXT_FIELD]}
+    if layout == LAYOUT_VECTOR_ONLY:
+        return {}
+    raise ValueError(f"unknown index layout {layout!r}")
 
 
 def _service_num_vectors(handle) -> int:
@@ -433,8 +493,10 @@ class CyborgIndexes:
 
     def open(
         self, keys: TenantKeys, dimension: int | None = None, create: bool = False, generation: int = 1,
+        layout: int = CURRENT_LAYOUT,
     ) -> TenantIndex | None:
-        """One generation of the tenant's index, created when `create` is set; None when it does not exist."""
+        """One generation of the tenant's index, created when `create` is set (in `layout`: with the full-text
+        field by default); None when it does not exist."""
         name = index_name(keys.tenant_id, generation)
         if name in self._names(keys.tenant_id):
             handle = self._load(name, keys)
@@ -442,7 +504,7 @@ class CyborgIndexes:
             try:
                 handle = _guarded("create_index", keys.tenant_id, self._client.create_index, name, keys.index_key,
                                   timeout_s=self._timeout_s, budget_s=self._retry_budget_s, dimension=dimension,
-                                  metric=METRIC)
+                                  metric=METRIC, **_layout_options(layout))
             except IndexUnavailable:
                 # Another writer may have created it between the listing and the create.
                 if name not in self._names(keys.tenant_id):

@@ -11,7 +11,13 @@ from contextlib import contextmanager
 from ingest_pipeline.core.crypto import VectorEncryptor
 from ingest_pipeline.core.faults import fault_point
 from ingest_pipeline.stores.ledger import Chunk, Ledger, TenantSession
-from ingest_pipeline.stores.tenant_index import CyborgIndexes, IndexUnavailable, TenantIndex
+from ingest_pipeline.stores.tenant_index import (
+    LAYOUT_VECTOR_ONLY,
+    TEXT_FIELD,
+    CyborgIndexes,
+    IndexUnavailable,
+    TenantIndex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,20 @@ class IdSample:
                 slot = self._rng.randrange(self.seen)
                 if slot < self.size:
                     self.ids[slot] = chunk
+
+
+def filter_metadata(doc_name: str, partition_month: str) -> dict:
+    """An index item's fields for search filters evaluated inside the index: `doc_name`; `name_prefixes`, the
+    name's folder prefixes ("a/", "a/b/" for "a/b/c.pdf": a prefix filter is a match on this list, since
+    CyborgDB's index-side operators have no string prefix); `month`, the upload month "YYYY-MM", and
+    `month_key`, the same as the number YYYYMM (range operators take numbers only). The ledger keeps no
+    document format, so there is no `format` field."""
+    parts = doc_name.split("/")
+    fields: dict = {"doc_name": doc_name, "name_prefixes": ["/".join(parts[:n]) + "/" for n in range(1, len(parts))]}
+    if partition_month:
+        month = partition_month[:7]
+        fields |= {"month": month, "month_key": int(month.replace("-", ""))}
+    return fields
 
 
 def open_live_index(ledger: Ledger, indexes: CyborgIndexes, keys) -> TenantIndex | None:
@@ -101,16 +121,22 @@ class IndexWriter:
         return index
 
     def items(self, rows: list[Chunk]) -> list[dict]:
-        """CyborgDB items from ledger rows: the vector is decrypted here, in memory only."""
+        """CyborgDB items from ledger rows: the vector and the text are decrypted here, in memory only, and
+        CyborgDB encrypts them under the tenant's index key (the text as the full-text field `TEXT_FIELD`; the
+        sealed text stays in `contents`). The metadata also carries the fields search filters on inside the
+        index (`item_metadata`)."""
         items = []
         for row in rows:
             encryptor = self._encryptor(row.key_version)
+            metadata = {"doc_id": row.doc_id, "tenant_id": self.tenant_id, "chunk_sequence": row.sequence,
+                        **filter_metadata(row.doc_name, row.partition_month),
+                        TEXT_FIELD: encryptor.decrypt_text(row.chunk_id, row.text_ciphertext, row.text_mac,
+                                                           row.seal_format)}
             items.append({
                 "id": row.chunk_id,
                 "vector": encryptor.decrypt_vector(row.chunk_id, row.embedding_ciphertext, row.text_mac,
                                                    row.seal_format),
-                "metadata": {"doc_id": row.doc_id, "tenant_id": self.tenant_id,
-                             "chunk_sequence": row.sequence},
+                "metadata": metadata,
                 "contents": bytes(row.text_ciphertext),
             })
         return items
@@ -129,7 +155,12 @@ class IndexWriter:
     def _upsert(self, items: list[dict], generations: list[int]) -> None:
         with self._writing():
             for generation in generations:
-                self.index(generation, dimension=len(items[0]["vector"])).upsert(items)
+                index = self.index(generation, dimension=len(items[0]["vector"]))
+                if index.layout == LAYOUT_VECTOR_ONLY:  # no full-text field: the text would only be a filter value
+                    index.upsert([{**item, "metadata": {k: v for k, v in item["metadata"].items()
+                                                        if k != TEXT_FIELD}} for item in items])
+                else:
+                    index.upsert(items)
 
     def upsert_rows(self, rows: list[Chunk], generations: list[int] | None = None) -> None:
         """Upsert ledger rows (decrypted in memory only) into `generations`, by default every one written to.
@@ -230,7 +261,7 @@ class IndexWriter:
             )
         self.session.fence()
         with self.conn.transaction():
-            self.ledger.tenants.finish_rebuild(self.conn, self.tenant_id, generation)
+            self.ledger.tenants.finish_rebuild(self.conn, self.tenant_id, generation, built.layout)
         self._opened.pop(live, None)
         try:
             self.indexes.drop(self._keys, live)
@@ -247,6 +278,18 @@ class IndexWriter:
         self.session.fence()
         index.train()
         return True
+
+    def live_layout(self) -> int:
+        """The layout of the live index (read from the index itself; the ledger's record when it does not exist
+        yet), and the ledger's record brought in line with it: a tenant registered before the record was kept may
+        have had its first index created in the current layout."""
+        recorded = self.ledger.tenants.index_layout(self.conn, self.tenant_id)
+        index = self.index()
+        if index is None or index.layout == recorded:
+            return recorded
+        with self.conn.transaction():
+            self.ledger.tenants.set_index_layout(self.conn, self.tenant_id, index.layout)
+        return index.layout
 
     def count(self) -> int:
         index = self.index()

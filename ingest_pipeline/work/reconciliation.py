@@ -9,7 +9,12 @@ The ledger is the truth; each generation of the tenant's index is compared with 
 - an 'embedded' row is *unfinished* (a run stopped between its upsert and the commit, or before the upsert):
   upserted, then marked indexed;
 - a 'stale' row is deleted from every generation of the index, then from the ledger, as the index stage does;
-- a 'chunked' row is *pending* (no embedding yet): the ingest job's work, only counted.
+- a 'chunked' row is *pending* (no embedding yet): the ingest job's work, only counted;
+- an indexed chunk whose vector is in the index but whose full-text field is not (read back with its metadata)
+  is *missing its text*: upserted again, like a missing vector;
+- a live index of the layout before the full-text field (vector-only search) is *on the old layout*: moved to
+  the current layout by the rebuild (a new generation filled from the cold copy beside the live one, then
+  swapped: no re-embedding, search answers from the live index throughout).
 
 While a rebuild is in progress the tenant is reconciled, not skipped: the live generation is compared with
 every 'indexed' row, the generation being rebuilt with the 'indexed' rows the rebuild has passed (ids up to its
@@ -33,7 +38,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from ingest_pipeline.stores.ledger import Ledger, TenantSession
-from ingest_pipeline.stores.tenant_index import CyborgIndexes
+from ingest_pipeline.stores.tenant_index import LAYOUT_VECTOR_ONLY, TEXT_FIELD, CyborgIndexes
 from ingest_pipeline.work.indexing import IndexWriter
 
 DELETE_PAGE = 500
@@ -72,6 +77,10 @@ class TenantReconciliation:
     removed_stale_rows: int = 0
     index_recreated: bool = False
     index_vectors_after: int = 0
+    text_missing: int = 0
+    repaired_text: int = 0
+    old_layout: bool = False
+    layout_rebuilt: bool = False
     note: str = ""
     error: str = ""
 
@@ -79,7 +88,7 @@ class TenantReconciliation:
     def drift(self) -> int:
         """Everything found out of line. Pending rows are not drift: the ingest job embeds them."""
         return (self.missing + self.orphans + self.unfinished_rows + self.stale_rows + self.rebuild_missing
-                + self.rebuild_orphans)
+                + self.rebuild_orphans + self.text_missing)
 
     def add_note(self, text: str) -> None:
         self.note = f"{self.note}; {text}" if self.note else text
@@ -112,13 +121,17 @@ REPORT_COLUMNS: dict[str, str] = {
     "removed_stale_rows": "Stale chunks deleted from the index and the ledger.",
     "index_recreated": "Whether reconciliation created the live index (after its storage was lost).",
     "index_vectors_after": "Vectors in the live index after reconciliation.",
+    "text_missing": "Indexed chunks whose vector is in the live index but whose full-text field is not.",
+    "repaired_text": "Chunks upserted again to restore their full-text field.",
+    "old_layout": "Whether the live index had the layout before the full-text field (vector-only search).",
+    "layout_rebuilt": "Whether reconciliation rebuilt the index in the current layout (from the cold copy).",
     "note": "What else to know.",
     "error": "Why the tenant could not be reconciled.",
-    "drift": "Everything found out of line: missing, orphans, unfinished and stale rows, in both generations.",
+    "drift": "Everything found out of line: missing vectors and text, orphans, unfinished and stale rows.",
 }
 TOTAL_COLUMNS = ["missing", "orphans", "stale_rows", "unfinished_rows", "pending_rows", "rebuild_missing",
                  "rebuild_orphans", "repaired_missing", "removed_orphans", "orphans_held_back", "finished_rows",
-                 "removed_stale_rows", "drift"]
+                 "removed_stale_rows", "text_missing", "repaired_text", "drift"]
 
 
 @dataclass
@@ -138,6 +151,15 @@ def _pages(ids: Iterable[str], size: int) -> Iterator[list[str]]:
 def _index_ids(writer: IndexWriter, generation: int) -> set[str] | None:
     index = writer.index(generation)
     return index.list_ids() if index is not None else None
+
+
+def _without_text(index, ids: set[str]) -> set[str]:
+    """Which of these ids the index holds without their full-text field (metadata read back, 500 per call)."""
+    lacking: set[str] = set()
+    for page in _pages(ids, DELETE_PAGE):
+        held = index.metadata(page)
+        lacking.update(chunk for chunk in page if chunk in held and not held[chunk].get(TEXT_FIELD))
+    return lacking
 
 
 def reconcile_tenant(
@@ -177,6 +199,15 @@ def reconcile_tenant(
         report.rebuild_missing, report.rebuild_orphans = len(drifts[1].missing), len(drifts[1].orphans)
         report.add_note(f"rebuild to generation {rebuilding} in progress: compared up to its cursor, "
                         "repairs written to both generations")
+    live_index = writer.index(live)
+    text_missing: set[str] = set()
+    if live_index is not None:
+        report.old_layout = live_index.layout == LAYOUT_VECTOR_ONLY
+        if report.old_layout:
+            report.add_note(f"index generation {live} has no full-text field (vector-only search)")
+        else:
+            text_missing = _without_text(live_index, indexed & live_ids)
+            report.text_missing = len(text_missing)
     if not repair:
         report.index_vectors_after = report.index_vectors_before
         return report
@@ -203,6 +234,11 @@ def reconcile_tenant(
                 rows = ledger.chunks.by_id(conn, tenant, page, "indexed")
                 writer.upsert_rows(rows, [drift.generation])
             report.repaired_missing += len(rows)
+    for page in _pages(text_missing, batch_size):
+        with conn.transaction():
+            rows = ledger.chunks.by_id(conn, tenant, page, "indexed")
+            writer.upsert_rows(rows)
+        report.repaired_text += len(rows)
     for page in _pages(unfinished, batch_size):
         with conn.transaction():
             rows = ledger.chunks.by_id(conn, tenant, page, "embedded")
@@ -211,6 +247,11 @@ def reconcile_tenant(
             ledger.chunks.mark_indexed(conn, [row.chunk_id for row in rows])
         report.finished_rows += len(rows)
 
+    if report.old_layout:
+        _, generation = writer.rebuild()
+        live = generation
+        report.layout_rebuilt = True
+        report.add_note(f"rebuilt in the current layout as generation {generation}")
     index = writer.index(live)
     report.index_vectors_after = index.count() if index is not None else 0
     report.index_recreated = not report.index_existed and index is not None

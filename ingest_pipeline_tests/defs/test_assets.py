@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 
+import pytest
 from dagster import MultiPartitionKey, materialize
 
 from ingest_pipeline import cli
@@ -16,6 +18,10 @@ from ingest_pipeline.work.uploads import current_month
 from ingest_pipeline_tests.helpers import ledger_chunks, materialization_metadata, materialize_partition
 
 MAGIC_QUERY = "What is the default priority of a magic rule?"
+RARE_QUERY = "XR7-QUOKKA-5521"
+# A question of benchmarks/data/sample_corpus_qa.jsonl whose answer ("atomically", in one chunk of the MIME spec)
+# vector search ranks below its top 5 and hybrid search finds.
+RARE_WORD_QUESTION, RARE_WORD = "files have to be written what - write to a temporary", "atomically"
 
 
 def test_ingest_indexes_every_chunk_and_search_finds_it(pipeline, docs):
@@ -49,6 +55,62 @@ def test_ingest_indexes_every_chunk_and_search_finds_it(pipeline, docs):
     assert [len(a) for a in answers] == [2, 0, 2]
     assert answers[0][0]["chunk_id"] == top["chunk_id"]
     assert answers[2][0]["source"] == "apache-license-2.0.txt"
+
+
+def test_hybrid_search_is_the_default_and_finds_a_rare_word_that_vector_search_misses(pipeline, docs):
+    """Ranked inside the encrypted index: hybrid (BM25 over the chunk text fused with the vectors) by default,
+    vector or keyword on request, filters evaluated in the index; keyword search stays within its tenant."""
+    acme, globex = pipeline.tenant("acme"), pipeline.tenant("globex")
+    # The rare word inside a long chunk about something else: its embedding says little of the word.
+    license_text = (docs / "apache-license-2.0.txt").read_text()
+    middle = license_text.index("\n", len(license_text) // 2)
+    (docs / "ops").mkdir()
+    (docs / "ops" / "spares.txt").write_text(
+        license_text[:middle] + " The spare controller carries serial XR7-QUOKKA-5521." + license_text[middle:])
+    pipeline.upload(acme, docs)
+    other = docs.parent / "globex"
+    other.mkdir()
+    shutil.copy(docs / "pip-dependency-resolution.md", other)
+    pipeline.upload(globex, other)
+    pipeline.ingest()
+
+    vector = cli.search(acme, [RARE_WORD_QUESTION], 5, mode="vector")[0]
+    assert not [hit for hit in vector if RARE_WORD in hit["text"]], [(h["source"], h["score"]) for h in vector]
+    assert {hit["score_kind"] for hit in vector} == {"cosine"}
+    hybrid = cli.search(acme, [RARE_WORD_QUESTION], 5)[0]
+    assert [hit for hit in hybrid if RARE_WORD in hit["text"]] and hybrid[0]["score_kind"] == "fused_rank"
+    assert [h["score"] for h in hybrid] == sorted((h["score"] for h in hybrid), reverse=True)
+    keyword = cli.search(acme, [RARE_QUERY], 5, mode="keyword")[0]
+    assert [(h["source"], h["score_kind"]) for h in keyword] == [("ops/spares.txt", "bm25")]
+    assert "XR7-QUOKKA-5521" in keyword[0]["text"]
+    # alpha weights the vector leg: at 1 the fused ranking is the vector ranking.
+    at_one = cli.search(acme, [RARE_WORD_QUESTION], 5, alpha=1.0)[0]
+    assert [h["chunk_id"] for h in at_one] == [h["chunk_id"] for h in vector]
+    assert cli.search(globex, [RARE_QUERY], 5, mode="keyword") == [[]]  # one index per tenant
+    shown = json.loads(pipeline.cli("search", "--tenant", acme, "--mode", "keyword", "--json", RARE_QUERY).stdout)
+    assert [(h["source"], h["score_kind"], h["warning"]) for h in shown] == [("ops/spares.txt", "bm25", None)]
+
+    for bad, reason in (({"mode": "fuzzy"}, "mode"), ({"alpha": 1.5}, "alpha"), ({"mode": "vector", "alpha": 0.5},
+                        "alpha"), ({"filters": {"format": "pdf"}}, "format"), ({"filters": {"name_prefix": "op"}},
+                        "name_prefix"), ({"filters": {"month_from": "2026-13"}}, "month_from"),
+                        ({"filters": {"size": 3}}, "size")):
+        with pytest.raises(ValueError, match=reason):
+            cli.search(acme, [RARE_QUERY], 5, **bad)
+    refused = pipeline.cli("search", "--tenant", acme, "--alpha", "2", RARE_QUERY, check=False)
+    assert refused.returncode == 2 and "alpha" in refused.stderr
+
+    # Filters run inside the index: top_k hits, all of them matching (a filter after the fact would leave fewer).
+    def sources(**filters) -> list[str]:
+        return [hit["source"] for hit in cli.search(acme, [MAGIC_QUERY], 5, filters=filters)[0]]
+
+    assert sources(name="apache-license-2.0.txt") == ["apache-license-2.0.txt"] * 5
+    assert sources(name_prefix="ops/") == ["ops/spares.txt"] * 5
+    month = current_month()[:7]
+    assert len(sources(month_from=month, month_to=month)) == 5
+    assert sources(month_to=f"{int(month[:4]) - 1}-12") == []
+    assert [h["source"] for h in cli.search(acme, [RARE_QUERY], 5, mode="keyword",
+                                            filters={"name_prefix": "ops/"})[0]] == ["ops/spares.txt"]
+    assert cli.search(acme, [RARE_QUERY], 5, mode="keyword", filters={"name": "apache-license-2.0.txt"}) == [[]]
 
 
 def test_a_document_deleted_before_it_was_ever_ingested_leaves_no_pending_work(embedded_pipeline, docs):
@@ -179,7 +241,7 @@ def test_a_section_inserted_at_the_start_embeds_only_the_new_text(embedded_pipel
     assert moved["text_mac"] == before["text_mac"]
     text = keyring.encryptor(acme, moved["key_version"]).decrypt_text(
         moved["chunk_id"], moved["text_ciphertext"], moved["text_mac"], moved["seal_format"])
-    top = pipeline.search(acme, text, 1)[0]
+    top = cli.search(acme, [text], 1, mode="vector")[0][0]  # the vector itself: its cosine score
     assert top["chunk_id"] == moved["chunk_id"] and top["score"] > 0.99
     assert (top["page"], top["section"]) == tuple(cited_before)
 

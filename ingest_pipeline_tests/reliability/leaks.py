@@ -10,7 +10,11 @@ hold, decrypted at scan time with the installation's own keyring:
 - vectors: 16 bytes (4 float32) at the start and the middle of each stored embedding, and the start of the
   embedding as Python/JSON would print it as a list;
 - keys: the master key (raw and base64) and each tenant's data, MAC and index keys (raw, hex, base64,
-  Python bytes repr); the CyborgDB service's API key.
+  Python bytes repr); the CyborgDB service's API key;
+- index terms: each distinctive word of the chunk text (`TERM_MIN_CHARS` letters or more, lower case) and its
+  first 8 letters (where a stemmer's stem would start), searched in CyborgDB's own files only (the embedded
+  index's folder and the service's storage, not its log): the chunk text is in the index as a full-text (BM25)
+  field, so a term dictionary or posting list kept in clear would show there word by word, under any window.
 
 and searches them in:
 
@@ -33,6 +37,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
 import zlib
 from collections import defaultdict
@@ -49,8 +54,10 @@ TEXT_WINDOW = 40  # characters of chunk text per marker
 CHUNK_STRIDE = 64  # a marker starts every CHUNK_STRIDE characters of each chunk (and at its end)
 DOCUMENT_STRIDE = 200  # ... and every DOCUMENT_STRIDE characters of each landed document's text
 VECTOR_BYTES = 16  # float32 bytes per vector marker
+TERM_MIN_CHARS = 10  # index-term markers: words at least this long (shorter ones occur in any file format)
 CITATION_MIN_CHARS = 12  # shorter page or section labels ("1", "Terms") occur everywhere: not evidence
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024  # landed documents larger than this are not extracted for markers
+_WORD = re.compile(rf"[A-Za-z]{{{TERM_MIN_CHARS},}}")
 READ_BLOCK = 32 * 1024 * 1024  # files are read in blocks of this size (with overlap)
 # Environment variables that say which installation a process works on; set per installation while scanning.
 INSTALLATION_VARS = ("INGEST_HOME", "INGEST_PG_DSN", "INGEST_CYBORGDB_URL", "INGEST_CYBORGDB_API_KEY",
@@ -84,7 +91,7 @@ class Installation:
 class Finding:
     """One marker found where it must not be. `marker` says whose secret it is, never the secret."""
 
-    kind: str  # chunk-text | citation | vector | key | credential
+    kind: str  # chunk-text | citation | vector | key | credential | index-term
     where: str  # a file path, "<home> table schema.table.column", or "exception <name>"
     marker: str
 
@@ -109,6 +116,8 @@ class ScanReport:
     tenants: int = 0
     exception_texts: int = 0
     dagster_files: int = 0  # files under INGEST_HOME/dagster: compute logs and artifacts
+    index_terms: int = 0  # index-term markers (words of the chunk text) searched in CyborgDB's files
+    index_files: int = 0  # CyborgDB files searched for them
     seconds: float = 0.0
     tables: set = field(default_factory=set)
     undecryptable: list[str] = field(default_factory=list)  # rows whose keys the scan could not get
@@ -122,6 +131,7 @@ class ScanReport:
                 "citations_sealed": self.citations_sealed,
                 "citations_decrypted": self.citations_decrypted, "citation_markers": self.citation_markers,
                 "exception_texts": self.exception_texts, "dagster_files": self.dagster_files, "seconds": self.seconds,
+                "index_terms": self.index_terms, "index_files": self.index_files,
                 "tables": len(self.tables), "undecryptable": len(self.undecryptable),
                 "unreachable": self.unreachable}
 
@@ -171,6 +181,13 @@ class MarkerSet:
                 self.add(escaped.encode("ascii"), kind, label)
             added += 1
         return added
+
+    def add_terms(self, text: str, label: str) -> None:
+        """Each word of `text` of at least TERM_MIN_CHARS letters, in lower case, whole and its first 8 letters."""
+        for word in _WORD.findall(text):
+            word = word.lower()
+            self.add(word.encode("ascii"), "index-term", label)
+            self.add(word[:_PREFIX].encode("ascii"), "index-term", label)
 
     def add_key(self, key: bytes, kind: str, label: str) -> None:
         """A key raw and as hex, base64 (standard and URL-safe) and a Python bytes repr would show it."""
@@ -305,9 +322,11 @@ def _document_text(path: Path) -> str | None:
     return _DOCUMENT_TEXTS[digest]
 
 
-def add_installation_markers(installation: Installation, dsn: str, markers: MarkerSet, report: ScanReport) -> None:
+def add_installation_markers(installation: Installation, dsn: str, markers: MarkerSet, report: ScanReport,
+                             terms: MarkerSet | None = None) -> None:
     """Markers of one installation, its Postgres up: keys from its keyring, its chunks' text and vectors
-    decrypted from the ledger, the text of the documents in its landing zone."""
+    decrypted from the ledger, the text of the documents in its landing zone; into `terms`, the chunks' words
+    (for CyborgDB's files)."""
     from ingest_pipeline.core.crypto import DecryptionError, parse_master_key
     from ingest_pipeline.definitions import build_resources
 
@@ -356,6 +375,8 @@ def add_installation_markers(installation: Installation, dsn: str, markers: Mark
             text = encryptor.decrypt_text(chunk_id, text_sealed, mac, seal_format)
             report.chunks_decrypted += 1
             markers.add_text(text, "chunk-text", f"chunk of tenant {tenant}", CHUNK_STRIDE)
+            if terms is not None:
+                terms.add_terms(text, f"word of a chunk of tenant {tenant}")
             if vector_sealed is not None:
                 markers.add_vector(encryptor.decrypt_vector(chunk_id, vector_sealed, mac, seal_format),
                                    f"embedding of tenant {tenant}")
@@ -527,7 +548,7 @@ def scan(installations: Iterable[Installation], extra_roots: Iterable[Path] = ()
     every installation (a secret of one installation found in another's files is a leak too)."""
     started = time.monotonic()
     installations = list({Path(i.home).resolve(): i for i in installations}.values())
-    report, markers = ScanReport(), MarkerSet()
+    report, markers, terms = ScanReport(), MarkerSet(), MarkerSet()
     live = []
     for installation in installations:
         if not (Path(installation.home) / "pgdata").is_dir():
@@ -535,7 +556,7 @@ def scan(installations: Iterable[Installation], extra_roots: Iterable[Path] = ()
             continue
         try:
             with installation_environment(installation), running_postgres(installation.home) as dsn:
-                add_installation_markers(installation, dsn, markers, report)
+                add_installation_markers(installation, dsn, markers, report, terms)
             live.append(installation)
         except Exception as exc:  # a scenario may leave its Postgres broken on purpose: say so, scan its files
             report.unreachable.append(f"{label(installation.home)}: {type(exc).__name__}")
@@ -553,6 +574,13 @@ def scan(installations: Iterable[Installation], extra_roots: Iterable[Path] = ()
         scan_tree(home / "dagster", markers, report)
         report.dagster_files += report.files_scanned - before
         scan_tree(home, markers, report, skip=[home / "landing", home / "master.key", home / "dagster"])
+    report.index_terms = len(terms)
+    # CyborgDB's own files, for the words of the full-text field (its logs hold English of their own).
+    index_roots = [Path(i.home).resolve() / "cyborgdb" for i in installations] + [Path(r) for r in extra_roots]
+    for root in index_roots:
+        before = report.files_scanned
+        scan_tree(root, terms, report, skip=list(Path(root).glob("*.log")))
+        report.index_files += report.files_scanned - before
     for root in extra_roots:
         scan_tree(Path(root), markers, report)
     for name, text in (texts or {}).items():

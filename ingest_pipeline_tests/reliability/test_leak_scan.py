@@ -5,6 +5,7 @@ their installations too; alone, its own scenario makes the scan meaningful."""
 
 import base64
 import json
+import re
 import traceback
 from pathlib import Path
 
@@ -108,6 +109,9 @@ def test_the_scanner_finds_planted_text_vectors_and_keys(embedded_pipeline, docs
     (pipeline.home / "dagster" / "logs" / "planted.log").write_text(f"step failed on chunk: {sentence}\n")
     (pipeline.home / "dagster" / "logs" / "planted-citation.log").write_text(f"chunk 3 of escrow.md: {heading}\n")
     (pipeline.home / "cyborgdb" / "planted.bin").write_bytes(b"\x00" * 37 + vector_bytes[:64] + b"\x01")
+    # One word of the chunk text, as a term dictionary kept in clear would hold it (the full-text field).
+    word = next(w for w in re.findall(rf"[A-Za-z]{{{leaks.TERM_MIN_CHARS},}}", text))
+    (pipeline.home / "cyborgdb" / "planted-terms.bin").write_bytes(b"\x07\x00" + word.lower().encode() + b"\x00")
     (pipeline.home / "planted-master.txt").write_text(f"INGEST_MASTER_KEY={master}\n")
     with psycopg.connect(pipeline.ledger().dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.planted (note text, payload bytea, doc jsonb)")
@@ -121,6 +125,7 @@ def test_the_scanner_finds_planted_text_vectors_and_keys(embedded_pipeline, docs
 
     found = {(f.kind, Path(f.where).name if f.where.startswith("/") else f.where) for f in report.findings}
     expected = {("chunk-text", "planted.log"), ("vector", "planted.bin"), ("key", "planted-master.txt"),
+                ("index-term", "planted-terms.bin"),
                 ("key", f"{leaks.label(pipeline.home)} table public.planted.note"),
                 ("key", f"{leaks.label(pipeline.home)} table public.planted.payload"),
                 ("chunk-text", f"{leaks.label(pipeline.home)} table public.planted.doc"),
@@ -162,5 +167,7 @@ def test_no_chunk_text_vector_or_key_leaks_anywhere(tmp_path, monkeypatch, docs,
     assert report.citations_decrypted == report.citations_sealed - len(tampered) > 50
     assert report.citation_markers >= 2
     assert report.exception_texts >= 6 and report.files_scanned > 1000 and report.rows_scanned > 1000
+    # The chunk text is in both backends' indexes as a full-text field: its words were looked for in their files.
+    assert report.index_terms > 300 and report.index_files >= 4
     assert {"event_logs", "runs", "chunks", "tenants"} <= {t.rsplit(".", 1)[-1] for t in report.tables}
     assert not report.findings, "leaks:\n" + "\n".join(map(str, report.findings))

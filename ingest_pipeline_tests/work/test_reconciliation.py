@@ -2,23 +2,26 @@
 found, reported exactly, and repaired from the cold copy without re-embedding; the asset checks pass again."""
 
 import csv
+import gc
 import json
 import uuid
 from dataclasses import fields
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from dagster import AssetKey, Failure, MultiPartitionKey
 
 from ingest_pipeline import cli
 from ingest_pipeline.cli import reconcile as cli_reconcile
+from ingest_pipeline.cli.search import SearchFellBack, search_answers
 from ingest_pipeline.core.crypto import LEGACY_SEAL_FORMAT, VectorEncryptor, derive_tenant_keys
 from ingest_pipeline.definitions import build_definitions, build_resources
 from ingest_pipeline.defs.checks import compare_index_with_ledger, sampled_recall
 from ingest_pipeline.runtime.instance import dagster_instance
 from ingest_pipeline.stores.key_vault import TenantKeySet
 from ingest_pipeline.stores.ledger import Chunk
-from ingest_pipeline.stores.tenant_index import TenantIndex
+from ingest_pipeline.stores.tenant_index import LAYOUT_VECTOR_ONLY, TEXT_FIELD, TenantIndex
 from ingest_pipeline.work.indexing import IndexWriter
 from ingest_pipeline.work.reconciliation import REPORT_COLUMNS, TenantReconciliation
 from ingest_pipeline.work.uploads import current_month
@@ -80,9 +83,15 @@ def test_rows_sealed_in_the_legacy_format_are_upserted_from_the_cold_copy_too():
     encryptor, vector = VectorEncryptor(keys), np.arange(4, dtype=np.float32)
     mac = encryptor.text_mac("the text")
     row = Chunk(chunk_id="c1", doc_id="d1", sequence=0, key_version=keys.key_version, text_mac=mac,
-                text_ciphertext=b"sealed text", seal_format=LEGACY_SEAL_FORMAT, state="embedded",
+                text_ciphertext=encryptor.encrypt_text("c1", "the text", LEGACY_SEAL_FORMAT),
+                seal_format=LEGACY_SEAL_FORMAT, state="embedded", doc_name="a/b/c.txt", partition_month="2026-11-01",
                 embedding_ciphertext=encryptor.encrypt_vector("c1", vector, mac, LEGACY_SEAL_FORMAT))
-    assert writer.items([row])[0]["vector"].tolist() == vector.tolist()
+    item = writer.items([row])[0]
+    assert item["vector"].tolist() == vector.tolist()
+    # The text as the full-text field, and the fields search filters on inside the index.
+    assert item["metadata"] | {"doc_id": None} == {
+        "doc_id": None, "tenant_id": "acme", "chunk_sequence": 0, "text": "the text", "doc_name": "a/b/c.txt",
+        "name_prefixes": ["a/", "a/b/"], "month": "2026-11", "month_key": 202611}
 
 
 def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipeline, docs):
@@ -239,3 +248,85 @@ def test_orphans_that_are_most_of_an_index_wait_for_confirmation(embedded_pipeli
 
     unknown = cli_reconcile.reconcile("nobody-" + pipeline.suffix)
     assert unknown["success"] is False and "no ledger row" in unknown["error"] and unknown["tenants"] == {}
+
+
+def _index_items(pipeline, tenant: str, keep=lambda name: True) -> list[dict]:
+    """The tenant's index items as the IndexWriter makes them from the cold copy, with only the metadata `keep`
+    lets through."""
+    ledger, resources = pipeline.ledger(), build_resources()
+    with ledger.tenant_writer(tenant) as session:
+        writer = IndexWriter(ledger, resources["cyborgdb"].indexes, resources["keyring"], session)
+        items = writer.items(ledger.chunks.with_embeddings(session.conn, tenant))
+        writer.close()
+    return [{**item, "metadata": {k: v for k, v in item["metadata"].items() if keep(k)}} for item in items]
+
+
+def _to_the_vector_only_layout(pipeline, tenant: str) -> None:
+    """Make the tenant's live index one built before the full-text field: layout 1, with the metadata of then."""
+    items = _index_items(pipeline, tenant, keep=lambda name: name in {"doc_id", "tenant_id", "chunk_sequence"})
+    resources = build_resources()
+    indexes, keys = resources["cyborgdb"].indexes, resources["keyring"].tenant_keys(tenant)
+    assert indexes.drop(keys)
+    indexes.open(keys, dimension=384, create=True, layout=LAYOUT_VECTOR_ONLY).upsert(items)
+    gc.collect()  # the embedded index is let go
+    with pipeline.ledger().connect() as conn:
+        conn.execute("UPDATE ingest.tenants SET index_layout = 1 WHERE tenant_id = %s", (tenant,))
+
+
+def test_an_index_of_the_vector_only_layout_moves_by_rebuild_with_search_online(pipeline, docs, monkeypatch):
+    """An index built before the full-text field answers by vector with a warning (never silently), refuses
+    filters, and reconcile rebuilds it in the current layout from the cold copy (no re-embedding) while search
+    keeps answering; a chunk whose text field is lost is found by reading its metadata back and restored."""
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    embeddings_computed = ledger.tenants.status(acme).embeddings_computed
+    indexed = ids_in_state(ledger, acme, "indexed")
+    _to_the_vector_only_layout(pipeline, acme)
+
+    assert figures(pipeline.status(acme), {"index_layout": 1, "search": "vector-only"}) == \
+        {"index_layout": 1, "search": "vector-only"}
+    fell_back = search_answers(acme, [PATENT_QUERY], 3)
+    assert fell_back["requested_mode"] == "hybrid" and fell_back["mode"] == "vector"
+    assert "ranked by vector only" in fell_back["warning"]
+    assert {hit["score_kind"] for hit in fell_back["answers"][0]} == {"cosine"}
+    with pytest.warns(SearchFellBack, match="vector only"):
+        pipeline.search(acme, PATENT_QUERY, 3)
+    shown = pipeline.cli("search", "--tenant", acme, "--json", PATENT_QUERY)
+    assert "ranked by vector only" in shown.stderr and json.loads(shown.stdout)[0]["warning"]
+    with pytest.raises(ValueError, match="predates the filter fields"):
+        cli.search(acme, [PATENT_QUERY], 3, filters={"name": "apache-license-2.0.txt"})
+
+    real_upsert, seen_during_rebuild = TenantIndex.upsert, []
+
+    def search_while_rebuilding(self, items):  # a search between two batches of the rebuild
+        if self.generation > 1 and not seen_during_rebuild:
+            seen_during_rebuild.append(search_answers(acme, [PATENT_QUERY], 3))
+        return real_upsert(self, items)
+
+    monkeypatch.setattr(TenantIndex, "upsert", search_while_rebuilding)
+    report = cli_reconcile.reconcile(acme)["tenants"][acme]
+    monkeypatch.setattr(TenantIndex, "upsert", real_upsert)
+    assert report["old_layout"] and report["layout_rebuilt"] and report["error"] == ""
+    assert seen_during_rebuild and seen_during_rebuild[0]["answers"] == fell_back["answers"]
+    assert figures(pipeline.status(acme), {"index_layout": 2, "search": "hybrid", "index_vectors": len(indexed)}) \
+        == {"index_layout": 2, "search": "hybrid", "index_vectors": len(indexed)}
+    hybrid = search_answers(acme, [PATENT_QUERY], 3)
+    assert hybrid["warning"] is None and hybrid["mode"] == "hybrid"
+    assert hybrid["answers"][0][0]["source"] == "apache-license-2.0.txt"
+    assert {hit["score_kind"] for hit in hybrid["answers"][0]} == {"fused_rank"}
+    assert ledger.tenants.status(acme).embeddings_computed == embeddings_computed
+    assert cli_reconcile.reconcile(acme)["tenants"][acme]["drift"] == 0
+
+    # A vector whose full-text field is missing (written without it behind the ledger's back): restored.
+    with ledger.connect() as conn:
+        live = ledger.tenants.generations(conn, acme).live
+    victim = sorted(indexed)[0]
+    [item] = [i for i in _index_items(pipeline, acme, keep=lambda name: name != TEXT_FIELD) if i["id"] == victim]
+    open_index(acme, live).upsert([item])
+    assert cli_reconcile.reconcile(acme, repair=False)["tenants"][acme]["text_missing"] == 1
+    repaired = cli_reconcile.reconcile(acme)["tenants"][acme]
+    assert (repaired["text_missing"], repaired["repaired_text"]) == (1, 1)
+    assert open_index(acme, live).metadata([victim])[victim][TEXT_FIELD]
+    assert cli_reconcile.reconcile(acme)["tenants"][acme]["drift"] == 0

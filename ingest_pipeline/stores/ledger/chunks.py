@@ -27,7 +27,7 @@ from ingest_pipeline.stores.ledger.rows import (
 _STATES = ("chunked", "embedded", "indexed", "stale")
 # Columns read as text (uuids), and columns of the chunk's document rather than of the chunk.
 _AS_TEXT = {"chunk_id", "doc_id"}
-_OF_DOCUMENT = {"doc_name"}
+_OF_DOCUMENT = {"doc_name", "partition_month"}
 
 
 @dataclass(frozen=True)

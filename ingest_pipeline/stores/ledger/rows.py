@@ -80,6 +80,9 @@ class Chunk:
     seal_format: int
     state: str
     citation_ciphertext: bytes | None = None  # None: stored before citations were kept
+    # Of the chunk's document, for the index item's filter fields (search filters evaluated inside the index).
+    doc_name: str = ""
+    partition_month: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -241,6 +241,16 @@ class Tenants:
             return IndexGenerations(1, None, None)
         return IndexGenerations(row["index_generation"], row["rebuild_generation"], row["rebuild_cursor"])
 
+    def index_layout(self, conn: psycopg.Connection, tenant_id: str) -> int:
+        """The layout of the tenant's live index generation (1: vectors only, 2: with the full-text field); a
+        tenant without a row yet gets the current layout when its index is created."""
+        row = conn.execute("SELECT index_layout FROM ingest.tenants WHERE tenant_id = %s", (tenant_id,)).fetchone()
+        return int(row["index_layout"]) if row is not None else 2
+
+    def set_index_layout(self, conn: psycopg.Connection, tenant_id: str, layout: int) -> None:
+        """Record the layout the live index was found to have (reconciliation reads it from the index)."""
+        conn.execute("UPDATE ingest.tenants SET index_layout = %s WHERE tenant_id = %s", (layout, tenant_id))
+
     def start_rebuild(self, conn: psycopg.Connection, tenant_id: str) -> int:
         row = conn.execute(
             "UPDATE ingest.tenants SET rebuild_generation = index_generation + 1, rebuild_cursor = NULL"
@@ -252,12 +262,14 @@ class Tenants:
     def advance_rebuild(self, conn: psycopg.Connection, tenant_id: str, cursor: str) -> None:
         conn.execute("UPDATE ingest.tenants SET rebuild_cursor = %s WHERE tenant_id = %s", (cursor, tenant_id))
 
-    def finish_rebuild(self, conn: psycopg.Connection, tenant_id: str, generation: int) -> None:
-        """Make the rebuilt index the live one; every embedded chunk is in it, so all count as indexed."""
+    def finish_rebuild(self, conn: psycopg.Connection, tenant_id: str, generation: int,
+                       layout: int | None = None) -> None:
+        """Make the rebuilt index the live one; every embedded chunk is in it, so all count as indexed.
+        `layout` is the rebuilt index's layout (None: unchanged)."""
         conn.execute(
-            "UPDATE ingest.tenants SET index_generation = %s, rebuild_generation = NULL, rebuild_cursor = NULL"
-            " WHERE tenant_id = %s",
-            (generation, tenant_id),
+            "UPDATE ingest.tenants SET index_generation = %s, rebuild_generation = NULL, rebuild_cursor = NULL,"
+            " index_layout = coalesce(%s, index_layout) WHERE tenant_id = %s",
+            (generation, layout, tenant_id),
         )
         conn.execute(
             "UPDATE ingest.chunks SET state = 'indexed', updated_at = now()"
