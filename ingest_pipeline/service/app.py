@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
-import inspect
 import json
 import logging
 import math
@@ -44,22 +43,25 @@ from ingest_pipeline.stores import locks
 from ingest_pipeline.stores.key_vault import TenantErased, UnknownTenant
 from ingest_pipeline.stores.ledger.api_keys import ERASED
 from ingest_pipeline.stores.tenant_index import CallTimedOut, IndexUnavailable, TenantIndex
-from ingest_pipeline.work.search import search_tenant
+from ingest_pipeline.work.search import (
+    DEFAULT_MODE,
+    MODES,
+    InvalidSearchOption,
+    SearchFilters,
+    check_search_options,
+    search_tenant,
+)
 
 log = logging.getLogger("ingest_pipeline.service")
 
 MAX_TOP_K = 100
 MAX_QUERY_CHARS = 2000
-MODES = ("semantic", "hybrid", "keyword")
-FILTER_FIELDS = ("document", "document_prefix", "uploaded_from", "uploaded_to", "format")
-MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
-FORMAT = re.compile(r"[a-z0-9]{1,16}")
+FILTER_FIELDS = tuple(SearchFilters.__dataclass_fields__)
 REQUEST_FIELDS = ("query", "queries", "top_k", "filters", "mode", "alpha")
 # One body for every refused key (missing, malformed, unknown, revoked): nothing tells them apart.
 UNAUTHORIZED = {"error": "unauthorized", "detail": "a valid API key is required: Authorization: Bearer KEY"}
 # An embedded index unused this long is let go (another process may want it; see ServiceState.index).
 EMBEDDED_IDLE_S = 1.0
-SEARCH_OPTIONS = frozenset(inspect.signature(search_tenant).parameters)
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,15 @@ class ServiceSettings:
         )
 
 
-class SearchFilters(BaseModel):
-    """Restricts the hits to documents by name (exact or prefix), upload month range and format."""
+class FiltersBody(BaseModel):
+    """Restricts the hits to documents by name (exact, or a folder prefix) and upload month range, evaluated inside
+    the encrypted index (the names of `ingest-pipeline search`'s filters)."""
 
-    document: str | None = Field(None, description="a document name, exactly")
-    document_prefix: str | None = Field(None, description="the start of document names")
-    uploaded_from: str | None = Field(None, description="first upload month, YYYY-MM")
-    uploaded_to: str | None = Field(None, description="last upload month, YYYY-MM")
-    format: str | list[str] | None = Field(None, description="document format(s), e.g. pdf, docx, md")
+    name: str | None = Field(None, description="a document name, exactly")
+    name_prefix: str | None = Field(None, description="a folder of document names, ending in '/'")
+    month_from: str | None = Field(None, description="first upload month, YYYY-MM")
+    month_to: str | None = Field(None, description="last upload month, YYYY-MM")
+    format: str | None = Field(None, description="refused: the ledger records no document format yet")
 
 
 class SearchRequest(BaseModel):
@@ -108,8 +111,8 @@ class SearchRequest(BaseModel):
     query: str | None = Field(None, description="the query; or `queries` for a batch")
     queries: list[str] | None = Field(None, description="a batch of queries (at most INGEST_API_MAX_BATCH)")
     top_k: int = Field(5, ge=1, le=MAX_TOP_K)
-    filters: SearchFilters | None = None
-    mode: str | None = Field(None, description="semantic, hybrid or keyword")
+    filters: FiltersBody | None = None
+    mode: str | None = Field(None, description="hybrid (the default), vector or keyword")
     alpha: float | None = Field(None, ge=0, le=1, description="hybrid: weight of the vector ranking")
 
 
@@ -134,7 +137,13 @@ def _validate_query(field: str, value) -> str:
     return value
 
 
+def _refusal(exc: InvalidSearchOption) -> HTTPRefusal:
+    """400 naming the field, with search's reason but not the value it quotes (tenant data)."""
+    return _bad(exc.field, str(exc).split(", got ")[0])
+
+
 def _validate_filters(value) -> dict:
+    """The filters, checked as search checks them (SearchFilters.to_cyborgdb); returned by name, as JSON."""
     if not isinstance(value, dict):
         raise _bad("filters", "must be an object")
     filters = {}
@@ -144,24 +153,13 @@ def _validate_filters(value) -> dict:
             raise _bad(f"filters.{shown}", f"unknown filter; known: {', '.join(FILTER_FIELDS)}")
         if item is None:
             continue
-        if name in ("document", "document_prefix"):
-            if not isinstance(item, str) or not item or len(item) > 1024:
-                raise _bad(f"filters.{name}", "must be a non-empty string of at most 1024 characters")
-        elif name in ("uploaded_from", "uploaded_to"):
-            if not isinstance(item, str) or not MONTH.fullmatch(item):
-                raise _bad(f"filters.{name}", "must be a month, YYYY-MM")
-        else:
-            formats = [item] if isinstance(item, str) else item
-            if not isinstance(formats, list) or not formats or not all(
-                    isinstance(f, str) and FORMAT.fullmatch(f) for f in formats):
-                raise _bad("filters.format", "must be a format name (lowercase letters and digits) or a list of them")
-            item = formats
+        if not isinstance(item, str) or not item or len(item) > 1024:
+            raise _bad(f"filters.{name}", "must be a non-empty string of at most 1024 characters")
         filters[name] = item
-    if "document" in filters and "document_prefix" in filters:
-        raise _bad("filters.document_prefix", "give either document or document_prefix, not both")
-    if filters.get("uploaded_from") and filters.get("uploaded_to") and filters["uploaded_from"] > filters[
-            "uploaded_to"]:
-        raise _bad("filters.uploaded_to", "must not be before uploaded_from")
+    try:
+        SearchFilters(**filters).to_cyborgdb()
+    except InvalidSearchOption as exc:
+        raise _refusal(exc) from None
     return filters
 
 
@@ -196,15 +194,18 @@ def parse_search(body, max_batch: int) -> ParsedSearch:
     if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= MAX_TOP_K:
         raise _bad("top_k", f"must be an integer from 1 to {MAX_TOP_K}")
     options: dict = {}
-    if body.get("mode") is not None:
-        if body["mode"] not in MODES:
-            raise _bad("mode", f"must be one of {', '.join(MODES)}")
-        options["mode"] = body["mode"]
-    if body.get("alpha") is not None:
-        alpha = body["alpha"]
-        if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha) \
-                or not 0 <= alpha <= 1:
-            raise _bad("alpha", "must be a number from 0 to 1")
+    mode, alpha = body.get("mode"), body.get("alpha")
+    if mode is not None and not isinstance(mode, str):
+        raise _bad("mode", f"must be one of {', '.join(MODES)}")
+    if alpha is not None and isinstance(alpha, float) and not math.isfinite(alpha):
+        raise _bad("alpha", "must be a number from 0 to 1")
+    try:
+        check_search_options(mode or DEFAULT_MODE, alpha, top_k)
+    except InvalidSearchOption as exc:
+        raise _refusal(exc) from None
+    if mode is not None:
+        options["mode"] = mode
+    if alpha is not None:
         options["alpha"] = float(alpha)
     if body.get("filters") is not None:
         filters = _validate_filters(body["filters"])
@@ -223,15 +224,12 @@ class _Vectors:
         return self._vectors
 
 
-def _run_search(**arguments) -> list:
-    """`work.search.search_tenant` with the service's arguments. It forwards tenant_id, queries, top_k, embedder,
-    index, ledger, encryptor_for and model_ids always, and mode, alpha and filters when a request sets them; a set
-    option that this build's search_tenant does not take is refused (HTTP 501 naming it), never ignored."""
-    for option in ("mode", "alpha", "filters"):
-        if option in arguments and option not in SEARCH_OPTIONS:
-            raise HTTPRefusal(501, {"error": "not supported", "field": option,
-                                    "detail": "this installation's search does not support it yet"})
-    return search_tenant(**arguments)
+def _run_search(*, filters: dict | None = None, **arguments) -> list[list[dict]]:
+    """`work.search.search_tenant` with the service's arguments (mode, alpha and filters as a request set them):
+    each query's hits as `search --json` prints them, each with the answer's `warning` (why it ranked otherwise
+    than asked, or None), as the CLI's hits carry it."""
+    answers = search_tenant(filters=SearchFilters(**filters) if filters else None, **arguments)
+    return [[hit.as_dict() | {"warning": answers.warning} for hit in hits] for hits in answers.hits]
 
 
 class Metrics:
@@ -371,7 +369,7 @@ class ServiceState:
         if self.embedded and not kept and index is not None:
             del index
             gc.collect()  # the engine's store is let go with its last reference
-        return [[hit.as_dict() for hit in hits] for hits in answers]
+        return answers
 
     def readiness(self) -> dict[str, str]:
         checks = {}
@@ -509,7 +507,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         "security": [{"bearer": []}]}, summary="Search the API key's tenant")
     async def search(request: Request):
         """`{"query": ...}` answers `{"results": [hits]}`; `{"queries": [...]}` answers `{"results": [[hits], ...]}`.
-        Each hit: doc_id, chunk_id, chunk_sequence, score, text, source, page, section."""
+        Each hit: doc_id, chunk_id, chunk_sequence, score, score_kind, text, source, page, section, warning (as
+        `search --json`)."""
         state: ServiceState = request.app.state.service
         try:
             row = await authenticate(request, state)
@@ -531,6 +530,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             raise
         except TenantErased:
             raise HTTPRefusal(410, {"error": "gone", "detail": "this key's tenant was erased"}) from None
+        except InvalidSearchOption as exc:  # what only the tenant's index can tell (filters on an old layout)
+            raise _refusal(exc) from None
         except Exception as exc:
             dependency = _dependency_down(exc)
             if dependency is None:

@@ -29,6 +29,15 @@ SCORE_KINDS = {"vector": "cosine", "hybrid": "fused_rank", "keyword": "bm25"}
 _MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
+class InvalidSearchOption(ValueError):
+    """A search option or filter that search does not accept; `field` names it ("mode", "alpha", "top_k" or
+    "filters.<name>"), the message says why (never quoting a query)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class SearchFilters:
     """What hits must match, evaluated inside the encrypted index (on each item's metadata): the document's
@@ -45,45 +54,49 @@ class SearchFilters:
         return any(value is not None for value in asdict(self).values())
 
     def to_cyborgdb(self) -> dict | None:
-        """The CyborgDB metadata filter (MongoDB-style), or None for no filter; ValueError names a bad field."""
+        """The CyborgDB metadata filter (MongoDB-style), or None for no filter; InvalidSearchOption names a bad
+        field."""
         if self.format is not None:
-            raise ValueError("search filter 'format': the ledger does not record documents' formats, so the "
-                             "index holds none to filter on")
+            raise InvalidSearchOption("filters.format", "search filter 'format': the ledger does not record "
+                                      "documents' formats, so the index holds none to filter on")
         clauses: list[dict] = []
         if self.name is not None:
             if not self.name:
-                raise ValueError("search filter 'name' is empty")
+                raise InvalidSearchOption("filters.name", "search filter 'name' is empty")
             clauses.append({"doc_name": self.name})
         if self.name_prefix is not None:
             if not self.name_prefix.endswith("/") or self.name_prefix.strip("/") == "":
-                raise ValueError(f"search filter 'name_prefix' must be a folder ending in '/', got "
-                                 f"{self.name_prefix!r}")
+                raise InvalidSearchOption("filters.name_prefix", "search filter 'name_prefix' must be a folder "
+                                          f"ending in '/', got {self.name_prefix!r}")
             clauses.append({"name_prefixes": {"$in": [self.name_prefix]}})
         for name, operator in (("month_from", "$gte"), ("month_to", "$lte")):
             value = getattr(self, name)
             if value is None:
                 continue
             if not isinstance(value, str) or not _MONTH.match(value):
-                raise ValueError(f"search filter {name!r} must be a month YYYY-MM, got {value!r}")
+                raise InvalidSearchOption(f"filters.{name}",
+                                          f"search filter {name!r} must be a month YYYY-MM, got {value!r}")
             clauses.append({"month_key": {operator: int(value.replace("-", ""))}})
         if self.month_from and self.month_to and self.month_from > self.month_to:
-            raise ValueError(f"search filter: month_from {self.month_from} is after month_to {self.month_to}")
+            raise InvalidSearchOption("filters.month_to",
+                                      f"search filter: month_from {self.month_from} is after month_to {self.month_to}")
         if not clauses:
             return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
 def check_search_options(mode: str, alpha: float | None, top_k: int) -> None:
-    """ValueError naming the option when the mode, alpha or top_k is not one search accepts."""
+    """InvalidSearchOption naming the option when the mode, alpha or top_k is not one search accepts."""
     if mode not in MODES:
-        raise ValueError(f"search mode must be one of {', '.join(MODES)}, got {mode!r}")
+        raise InvalidSearchOption("mode", f"search mode must be one of {', '.join(MODES)}, got {mode!r}")
     if alpha is not None:
         if mode != "hybrid":
-            raise ValueError(f"alpha weights the two legs of a hybrid search; mode {mode!r} has one")
+            raise InvalidSearchOption("alpha", f"alpha weights the two legs of a hybrid search; mode {mode!r} has one")
         if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"alpha must be a number from 0 (keyword only) to 1 (vector only), got {alpha!r}")
+            raise InvalidSearchOption("alpha",
+                                      f"alpha must be a number from 0 (keyword only) to 1 (vector only), got {alpha!r}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        raise InvalidSearchOption("top_k", f"top_k must be a positive integer, got {top_k!r}")
 
 
 @dataclass(frozen=True)
@@ -153,8 +166,9 @@ def search_tenant(
         return SearchAnswers([[] for _ in queries], ranked_by, mode, alpha)
     if index.layout == LAYOUT_VECTOR_ONLY:
         if where is not None:
-            raise ValueError(f"the index of tenant {tenant_id!r} predates the filter fields (vector-only layout): "
-                             "run `ingest-pipeline reconcile` (or rebuild) to move it to the current layout")
+            raise InvalidSearchOption("filters", f"the index of tenant {tenant_id!r} predates the filter fields "
+                                      "(vector-only layout): run `ingest-pipeline reconcile` (or rebuild) to move "
+                                      "it to the current layout")
         if mode != "vector":
             ranked_by, alpha = "vector", None
             warning = (f"the index of tenant {tenant_id!r} has no full-text field yet (built before it): ranked by "
