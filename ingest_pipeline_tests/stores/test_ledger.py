@@ -186,7 +186,11 @@ def test_the_query_builder_composes_parameters_never_values(ledger, tenant):
         assert "JOIN ingest.documents d" in text and text.endswith("ORDER BY c.chunk_id LIMIT %s FOR UPDATE OF c")
         with conn.transaction():
             assert query.fetch(conn) == []  # no such tenant; the chunks table is still there
-        assert "JOIN" not in ChunkQuery(tenant="t").statement()[0].as_string(conn)  # no document column, no month
+        # No document column and no month: no join; a count reads no column, so only a month joins.
+        assert "JOIN" not in ChunkQuery(SealedEmbedding, tenant="t").statement()[0].as_string(conn)
+        assert "JOIN" in ChunkQuery(tenant="t").statement()[0].as_string(conn)  # Chunk carries its document's name
+        assert "JOIN" not in ChunkQuery(tenant="t", states=("indexed",)).count_statement()[0].as_string(conn)
+        assert "JOIN" in ChunkQuery(tenant="t", month=MONTH).count_statement()[0].as_string(conn)
     with pytest.raises(ValueError, match="unknown chunk state"):
         ChunkQuery(states=("deleted",)).statement()
     with pytest.raises(ValueError, match="unknown chunk order"):

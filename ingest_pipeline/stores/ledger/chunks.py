@@ -137,7 +137,9 @@ class ChunkQuery:
     def count_statement(self) -> tuple[sql.Composed, list]:
         """`SELECT count(*)` of the chunks this query selects (no order, limit or lock)."""
         conditions, params = self._where()
-        query = sql.SQL("SELECT count(*) AS n FROM {}").format(self._from())
+        # A count reads no column: only a month (a column of the document) needs the document.
+        table = "ingest.chunks c JOIN ingest.documents d USING (doc_id)" if self.month else "ingest.chunks c"
+        query = sql.SQL("SELECT count(*) AS n FROM {}").format(sql.SQL(table))
         if conditions:
             query += sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
         return query, params
