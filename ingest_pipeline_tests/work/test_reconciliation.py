@@ -58,6 +58,15 @@ def figures(report: dict, expected: dict) -> dict:
     return {name: report[name] for name in expected}
 
 
+def ingested_acme(pipeline, docs):
+    """Tenant acme with two documents ingested: its name, the ledger, and how many embeddings were computed."""
+    acme = pipeline.tenant("acme")
+    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
+    pipeline.ingest()
+    ledger = pipeline.ledger()
+    return acme, ledger, ledger.tenants.status(acme).embeddings_computed
+
+
 def assert_checks_pass_with_nothing_left_to_index(tenant: str) -> None:
     result = materialize_partition(tenant)
     checks = result.get_asset_check_evaluations()
@@ -95,11 +104,7 @@ def test_rows_sealed_in_the_legacy_format_are_upserted_from_the_cold_copy_too():
 
 
 def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipeline, docs):
-    acme = pipeline.tenant("acme")
-    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
-    pipeline.ingest()
-    ledger = pipeline.ledger()
-    embeddings_computed = ledger.tenants.status(acme).embeddings_computed
+    acme, ledger, embeddings_computed = ingested_acme(pipeline, docs)
 
     # A deletion whose run stopped after raw_documents: its chunks are stale and still in the index.
     pipeline.upload(acme, "debian-users-and-groups.html", delete=True)
@@ -154,11 +159,7 @@ def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipelin
 
 
 def test_a_lost_index_is_recreated_from_the_cold_copy_without_reembedding(pipeline, docs, tmp_path):
-    acme = pipeline.tenant("acme")
-    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
-    pipeline.ingest()
-    ledger = pipeline.ledger()
-    embeddings_computed = ledger.tenants.status(acme).embeddings_computed
+    acme, ledger, embeddings_computed = ingested_acme(pipeline, docs)
     indexed = ids_in_state(ledger, acme, "indexed")
     answer = pipeline.search(acme, PATENT_QUERY, 3)
     resources = build_resources()
@@ -277,11 +278,7 @@ def test_an_index_of_the_vector_only_layout_moves_by_rebuild_with_search_online(
     """An index built before the full-text field answers by vector with a warning (never silently), refuses
     filters, and reconcile rebuilds it in the current layout from the cold copy (no re-embedding) while search
     keeps answering; a chunk whose text field is lost is found by reading its metadata back and restored."""
-    acme = pipeline.tenant("acme")
-    pipeline.upload(acme, docs / "apache-license-2.0.txt", docs / "debian-users-and-groups.html")
-    pipeline.ingest()
-    ledger = pipeline.ledger()
-    embeddings_computed = ledger.tenants.status(acme).embeddings_computed
+    acme, ledger, embeddings_computed = ingested_acme(pipeline, docs)
     indexed = ids_in_state(ledger, acme, "indexed")
     _to_the_vector_only_layout(pipeline, acme)
 
