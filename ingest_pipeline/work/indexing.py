@@ -124,7 +124,7 @@ class IndexWriter:
         """CyborgDB items from ledger rows: the vector and the text are decrypted here, in memory only, and
         CyborgDB encrypts them under the tenant's index key (the text as the full-text field `TEXT_FIELD`; the
         sealed text stays in `contents`). The metadata also carries the fields search filters on inside the
-        index (`item_metadata`)."""
+        index (`filter_metadata`)."""
         items = []
         for row in rows:
             encryptor = self._encryptor(row.key_version)
