@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 from ingest_pipeline.cli import runs
@@ -42,20 +43,23 @@ def search_answers(tenant: str, queries: list[str], top_k: int = 5, *, mode: str
         keys = keyring.keyset(tenant)  # TenantErased for an erased tenant: an error, not an empty answer
     except UnknownTenant:
         keys = None
-    index = open_live_index(ledger, resources["cyborgdb"].indexes, keys.keys()) if keys is not None else None
-    try:
-        answers = search_tenant(
-            tenant_id=tenant, queries=queries, top_k=top_k, embedder=model.embedder, index=index, ledger=ledger,
-            # A row moved to a newer key version since the keys were read (a rotation) reads them again.
-            encryptor_for=lambda v: (keys if v in keys.data_keys else keyring.keyset(tenant)).encryptor(v),
-            model_ids=(model.model_id, model.legacy_model_id), mode=mode, alpha=alpha, filters=filters,
-        )
-    finally:
-        # An embedded index stays locked to this process while any reference to it lives, and the retry
-        # machinery's reference cycles keep one until the collector runs: let go of it now, so that a writer or
-        # the search service in another process can open it (a long-lived caller of `search` would hold it).
-        del index
-        gc.collect()
+    indexes = resources["cyborgdb"].indexes
+    # An embedded index opens in one process at a time: this says so to a search service that keeps it open.
+    with ledger.index_wanted(tenant) if indexes.embedded and keys is not None else nullcontext():
+        index = open_live_index(ledger, indexes, keys.keys()) if keys is not None else None
+        try:
+            answers = search_tenant(
+                tenant_id=tenant, queries=queries, top_k=top_k, embedder=model.embedder, index=index, ledger=ledger,
+                # A row moved to a newer key version since the keys were read (a rotation) reads them again.
+                encryptor_for=lambda v: (keys if v in keys.data_keys else keyring.keyset(tenant)).encryptor(v),
+                model_ids=(model.model_id, model.legacy_model_id), mode=mode, alpha=alpha, filters=filters,
+            )
+        finally:
+            # An embedded index stays locked to this process while any reference to it lives, and the retry
+            # machinery's reference cycles keep one until the collector runs: let go of it now, so that a writer
+            # or the search service in another process can open it (a long-lived caller would hold it).
+            del index
+            gc.collect()
     # Each hit carries the warning too, so that a JSON consumer of the hits alone sees a fallback.
     return {"answers": [[hit.as_dict() | {"warning": answers.warning} for hit in hits] for hits in answers.hits],
             "mode": answers.mode,

@@ -41,6 +41,10 @@ TENANT = AdvisoryLock("tenant writer and readers", 0x1D6E)
 # Admission of a tenant's new rows: shared by writers of uploads and tenants (also in migration 0009's trigger),
 # exclusive while an erasure records its request or a re-admission lifts it.
 ADMISSION = AdvisoryLock("tenant admission", 0x1D6F)
+# A process that opens a tenant's embedded index outside the tenant lock (a CLI search) holds this one, shared,
+# while it uses the index: nothing takes it exclusively, so it never waits; it only tells a long-lived reader (the
+# search service, which keeps the index open) to let go.
+INDEX_WANTED = AdvisoryLock("embedded index wanted by a reader", 0x1D72)
 # The ledger's schema migrations (until 0013 they took key 0 of the tenant class).
 LEDGER_MIGRATIONS = AdvisoryLock("ledger migrations", 0x1D70, 0)
 # Upload ids drawn in commit order (migration 0013's trigger; until then key 1 of the tenant class).
@@ -51,5 +55,5 @@ KEY_VAULT_MIGRATIONS = AdvisoryLock("key vault migrations", 7243, 0)
 DAGSTER_STORAGE = AdvisoryLock("dagster storage creation", 7245, 1)
 
 REGISTRY: tuple[AdvisoryLock, ...] = (
-    TENANT, ADMISSION, LEDGER_MIGRATIONS, UPLOAD_ORDER, KEY_VAULT_MIGRATIONS, DAGSTER_STORAGE,
+    TENANT, ADMISSION, INDEX_WANTED, LEDGER_MIGRATIONS, UPLOAD_ORDER, KEY_VAULT_MIGRATIONS, DAGSTER_STORAGE,
 )

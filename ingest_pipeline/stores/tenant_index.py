@@ -484,9 +484,18 @@ class CyborgIndexes:
     def backend(self) -> str:
         return "cyborgdb-core (embedded)" if self._embedded else "cyborgdb-service"
 
+    @property
+    def embedded(self) -> bool:
+        """Whether indexes are cyborgdb-core's on this machine's disk, each open in one process at a time."""
+        return self._embedded
+
     def _names(self, tenant_id: str) -> set[str]:
         return set(_guarded("list_indexes", tenant_id, self._client.list_indexes, timeout_s=self._timeout_s,
                             budget_s=self._retry_budget_s))
+
+    def ping(self) -> None:
+        """Raises when the backend does not answer (one listing call: the service's readiness check)."""
+        self._names("readiness")
 
     def exists(self, tenant_id: str, generation: int = 1) -> bool:
         return index_name(tenant_id, generation) in self._names(tenant_id)

@@ -83,6 +83,11 @@ class Ledger(Database):
         changes the tenant while it is held), waited for at most `lock_wait_s`."""
         return self._locks.reader(tenant_id)
 
+    def index_wanted(self, tenant_id: str) -> AbstractContextManager[None]:
+        """Held while this process uses the tenant's embedded index outside the tenant lock: a process that keeps
+        it open (the search service) lets go (`TenantLocks.index_wanted`)."""
+        return self._locks.index_wanted(tenant_id)
+
 
 def sha256_file(path) -> str:
     """The file's SHA-256, read without following a symbolic link and without blocking on a FIFO.

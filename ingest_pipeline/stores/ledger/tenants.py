@@ -128,6 +128,15 @@ class TenantLocks:
                         conn.execute(*locks.TENANT.call("pg_advisory_unlock_shared", tenant_id))
 
 
+    @contextmanager
+    def index_wanted(self, tenant_id: str) -> Iterator[None]:
+        """Says, for as long as it is held, that this process wants the tenant's embedded index (INDEX_WANTED,
+        shared: it never waits): a process that keeps the index open (the search service) lets go of it."""
+        with self.db.connect() as conn:
+            conn.execute(*locks.INDEX_WANTED.call("pg_advisory_lock_shared", tenant_id))
+            yield
+
+
 class Tenants:
     """Tenants: their registration and embedding model, their erasure tombstones, their index generations."""
 
