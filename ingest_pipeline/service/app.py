@@ -31,6 +31,7 @@ import numpy as np
 import psycopg
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_swagger import patch_fastapi
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -60,8 +61,10 @@ FILTER_FIELDS = tuple(SearchFilters.__dataclass_fields__)
 REQUEST_FIELDS = ("query", "queries", "top_k", "filters", "mode", "alpha")
 # One body for every refused key (missing, malformed, unknown, revoked): nothing tells them apart.
 UNAUTHORIZED = {"error": "unauthorized", "detail": "a valid API key is required: Authorization: Bearer KEY"}
-# An embedded index unused this long is let go (another process may want it; see ServiceState.index).
-EMBEDDED_IDLE_S = 1.0
+# An embedded index unused this long is let go (its memory; another process that wants it says so, see
+# ServiceState.index). Reopening a large one costs seconds.
+EMBEDDED_IDLE_S = 300.0
+EMBEDDED_RELEASE_CHECK_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -215,13 +218,14 @@ def parse_search(body, max_batch: int) -> ParsedSearch:
 
 
 class _Vectors:
-    """An embedder whose answer was already computed (by the batcher) for exactly these queries."""
+    """An embedder whose answer was already computed (by the batcher) for exactly these queries; for a keyword
+    search (None) the model itself, should the index answer by vector only (an old layout)."""
 
-    def __init__(self, vectors: np.ndarray):
-        self._vectors = vectors
+    def __init__(self, vectors: np.ndarray | None, model):
+        self._vectors, self._model = vectors, model
 
     def embed(self, texts: list[str], in_order: bool = False) -> np.ndarray:
-        return self._vectors
+        return self._model.embedder.embed(texts) if self._vectors is None else self._vectors
 
 
 def _run_search(*, filters: dict | None = None, **arguments) -> list[list[dict]]:
@@ -263,7 +267,7 @@ class ServiceState:
         store = self.keyring.store
         store.vault = PooledKeyVault(store.vault)
         self.indexes = self.resources["cyborgdb"].indexes
-        self.embedded = self.indexes.backend.startswith("cyborgdb-core")
+        self.embedded = self.indexes.embedded
         self.model = self.resources["embedding_model"]
         self.model_ids = (self.model.model_id, self.model.legacy_model_id)
         self.limiter = RateLimiter()
@@ -279,7 +283,7 @@ class ServiceState:
     def _embed(self, texts: list[str]) -> np.ndarray:
         return self.model.embedder.embed(texts)
 
-    def _search_group(self, group: tuple, queries: list[str], vectors: np.ndarray) -> list:
+    def _search_group(self, group: tuple, queries: list[str], vectors: np.ndarray | None) -> list:
         tenant_id, top_k, options = group
         return self.search(tenant_id, queries, vectors, top_k, json.loads(options))
 
@@ -299,14 +303,14 @@ class ServiceState:
 
     def index(self, keys) -> tuple[TenantIndex | None, bool]:
         """The tenant's live index, and whether it is kept for the next requests. Handles are kept by tenant,
-        generation and index key (a rebuild or a new key opens anew). An embedded index is kept only while nobody
-        holds the tenant's lock (a writer, or an asset check reading) and for at most EMBEDDED_IDLE_S without a
-        request (`release_embedded`): cyborgdb-core locks an open index to one process, and those (which take the
-        tenant's lock, then open the index, retrying while it is held open) must get it; while one is at work,
-        each request opens it and lets go after."""
+        generation and index key (a rebuild or a new key opens anew). An embedded index is kept only while no
+        other process wants it (`_wanted_elsewhere`: a writer or an asset check holding or awaiting the tenant's
+        lock, a CLI search holding INDEX_WANTED) and for at most EMBEDDED_IDLE_S without a request
+        (`release_embedded`): cyborgdb-core locks an open index to one process, and those (which open it retrying
+        while it is held open) must get it; while one is at work, each request opens it and lets go after."""
         with self.ledger.connect() as conn:
             live, _, _ = self.ledger.tenants.generations(conn, keys.tenant_id)
-            if self.embedded and _writer_at_work(conn, keys.tenant_id):
+            if self.embedded and _wanted_elsewhere(conn, keys.tenant_id):
                 self.drop_handles(keys.tenant_id)
                 return self.indexes.open(keys, generation=live), False
         cache_key = (keys.tenant_id, live, hashlib.sha256(keys.index_key).digest())
@@ -335,9 +339,9 @@ class ServiceState:
             gc.collect()
 
     def release_embedded(self, stop: threading.Event) -> None:
-        """Every EMBEDDED_IDLE_S / 4: let go of embedded indexes unused for EMBEDDED_IDLE_S or wanted by a writer or a
-        check, so that they, or another process's search, never wait long for a service that holds one open."""
-        while not stop.wait(EMBEDDED_IDLE_S / 4):
+        """Every EMBEDDED_RELEASE_CHECK_S: let go of embedded indexes unused for EMBEDDED_IDLE_S or wanted by
+        another process (a writer, a check, a CLI search), so that none waits long for a service holding one open."""
+        while not stop.wait(EMBEDDED_RELEASE_CHECK_S):
             with self._handles_lock:
                 tenants = dict(self._last_use)
             if not tenants:
@@ -346,13 +350,14 @@ class ServiceState:
                 with self.ledger.connect() as conn:
                     now = time.monotonic()
                     for tenant_id, used in tenants.items():
-                        if now - used > EMBEDDED_IDLE_S or _writer_at_work(conn, tenant_id):
+                        if now - used > EMBEDDED_IDLE_S or _wanted_elsewhere(conn, tenant_id):
                             self.drop_handles(tenant_id)
             except psycopg.Error:  # Postgres down: no writer can work either; let go of everything
                 for tenant_id in tenants:
                     self.drop_handles(tenant_id)
 
-    def search(self, tenant_id: str, queries: list[str], vectors: np.ndarray, top_k: int, options: dict) -> list:
+    def search(self, tenant_id: str, queries: list[str], vectors: np.ndarray | None, top_k: int, options: dict
+               ) -> list:
         """The hits (as `search --json` prints them) of each query in the tenant's index."""
         with self.ledger.connect() as conn:
             try:
@@ -361,7 +366,7 @@ class ServiceState:
                 return [[] for _ in queries]
         index, kept = self.index(keys.index_keys())
         answers = _run_search(
-            tenant_id=tenant_id, queries=queries, top_k=top_k, embedder=_Vectors(vectors), index=index,
+            tenant_id=tenant_id, queries=queries, top_k=top_k, embedder=_Vectors(vectors, self.model), index=index,
             ledger=self.ledger, model_ids=self.model_ids,
             encryptor_for=lambda v: (keys if v in keys.data_keys else self.keyring.keyset(tenant_id)).encryptor(v),
             **options,
@@ -382,7 +387,7 @@ class ServiceState:
         except psycopg.Error as exc:
             checks["postgres"] = f"unavailable ({type(exc).__name__})"
         try:
-            self.indexes._names("readyz")
+            self.indexes.ping()
             checks["index"] = "ok"
         except Exception as exc:
             checks["index"] = f"unavailable ({type(exc).__name__})"
@@ -391,13 +396,14 @@ class ServiceState:
         return checks
 
 
-def _writer_at_work(conn: psycopg.Connection, tenant_id: str) -> bool:
-    """Whether a writer or a locked reader (an asset check) holds, or waits for, the tenant's lock
-    (`TenantLocks.writer`, exclusive, and `reader`, shared): both open the tenant's index."""
+def _wanted_elsewhere(conn: psycopg.Connection, tenant_id: str) -> bool:
+    """Whether another process wants the tenant's embedded index: a writer or a locked reader (an asset check)
+    holds, or waits for, the tenant's lock (`TenantLocks.writer`, exclusive, and `reader`, shared), or a search
+    outside that lock holds INDEX_WANTED (`Ledger.index_wanted`). All of them open the tenant's index."""
     return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
-        " AND classid = %s::oid AND objid = hashtext(%s)::oid AND objsubid = 2) AS busy",
-        (locks.TENANT.classid, tenant_id),
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid IN (%s::oid, %s::oid)"
+        " AND objid = hashtext(%s)::oid AND objsubid = 2) AS busy",
+        (locks.TENANT.classid, locks.INDEX_WANTED.classid, tenant_id),
     ).fetchone()["busy"]
 
 
@@ -448,8 +454,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             await state.batcher.stop()
             loader.cancel()
 
-    app = FastAPI(title="ingest-pipeline search", version="1", lifespan=lifespan,
+    app = FastAPI(title="ingest-pipeline search", version="1", lifespan=lifespan, docs_url=None,
+                  swagger_ui_oauth2_redirect_url=None,
                   description="Search a tenant's encrypted index; the API key names the tenant.")
+    # /docs with Swagger UI's assets served by the app itself (FastAPI's own page loads them from a CDN).
+    patch_fastapi(app, redirect_from_root_to_docs=False)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -525,7 +534,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             if not state.model_ready.is_set():
                 raise HTTPRefusal(503, {"error": "unavailable", "dependency": "model"}, {"Retry-After": "5"})
             group = (row.tenant_id, parsed.top_k, json.dumps(parsed.options, sort_keys=True))
-            answers = await state.batcher.submit(group, parsed.queries)
+            answers = await state.batcher.submit(group, parsed.queries,
+                                                 embed=parsed.options.get("mode", DEFAULT_MODE) != "keyword")
         except HTTPRefusal:
             raise
         except TenantErased:

@@ -39,10 +39,12 @@ class QueryBatcher:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, group: Hashable, texts: list[str]) -> list:
-        """The answers of `texts` (one list of hits each), computed with whatever other requests are waiting."""
+    async def submit(self, group: Hashable, texts: list[str], embed: bool = True) -> list:
+        """The answers of `texts` (one list of hits each), computed with whatever other requests are waiting.
+        With `embed` false (a keyword search) the texts skip the model and `search` gets None for their vectors;
+        requests of one group must agree on it."""
         future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((group, texts, future))
+        self._queue.put_nowait((group, texts, future, embed))
         return await future
 
     async def _collect(self) -> list[tuple]:
@@ -69,21 +71,24 @@ class QueryBatcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            texts = [text for _, item, _ in batch for text in item]
-            try:
-                vectors = await loop.run_in_executor(self._executor, self._embed, texts)
-            except Exception as exc:  # every waiting request gets the failure (it answers 503 or 500)
-                for _, _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            if self._observe:
-                self._observe(len(texts))
+            texts = [text for _, item, _, embed in batch if embed for text in item]
+            vectors = None
+            if texts:
+                try:
+                    vectors = await loop.run_in_executor(self._executor, self._embed, texts)
+                except Exception as exc:  # every waiting request gets the failure (it answers 503 or 500)
+                    for _, _, future, _ in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                if self._observe:
+                    self._observe(len(texts))
             groups: dict[Hashable, list] = {}
             start = 0
-            for group, item, future in batch:
-                groups.setdefault(group, []).append((item, vectors[start:start + len(item)], future))
-                start += len(item)
+            for group, item, future, embed in batch:
+                share = vectors[start:start + len(item)] if embed else None
+                groups.setdefault(group, []).append((item, share, future))
+                start += len(item) if embed else 0
             for group, items in groups.items():
                 task = loop.create_task(self._answer(group, items))
                 self._searches.add(task)
@@ -92,7 +97,8 @@ class QueryBatcher:
     async def _answer(self, group: Hashable, items: list) -> None:
         queries = [text for item, _, _ in items for text in item]
         try:
-            answers = await run_in_threadpool(self._search, group, queries, np.concatenate([v for _, v, _ in items]))
+            shares = [v for _, v, _ in items if v is not None]
+            answers = await run_in_threadpool(self._search, group, queries, np.concatenate(shares) if shares else None)
         except Exception as exc:
             for _, _, future in items:
                 if not future.done():

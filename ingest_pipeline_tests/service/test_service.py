@@ -52,15 +52,33 @@ def test_api_keys_cli_and_auth(served):
 
 
 def test_results_equal_the_cli_search(served):
-    """One query and a batch answer what `search --json` answers, hit for hit, with its fields."""
+    """One query and a batch answer what `search --json` answers, hit for hit, with its fields. The CLI searches
+    while the service answers steady traffic for the same tenants (an embedded index opens in one process at a
+    time: the service lets go of it when a CLI search says it wants it)."""
     queries = [QUERY, "which package versions does the resolver choose", "user and group ids"]
+    stop, statuses = threading.Event(), []
+
+    def steady_traffic():
+        while not stop.is_set():
+            for tenant in ("acme", "globex"):
+                statuses.append(served.search(served.keys[tenant], {"query": "file format"}).status_code)
+
+    traffic = threading.Thread(target=steady_traffic)
+    traffic.start()
+    try:
+        expected = {tenant: [served.pipeline.search(served.tenants[tenant], q, top_k=4) for q in queries]
+                    for tenant in ("acme", "globex")}
+    finally:
+        stop.set()
+        traffic.join()
+    assert statuses and set(statuses) == {200}
     for tenant in ("acme", "globex"):
-        expected = [served.pipeline.search(served.tenants[tenant], q, top_k=4) for q in queries]
         single = served.search(served.keys[tenant], {"query": queries[0], "top_k": 4})
         assert single.status_code == 200, single.text
         batch = served.search(served.keys[tenant], {"queries": queries, "top_k": 4})
         assert batch.status_code == 200
-        pairs = [(single.json()["results"], expected[0]), *zip(batch.json()["results"], expected, strict=True)]
+        pairs = [(single.json()["results"], expected[tenant][0]),
+                 *zip(batch.json()["results"], expected[tenant], strict=True)]
         for got, want in pairs:
             assert want and hit_ids(got) == hit_ids(want)
             for g, w in zip(got, want, strict=True):
@@ -156,6 +174,10 @@ def test_concurrent_queries_share_model_calls(served):
         answers = list(pool.map(lambda i: served.search(key, {"query": f"{QUERY} {i}"}), range(32)))
     assert all(a.status_code == 200 and a.json()["results"] for a in answers)
     assert batches() - before < 32
+    before = batches()  # a keyword search ranks by BM25 alone: its query never goes through the model
+    keyword = served.search(key, {"queries": [f"{QUERY} {i}" for i in range(4)], "mode": "keyword"})
+    assert keyword.status_code == 200 and all(hits for hits in keyword.json()["results"])
+    assert batches() == before
 
 
 def test_search_while_ingest_writes_the_same_tenant(served, tmp_path):
@@ -263,8 +285,15 @@ def test_search_page_in_a_browser(served):
             page.click("#go")
             page.wait_for_selector("#status.error")
             refused = page.inner_text("#status")
+            docs = browser.new_page()  # the OpenAPI page renders from the app's own assets: nothing else is reached
+            docs.route("**/*", lambda route: route.continue_() if route.request.url.startswith(served.url)
+                       else route.abort())
+            docs.goto(served.url + "/docs")
+            docs.wait_for_selector(".opblock-summary-path")
+            operations = docs.locator(".opblock-summary-path").all_inner_texts()
         finally:
             browser.close()
+    assert "/v1/search" in [o.strip() for o in operations]
     assert [c.split(",")[0].split(" — ")[0] for c in cites] == [hit["source"] for hit in expected]
     assert [t.strip() for t in texts] == [hit["text"].strip() for hit in expected]
     assert "401" in refused
