@@ -74,7 +74,9 @@ class ServiceSettings:
     INGEST_API_BATCH_WAIT_MS (how long the first query waits for others to share its model call, 2),
     INGEST_API_CORS_ORIGINS (comma-separated origins allowed to call from a browser; unset: CORS off),
     INGEST_API_MODEL_THREADS (PyTorch threads of the model; default half the cores this process may use, at least
-    one: the other half serves Postgres, the index and decryption)."""
+    one: the other half serves Postgres, the index and decryption), INGEST_API_INDEX_THREADS (OpenMP threads of one
+    embedded index query, 1: concurrent requests already keep the cores busy, and a query spread over more threads
+    costs more CPU in all)."""
 
     rate_per_s: float = 20.0
     max_batch: int = 32
@@ -82,6 +84,7 @@ class ServiceSettings:
     batch_wait_ms: float = 2.0
     cors_origins: tuple[str, ...] = ()
     model_threads: int = 0
+    index_threads: int = 1
 
     @classmethod
     def from_env(cls) -> ServiceSettings:
@@ -94,6 +97,7 @@ class ServiceSettings:
             cors_origins=origins,
             model_threads=positive_setting("INGEST_API_MODEL_THREADS", int)
             or max(1, len(os.sched_getaffinity(0)) // 2),
+            index_threads=positive_setting("INGEST_API_INDEX_THREADS", int) or cls.index_threads,
         )
 
 
@@ -585,6 +589,9 @@ def serve(host: str = "127.0.0.1", port: int = 8080) -> int:
         settings = ServiceSettings.from_env()
     except ConfigurationError as exc:
         raise ValueError(str(exc)) from None
+    # cyborgdb-core's OpenMP runtime reads this once, when the index backend is first imported (below, in the app's
+    # lifespan); PyTorch's threads are set apart (INGEST_API_MODEL_THREADS).
+    os.environ["OMP_NUM_THREADS"] = str(settings.index_threads)
     # The access log would print request lines (paths, query strings): the service logs route templates instead.
     uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_level="info",
                 server_header=False, proxy_headers=False)
