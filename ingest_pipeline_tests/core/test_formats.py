@@ -133,7 +133,8 @@ def test_the_format_is_decided_by_content_whatever_the_name(fixture, renamed, fm
 def test_every_format_detected_is_a_known_document_format():
     named = {*detect.SUFFIX_FORMATS.values(), *(fmt for _, fmt in detect._OOXML_PARTS), *detect._MIMETYPES.values(),
              "pdf", "rtf", "eml"}
-    assert named == set(detect.DETECTED_FORMATS) and detect.DOCUMENT_FORMATS == (*detect.DETECTED_FORMATS, "image")
+    assert named == set(detect.DETECTED_FORMATS)
+    assert set(detect.DOCUMENT_FORMATS) - named == {"image"}
 
 
 def test_a_docx_that_is_really_a_pdf_is_read_as_a_pdf():
