@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("hybrid", "vector", "keyword"), default="hybrid",
                    help="ranking inside the index: BM25 and vector fused (default), vector only, or BM25 only")
     p.add_argument("--alpha", type=float, help="hybrid only: weight of the vector leg, 0 (keyword) to 1 (vector)")
+    filters = p.add_argument_group("filters (evaluated inside the encrypted index)")
+    filters.add_argument("--name", help="only this document (its exact name)")
+    filters.add_argument("--name-prefix", help="only documents in this folder (ending in '/', e.g. reports/2026/)")
+    filters.add_argument("--month-from", help="only documents uploaded in this month (YYYY-MM) or later")
+    filters.add_argument("--month-to", help="only documents uploaded in this month (YYYY-MM) or earlier")
+    filters.add_argument("--format", help="only documents of this format (pdf, docx, markdown, text, ...: an unknown "
+                         "one is refused with the list); documents of unknown format never match")
     p.add_argument("--json", action="store_true")
     p.add_argument("--queries-file", help="one query per line; prints a JSON list of result lists")
     p.add_argument("query", nargs="?")
@@ -78,13 +85,17 @@ def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         render.print_json(summary, default=str) if args.json else render.print_ingest(summary)
         return 1 if summary["failed_runs"] else 0
     if args.command == "search":
-        from ingest_pipeline.work.search import check_search_options
+        from ingest_pipeline.work.search import InvalidSearchOption, SearchFilters, check_search_options
 
-        options = {"mode": args.mode, "alpha": args.alpha}
+        filters = SearchFilters(name=args.name, name_prefix=args.name_prefix, month_from=args.month_from,
+                                month_to=args.month_to, format=args.format)
+        options = {"mode": args.mode, "alpha": args.alpha, "filters": filters}
         try:
             check_search_options(args.mode, args.alpha, args.top_k)
-        except ValueError as exc:
-            parser.error(str(exc))
+            filters.to_cyborgdb()
+        except InvalidSearchOption as exc:
+            flag = "--" + exc.field.removeprefix("filters.").replace("_", "-")
+            parser.error(f"{flag}: {exc}")
         if args.queries_file:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", SearchFellBack)

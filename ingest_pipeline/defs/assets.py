@@ -317,7 +317,7 @@ def document_chunks(
                                        citation))
                 max_tokens = max(max_tokens, chunk.token_count)
             with conn.transaction():
-                store.chunks.store(conn, document, content_sha256, rows)
+                store.chunks.store(conn, document, content_sha256, rows, doc_format=extracted.format)
             counts["documents"] += 1
             by_format[extracted.format] += 1
             counts["pages_ocred"] += extracted.pages_ocred

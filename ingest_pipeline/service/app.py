@@ -109,7 +109,9 @@ class FiltersBody(BaseModel):
     name_prefix: str | None = Field(None, description="a folder of document names, ending in '/'")
     month_from: str | None = Field(None, description="first upload month, YYYY-MM")
     month_to: str | None = Field(None, description="last upload month, YYYY-MM")
-    format: str | None = Field(None, description="refused: the ledger records no document format yet")
+    format: str | None = Field(None, description="the document's format: pdf, docx, pptx, xlsx, markdown, text, ... "
+                               "(an unknown one is refused, listing the known); documents chunked before formats "
+                               "were recorded match none")
 
 
 class SearchRequest(BaseModel):

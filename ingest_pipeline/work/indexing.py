@@ -45,17 +45,20 @@ class IdSample:
                     self.ids[slot] = chunk
 
 
-def filter_metadata(doc_name: str, partition_month: str) -> dict:
+def filter_metadata(doc_name: str, partition_month: str, doc_format: str | None = None) -> dict:
     """An index item's fields for search filters evaluated inside the index: `doc_name`; `name_prefixes`, the
     name's folder prefixes ("a/", "a/b/" for "a/b/c.pdf": a prefix filter is a match on this list, since
     CyborgDB's index-side operators have no string prefix); `month`, the upload month "YYYY-MM", and
-    `month_key`, the same as the number YYYYMM (range operators take numbers only). The ledger keeps no
-    document format, so there is no `format` field."""
+    `month_key`, the same as the number YYYYMM (range operators take numbers only); `format`, what the
+    document's text was extracted as (core.formats.DOCUMENT_FORMATS), left out when not known (a document
+    chunked before formats were recorded), so that no format filter matches it."""
     parts = doc_name.split("/")
     fields: dict = {"doc_name": doc_name, "name_prefixes": ["/".join(parts[:n]) + "/" for n in range(1, len(parts))]}
     if partition_month:
         month = partition_month[:7]
         fields |= {"month": month, "month_key": int(month.replace("-", ""))}
+    if doc_format:
+        fields["format"] = doc_format
     return fields
 
 
@@ -129,7 +132,7 @@ class IndexWriter:
         for row in rows:
             encryptor = self._encryptor(row.key_version)
             metadata = {"doc_id": row.doc_id, "tenant_id": self.tenant_id, "chunk_sequence": row.sequence,
-                        **filter_metadata(row.doc_name, row.partition_month),
+                        **filter_metadata(row.doc_name, row.partition_month, row.format),
                         TEXT_FIELD: encryptor.decrypt_text(row.chunk_id, row.text_ciphertext, row.text_mac,
                                                            row.seal_format)}
             items.append({

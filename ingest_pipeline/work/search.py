@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 from ingest_pipeline.core.crypto import VectorEncryptor
 from ingest_pipeline.core.embedding import Embedder
+from ingest_pipeline.core.formats import DOCUMENT_FORMATS
 from ingest_pipeline.stores.ledger import EmbeddingModelMismatch, Ledger
 from ingest_pipeline.stores.tenant_index import LAYOUT_VECTOR_ONLY, TenantIndex
 
@@ -42,7 +43,8 @@ class InvalidSearchOption(ValueError):
 class SearchFilters:
     """What hits must match, evaluated inside the encrypted index (on each item's metadata): the document's
     exact `name`, a folder `name_prefix` (ending in "/"), the upload month from `month_from` to `month_to`
-    ("YYYY-MM", inclusive). `format` is refused: the ledger keeps no document format."""
+    ("YYYY-MM", inclusive), the document's `format` (one of DOCUMENT_FORMATS: what its text was extracted as).
+    A document chunked before formats were recorded has no known format and matches no `format` filter."""
 
     name: str | None = None
     name_prefix: str | None = None
@@ -56,9 +58,6 @@ class SearchFilters:
     def to_cyborgdb(self) -> dict | None:
         """The CyborgDB metadata filter (MongoDB-style), or None for no filter; InvalidSearchOption names a bad
         field."""
-        if self.format is not None:
-            raise InvalidSearchOption("filters.format", "search filter 'format': the ledger does not record "
-                                      "documents' formats, so the index holds none to filter on")
         clauses: list[dict] = []
         if self.name is not None:
             if not self.name:
@@ -80,6 +79,11 @@ class SearchFilters:
         if self.month_from and self.month_to and self.month_from > self.month_to:
             raise InvalidSearchOption("filters.month_to",
                                       f"search filter: month_from {self.month_from} is after month_to {self.month_to}")
+        if self.format is not None:
+            if self.format not in DOCUMENT_FORMATS:
+                raise InvalidSearchOption("filters.format", "search filter 'format' must be one of "
+                                          f"{', '.join(DOCUMENT_FORMATS)}")
+            clauses.append({"format": self.format})
         if not clauses:
             return None
         return clauses[0] if len(clauses) == 1 else {"$and": clauses}

@@ -13,7 +13,7 @@ import pytest
 from ingest_pipeline.core.chunking import Chunk, Chunker
 from ingest_pipeline.core.embedding import bundled_model_path
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument, extract_text
-from ingest_pipeline.core.formats import detect_format
+from ingest_pipeline.core.formats import detect, detect_format
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "formats"
 SAMPLE_CORPUS = Path(__file__).resolve().parents[2] / "ingest_pipeline" / "sample_corpus"
@@ -128,6 +128,13 @@ def test_the_format_is_decided_by_content_whatever_the_name(fixture, renamed, fm
     extracted = extract_text(renamed, data)
     assert extracted.format == fmt
     assert extracted == extract_text(fixture, data)
+
+
+def test_every_format_detected_is_a_known_document_format():
+    named = {*detect.SUFFIX_FORMATS.values(), *(fmt for _, fmt in detect._OOXML_PARTS), *detect._MIMETYPES.values(),
+             "pdf", "rtf", "eml"}
+    assert named == set(detect.DETECTED_FORMATS)
+    assert set(detect.DOCUMENT_FORMATS) - named == {"image"}
 
 
 def test_a_docx_that_is_really_a_pdf_is_read_as_a_pdf():

@@ -91,7 +91,7 @@ def test_hybrid_search_is_the_default_and_finds_a_rare_word_that_vector_search_m
     assert [(h["source"], h["score_kind"], h["warning"]) for h in shown] == [("ops/spares.txt", "bm25", None)]
 
     for bad, reason in (({"mode": "fuzzy"}, "mode"), ({"alpha": 1.5}, "alpha"), ({"mode": "vector", "alpha": 0.5},
-                        "alpha"), ({"filters": {"format": "pdf"}}, "format"), ({"filters": {"name_prefix": "op"}},
+                        "alpha"), ({"filters": {"format": "word"}}, "format"), ({"filters": {"name_prefix": "op"}},
                         "name_prefix"), ({"filters": {"month_from": "2026-13"}}, "month_from"),
                         ({"filters": {"size": 3}}, "size")):
         with pytest.raises(ValueError, match=reason):
@@ -111,6 +111,22 @@ def test_hybrid_search_is_the_default_and_finds_a_rare_word_that_vector_search_m
     assert [h["source"] for h in cli.search(acme, [RARE_QUERY], 5, mode="keyword",
                                             filters={"name_prefix": "ops/"})[0]] == ["ops/spares.txt"]
     assert cli.search(acme, [RARE_QUERY], 5, mode="keyword", filters={"name": "apache-license-2.0.txt"}) == [[]]
+    # Each document's format, recorded in the ledger when it was chunked and held by its items in the index.
+    with pipeline.ledger().connect() as conn:
+        formats = {row["doc_name"]: row["format"] for row in conn.execute(
+            "SELECT doc_name, format FROM ingest.documents WHERE tenant_id = %s", (acme,))}
+    assert formats == {"apache-license-2.0.txt": "text", "ops/spares.txt": "text", "shared-mime-info-spec.pdf": "pdf",
+                       "pip-dependency-resolution.md": "markdown", "debian-users-and-groups.html": "html"}
+    assert sources(format="pdf") == ["shared-mime-info-spec.pdf"] * 5
+    assert len(sources(format="text")) == 5 and set(sources(format="text")) <= {"apache-license-2.0.txt",
+                                                                               "ops/spares.txt"}
+    assert sources(format="docx") == []
+    assert sources(format="text", name_prefix="ops/") == ["ops/spares.txt"] * 5
+    shown = json.loads(pipeline.cli("search", "--tenant", acme, "--json", "--format", "markdown", "--month-to",
+                                    month, MAGIC_QUERY).stdout)
+    assert [h["source"] for h in shown] == ["pip-dependency-resolution.md"] * 5
+    refused = pipeline.cli("search", "--tenant", acme, "--format", "word", MAGIC_QUERY, check=False)
+    assert refused.returncode == 2 and "--format" in refused.stderr and "markdown" in refused.stderr
 
 
 def test_a_document_deleted_before_it_was_ever_ingested_leaves_no_pending_work(embedded_pipeline, docs):

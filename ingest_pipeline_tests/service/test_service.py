@@ -297,3 +297,15 @@ def test_search_page_in_a_browser(served):
     assert [c.split(",")[0].split(" — ")[0] for c in cites] == [hit["source"] for hit in expected]
     assert [t.strip() for t in texts] == [hit["text"].strip() for hit in expected]
     assert "401" in refused
+
+
+def test_a_format_filter_answers_only_documents_of_that_format(served):
+    """Evaluated inside the index: top_k hits, every one of a document of that format; an unknown one is refused."""
+    key = served.keys["acme"]
+    for fmt, source in (("markdown", "systemd-uids-gids.md"), ("text", "apache-license-2.0.txt")):
+        answer = served.search(key, {"query": QUERY, "top_k": 3, "filters": {"format": fmt}})
+        assert answer.status_code == 200, answer.text
+        assert [hit["source"] for hit in answer.json()["results"]] == [source] * 3
+    assert served.search(key, {"query": QUERY, "filters": {"format": "pdf"}}).json()["results"] == []
+    refused = served.search(key, {"query": QUERY, "filters": {"format": "word"}})
+    assert refused.status_code == 400 and refused.json()["field"] == "filters.format"

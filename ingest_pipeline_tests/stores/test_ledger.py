@@ -165,6 +165,35 @@ def test_a_chunks_sealed_citation_is_stored_read_and_follows_its_texts_key_versi
         conn.execute("DELETE FROM ingest.chunks WHERE tenant_id = %s", (tenant,))  # the module's other tests
 
 
+def test_a_documents_format_is_recorded_with_its_chunks_and_a_new_one_indexes_them_again(ledger):
+    """The format is stored with the chunks (None: not known) and read by Document and Chunk rows; unchanged
+    indexed chunks stay indexed under the same format, and go back to embedded (to be written to the index again
+    with the new format field) when the format changes."""
+    tenant = "umbrella-ledger"
+    with ledger.connect() as conn, conn.transaction():
+        conn.execute("INSERT INTO ingest.tenants (tenant_id, key_check) VALUES (%s, 'check')", (tenant,))
+        conn.execute("INSERT INTO ingest.tenant_keys (tenant_id, key_version, scheme) VALUES (%s, 1, 'derived')",
+                     (tenant,))
+        document = _document(ledger, conn, tenant, "notes.md", 2)  # stored as before formats were recorded
+        assert document.format is None
+        doc = str(document.doc_id)
+        rows = [ChunkWrite(chunk_id(doc, seq), seq, 10 + seq, b"mac-%d" % seq, b"text-%d" % seq, 1, None)
+                for seq in range(2)]
+        ledger.chunks.store_embeddings(conn, tenant, [EmbeddingWrite(b"vec", row.chunk_id, row.text_mac)
+                                                      for row in rows])
+        ledger.chunks.mark_indexed(conn, [row.chunk_id for row in rows])
+
+        def store(doc_format: str | None) -> set[tuple[str | None, str]]:
+            ledger.chunks.store(conn, ledger.documents.find(conn, doc), "0" * 64, rows, doc_format=doc_format)
+            return {(row.format, row.state) for row in ledger.chunks.in_partition(conn, tenant, MONTH)}
+
+        assert store("markdown") == {("markdown", "embedded")}  # the index items get a format field
+        assert ledger.documents.find(conn, doc).format == "markdown"
+        ledger.chunks.mark_indexed(conn, [row.chunk_id for row in rows])
+        assert store("markdown") == {("markdown", "indexed")}
+        conn.execute("DELETE FROM ingest.chunks WHERE tenant_id = %s", (tenant,))  # the module's other tests
+
+
 def test_a_sample_is_a_random_subset_of_the_indexed_chunks(ledger, tenant):
     with ledger.connect() as conn:
         whole = ledger.chunks.sample_indexed(conn, tenant["id"], 10, random.Random(1))

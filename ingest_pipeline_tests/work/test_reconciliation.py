@@ -5,7 +5,7 @@ import csv
 import gc
 import json
 import uuid
-from dataclasses import fields
+from dataclasses import fields, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -94,13 +94,14 @@ def test_rows_sealed_in_the_legacy_format_are_upserted_from_the_cold_copy_too():
     row = Chunk(chunk_id="c1", doc_id="d1", sequence=0, key_version=keys.key_version, text_mac=mac,
                 text_ciphertext=encryptor.encrypt_text("c1", "the text", LEGACY_SEAL_FORMAT),
                 seal_format=LEGACY_SEAL_FORMAT, state="embedded", doc_name="a/b/c.txt", partition_month="2026-11-01",
-                embedding_ciphertext=encryptor.encrypt_vector("c1", vector, mac, LEGACY_SEAL_FORMAT))
+                format="text", embedding_ciphertext=encryptor.encrypt_vector("c1", vector, mac, LEGACY_SEAL_FORMAT))
     item = writer.items([row])[0]
     assert item["vector"].tolist() == vector.tolist()
     # The text as the full-text field, and the fields search filters on inside the index.
     assert item["metadata"] | {"doc_id": None} == {
         "doc_id": None, "tenant_id": "acme", "chunk_sequence": 0, "text": "the text", "doc_name": "a/b/c.txt",
-        "name_prefixes": ["a/", "a/b/"], "month": "2026-11", "month_key": 202611}
+        "name_prefixes": ["a/", "a/b/"], "month": "2026-11", "month_key": 202611, "format": "text"}
+    assert "format" not in writer.items([replace(row, format=None)])[0]["metadata"]  # not known: no field
 
 
 def test_drift_planted_behind_the_ledgers_back_is_reported_then_repaired(pipeline, docs):

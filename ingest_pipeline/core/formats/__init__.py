@@ -36,7 +36,7 @@ well (lxml with resolve_entities=False in python-docx/-pptx, defusedxml under op
 runs in the sandboxed extraction worker (`core.sandbox`), whose memory, CPU and time limits bound what is left.
 """
 
-from ingest_pipeline.core.formats.detect import detect_format
+from ingest_pipeline.core.formats.detect import DOCUMENT_FORMATS, detect_format
 from ingest_pipeline.core.formats.readers import read_format
 
-__all__ = ["detect_format", "read_format"]
+__all__ = ["DOCUMENT_FORMATS", "detect_format", "read_format"]

@@ -9,6 +9,12 @@ from pathlib import PurePosixPath
 from ingest_pipeline.core.extraction import ReasonCode, UnreadableDocument
 from ingest_pipeline.core.formats.containers import open_zip
 
+# Every format `detect_format` names, and every format a document's text can be extracted as: those and "image"
+# (an image read by OCR, which `extraction` decides). The ledger records a document's format by these names and
+# search filters on them.
+DETECTED_FORMATS = ("pdf", "docx", "pptx", "xlsx", "csv", "odt", "ods", "odp", "rtf", "epub", "eml", "html",
+                    "markdown", "text")
+DOCUMENT_FORMATS = (*DETECTED_FORMATS, "image")
 # The format an extension stands for, when the content does not decide.
 SUFFIX_FORMATS = {
     ".txt": "text", ".text": "text", ".md": "markdown", ".markdown": "markdown", ".html": "html", ".htm": "html",

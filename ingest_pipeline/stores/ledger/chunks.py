@@ -27,7 +27,7 @@ from ingest_pipeline.stores.ledger.rows import (
 _STATES = ("chunked", "embedded", "indexed", "stale")
 # Columns read as text (uuids), and columns of the chunk's document rather than of the chunk.
 _AS_TEXT = {"chunk_id", "doc_id"}
-_OF_DOCUMENT = {"doc_name", "partition_month"}
+_OF_DOCUMENT = {"doc_name", "partition_month", "format"}
 
 
 @dataclass(frozen=True)
@@ -265,13 +265,17 @@ class Chunks:
         """The document's chunks that hold an embedding (chunk id, text MAC, sealed embedding)."""
         return ChunkQuery(SealedEmbedding, doc=doc_id, with_embedding=True).fetch(conn)
 
-    def store(self, conn: psycopg.Connection, document: Document, content_sha256: str, rows: list[ChunkWrite]) -> None:
-        """Upsert a document's encrypted chunks; keep the embedding of a chunk whose text is unchanged.
+    def store(self, conn: psycopg.Connection, document: Document, content_sha256: str, rows: list[ChunkWrite], *,
+              doc_format: str | None = None) -> None:
+        """Upsert a document's encrypted chunks; keep the embedding of a chunk whose text is unchanged; record the
+        document's content hash and `doc_format` (what its text was extracted as; None: not known).
 
         The embedding of a ChunkWrite is None, or one already computed for the same text (sealed for this chunk
         id): such a chunk is stored as embedded and is not embedded again. The citation is the new one (a heading
         renamed above unchanged text moves it), unless the row keeps text sealed under another key version or
         seal format than the new citation's: then it keeps its own citation, which re-encryption moves with it.
+        An indexed chunk kept as it is goes back to embedded when the document's format changed (one chunked
+        before formats were recorded, say), so the index stage writes it again with the new format field.
         """
         rows = [ChunkWrite(*row) for row in rows]
         with conn.cursor() as cur:
@@ -311,9 +315,14 @@ class Chunks:
             (document.doc_id, len(rows)),
         )
         conn.execute(
+            "UPDATE ingest.chunks c SET state = 'embedded', updated_at = now() FROM ingest.documents d"
+            " WHERE d.doc_id = c.doc_id AND c.doc_id = %s AND c.state = 'indexed' AND d.format IS DISTINCT FROM %s",
+            (document.doc_id, doc_format),
+        )
+        conn.execute(
             "UPDATE ingest.documents SET status = 'chunked', content_sha256 = %s, chunk_count = %s,"
-            " token_count = %s, extraction_attempts = 0, updated_at = now() WHERE doc_id = %s",
-            (content_sha256, len(rows), sum(row.token_count for row in rows), document.doc_id),
+            " token_count = %s, format = %s, extraction_attempts = 0, updated_at = now() WHERE doc_id = %s",
+            (content_sha256, len(rows), sum(row.token_count for row in rows), doc_format, document.doc_id),
         )
 
     def store_embeddings(self, conn: psycopg.Connection, tenant_id: str, rows: list[EmbeddingWrite]) -> int:

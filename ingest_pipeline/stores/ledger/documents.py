@@ -11,7 +11,7 @@ from ingest_pipeline.stores.ledger.quarantine import RETRYABLE_QUARANTINE
 from ingest_pipeline.stores.ledger.rows import Document, LiveDocument, Upload
 
 _COLUMNS = ("d.doc_id::text AS doc_id, d.tenant_id, d.doc_name, d.upload_id, d.partition_month, d.content_sha256,"
-            " d.status, d.chunk_count, d.token_count, d.updated_at, d.extraction_attempts")
+            " d.status, d.chunk_count, d.token_count, d.updated_at, d.extraction_attempts, d.format")
 
 
 class Documents:

@@ -54,6 +54,7 @@ class Document:
     token_count: int
     updated_at: datetime
     extraction_attempts: int
+    format: str | None = None  # what its text was extracted as (core.formats.DOCUMENT_FORMATS); None: not known
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,7 @@ class Chunk:
     # Of the chunk's document, for the index item's filter fields (search filters evaluated inside the index).
     doc_name: str = ""
     partition_month: str = ""
+    format: str | None = None  # None: not known (chunked before formats were recorded)
 
 
 @dataclass(frozen=True, slots=True)
