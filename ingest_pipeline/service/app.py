@@ -102,8 +102,8 @@ class ServiceSettings:
 
 
 class FiltersBody(BaseModel):
-    """Restricts the hits to documents by name (exact, or a folder prefix) and upload month range, evaluated inside
-    the encrypted index (the names of `ingest-pipeline search`'s filters)."""
+    """Restricts the hits to documents by name (exact, or a folder prefix), upload month range and format,
+    evaluated inside the encrypted index (the names of `ingest-pipeline search`'s filters)."""
 
     name: str | None = Field(None, description="a document name, exactly")
     name_prefix: str | None = Field(None, description="a folder of document names, ending in '/'")

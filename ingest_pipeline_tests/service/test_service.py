@@ -100,7 +100,7 @@ def test_bad_requests_name_the_field(served):
                                                   "filters.month_from"), ([QUERY], "body"),
         ({"query": QUERY, "mode": "vector", "alpha": 0.5}, "alpha"),
         ({"query": QUERY, "filters": {"name_prefix": "pip"}}, "filters.name_prefix"),
-        ({"query": QUERY, "filters": {"format": "pdf"}}, "filters.format"),
+        ({"query": QUERY, "filters": {"format": "word"}}, "filters.format"),
     ]
     for body, field in cases:
         answer = served.search(key, body)
