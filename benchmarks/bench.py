@@ -23,6 +23,9 @@
    seconds the bundled model takes to embed the very chunks it made, in the same run. Skipped, and said so, when
    pandoc or LibreOffice is missing (the Makefile installs them).
 
+7. The search service: `benchmarks/service_load.py` (`make bench-service`) in a process of its own, on its own
+   installation of 100,000 vectors, with its default phases (wrk; a 60 s soak): its figures as it prints them.
+
 Prints a table and writes bench-report.json. `make bench-large` runs bigger sizes; `--only formats` runs section 6.
 
     .venv/bin/python benchmarks/bench.py [--sizes 500,2000,8000] [--vectors 100000] [--json-out bench-report.json]
@@ -494,6 +497,13 @@ def format_throughput(embedder, workdir: Path, repeats: int = 5) -> list[dict] |
 # ---- the run ---------------------------------------------------------------------------------------
 
 
+def search_service(json_out: Path) -> dict:
+    """Section 7: the search service under load, measured by its own benchmark in a process of its own."""
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "service_load.py"), "--json-out", str(json_out)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return json.loads(json_out.read_text())["figures"]
+
+
 def table(report: dict) -> str:
     """The figures as Markdown tables (pasted into the README as they are)."""
     columns = ["chunks", "end_to_end_s", "end_to_end_chunks_per_s", "bare_model_chunks_per_s", "ratio",
@@ -582,6 +592,7 @@ def main() -> int:
         # The index mixes the corpus's chunks with the QA set's contexts, so the questions have neighbours.
         recall_base = np.vstack([corpus_vectors, embedder.embed(qa_context_texts())])
         report["recall_at_scale"] = recall_at_scale(embedded, recall_base, args.vectors, query_vectors)
+        report["search_service"] = search_service(Path(workdir) / "service-load.json")
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(table(report))
     Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
