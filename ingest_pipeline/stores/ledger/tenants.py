@@ -127,7 +127,6 @@ class TenantLocks:
                     with suppress(psycopg.Error):
                         conn.execute(*locks.TENANT.call("pg_advisory_unlock_shared", tenant_id))
 
-
     @contextmanager
     def index_wanted(self, tenant_id: str) -> Iterator[None]:
         """Says, for as long as it is held, that this process wants the tenant's embedded index (INDEX_WANTED,
